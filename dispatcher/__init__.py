@@ -1,0 +1,3 @@
+"""Overdue-repayment reminder dispatcher."""
+
+__version__ = "0.1.0"

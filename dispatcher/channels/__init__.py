@@ -1,0 +1,1 @@
+"""Delivery channels: one narrow interface, several implementations."""

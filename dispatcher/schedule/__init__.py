@@ -1,0 +1,1 @@
+"""schedules.yaml: typed models, loading with line numbers, watching for edits."""

@@ -1,0 +1,224 @@
+"""Typed, validated models of schedules.yaml.
+
+The models check everything a single value can tell (types, formats, ranges,
+cron syntax, zone names). Checks that need the whole file or other files
+(overlapping windows, templates that exist and render) live in
+:mod:`dispatcher.schedule.checks`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.functional_validators import BeforeValidator
+
+from dispatcher.channels.base import ChannelKind
+
+DEFAULT_BATCH_SIZE = 1000
+"""Accounts read from the source, planned and recorded per batch."""
+
+DEFAULT_DEADLINE_DAYS = 3
+"""Days after the run's local date shown as the pay-by date when the account has none."""
+
+DEFAULT_SOURCE_QUERY = (
+    "SELECT account_id, name, phone, email, push_token, locale, timezone, currency, "
+    "overdue_amount, due_date, deadline, repayment_account, do_not_contact, dispute, "
+    "promise_to_pay_until, opt_out_channels FROM demo_accounts ORDER BY account_id"
+)
+"""The demo table shipped in the embedded database (see ``dispatcher seed-demo``)."""
+
+_WINDOW_RE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d*)\s*)?$")
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_LOCALE_RE = re.compile(r"^[a-z]{2,3}(-[A-Z][a-z]{3})?(-[A-Z]{2}|-\d{3})?$")
+
+
+class Strict(BaseModel):
+    """Base of every model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class DayWindow:
+    """Inclusive range of days overdue, ``first`` to ``last`` (``None``: open-ended)."""
+
+    first: int
+    last: int | None
+
+    def contains(self, days: int) -> bool:
+        return days >= self.first and (self.last is None or days <= self.last)
+
+    def overlaps(self, other: DayWindow) -> bool:
+        a_last = self.last if self.last is not None else 10**9
+        b_last = other.last if other.last is not None else 10**9
+        return self.first <= b_last and other.first <= a_last
+
+    def __str__(self) -> str:
+        if self.last is None:
+            return f"{self.first}-"
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+def parse_window(value: Any) -> DayWindow:
+    """``3`` → day 3 only, ``1-3`` → days 1 to 3, ``15-`` → day 15 onwards."""
+    if isinstance(value, DayWindow):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError("days_overdue must be a day or a range like '1-3' or '15-'")
+    match = _WINDOW_RE.match(value)
+    if not match:
+        raise ValueError(f"days_overdue {value!r} is not a day or a range like '1-3' or '15-'")
+    first = int(match.group(1))
+    if match.group(2) is None:
+        last: int | None = first
+    else:
+        last = int(match.group(2)) if match.group(2) else None
+    if first < 1:
+        raise ValueError("days_overdue starts at day 1 (the day after the due date)")
+    if last is not None and last < first:
+        raise ValueError(f"days_overdue {value!r} ends before it starts")
+    return DayWindow(first, last)
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``30s``, ``15m``, ``12h``, ``3d``, ``2w`` → :class:`timedelta`."""
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a duration is written like '3d', '12h' or '2w'")
+    match = _DURATION_RE.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration like '3d', '12h' or '2w'")
+    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be longer than zero")
+    return timedelta(seconds=seconds)
+
+
+Window = Annotated[DayWindow, BeforeValidator(parse_window)]
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def check_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}") from exc
+    return value
+
+
+def check_locale(value: str) -> str:
+    if not _LOCALE_RE.match(value):
+        raise ValueError(f"{value!r} is not a locale like 'zh-CN' or 'en-US'")
+    return value
+
+
+Zone = Annotated[str, BeforeValidator(lambda v: check_zone(v) if isinstance(v, str) else v)]
+Locale = Annotated[str, BeforeValidator(lambda v: check_locale(v) if isinstance(v, str) else v)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+class Run(Strict):
+    """A scheduled run: a cron expression fired in the schedule's zone (or its own)."""
+
+    name: Name
+    cron: str
+    timezone: Zone | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"invalid cron expression {value!r}: {exc}") from exc
+        return value
+
+
+class Step(Strict):
+    """One rung of the escalation ladder."""
+
+    step: Name
+    days_overdue: Window
+    every: Duration | None = None
+    channels: list[ChannelKind] = Field(min_length=1)
+    template: Name | None = None
+    fallback: bool = False
+    deadline_days: int = Field(default=DEFAULT_DEADLINE_DAYS, ge=0, le=365)
+
+    @property
+    def template_name(self) -> str:
+        return self.template or self.step
+
+    @property
+    def every_days(self) -> int | None:
+        if self.every is None:
+            return None
+        return max(1, self.every.days)
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_channels(cls, value: list[ChannelKind]) -> list[ChannelKind]:
+        if len(set(value)) != len(value):
+            raise ValueError("a channel is listed twice")
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _whole_days(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and (value.seconds or value.microseconds or value.days < 1):
+            raise ValueError("every: must be a whole number of days or weeks, like '3d' or '1w'")
+        return value
+
+
+class Brand(Strict):
+    """How the lender names itself in one locale, and how a borrower can check a message is genuine."""
+
+    name: str = Field(min_length=1)
+    hotline: str = Field(min_length=1)
+    website: str = Field(min_length=1)
+    help_email: str | None = None
+
+
+class Source(Strict):
+    """Where overdue accounts come from: a SQLAlchemy URL and a query yielding the contract's columns."""
+
+    url: str | None = None
+    query: str = DEFAULT_SOURCE_QUERY
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=100_000)
+
+
+class Schedule(Strict):
+    """The whole of schedules.yaml."""
+
+    timezone: Zone = "Asia/Shanghai"
+    locale: Locale = "zh-CN"
+    locales: list[Locale] = Field(default_factory=lambda: ["zh-CN", "en-US"])
+    profile: str = "cn"
+    brand: dict[Locale, Brand]
+    source: Source = Field(default_factory=Source)
+    runs: list[Run] = Field(min_length=1)
+    ladder: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _defaults_present(self) -> Schedule:
+        if self.locale not in self.locales:
+            raise ValueError(f"default locale {self.locale!r} is not in locales {self.locales}")
+        if self.locale not in self.brand:
+            raise ValueError(f"brand has no entry for the default locale {self.locale!r}")
+        return self
+
+    def brand_for(self, locale: str) -> Brand:
+        return self.brand.get(locale) or self.brand[self.locale]
+
+    def step_named(self, name: str) -> Step | None:
+        return next((s for s in self.ladder if s.step == name), None)
