@@ -1,1 +1,1 @@
-"""dispatcher."""
+"""The ledger: the record of runs, reminders, delivery attempts, rejects and suppressions."""

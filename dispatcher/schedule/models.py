@@ -176,7 +176,7 @@ class Step(Strict):
     @classmethod
     def _whole_days(cls, value: timedelta | None) -> timedelta | None:
         if value is not None and (value.seconds or value.microseconds or value.days < 1):
-            raise ValueError("every: must be a whole number of days or weeks, like '3d' or '1w'")
+            raise ValueError("must be a whole number of days or weeks, like '3d' or '1w'")
         return value
 
 

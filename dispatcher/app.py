@@ -1,0 +1,104 @@
+"""The one place that builds the object graph: settings → schedule → ledger → source → pipeline."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from dispatcher.booking import Booker
+from dispatcher.channels.base import Channel, ChannelKind
+from dispatcher.channels.outbox import OutboxChannel
+from dispatcher.compose.renderer import Composer, check_templates
+from dispatcher.delivery import Deliverer, DeliveryPolicy
+from dispatcher.ledger.database import create_ledger_engine, upgrade
+from dispatcher.ledger.store import Ledger
+from dispatcher.planner import Planner
+from dispatcher.rules.engine import default_engine
+from dispatcher.schedule.loader import LoadedSchedule, load_schedule
+from dispatcher.settings import Settings
+from dispatcher.source import AccountSource
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The real clock; business code receives time as an argument instead of calling this."""
+    return datetime.now(UTC)
+
+
+def load(settings: Settings) -> LoadedSchedule:
+    """schedules.yaml with every check, templates included; raises ConfigError."""
+    return load_schedule(settings.schedules_path, settings.env, check_templates=check_templates)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Everything one version of schedules.yaml needs to plan and deliver."""
+
+    loaded: LoadedSchedule
+    composer: Composer
+    planner: Planner
+    source: AccountSource
+
+
+@dataclass
+class App:
+    """The wired dispatcher: settings, the ledger, the current pipeline, the clock."""
+
+    settings: Settings
+    engine: Engine
+    ledger: Ledger
+    pipeline: Pipeline
+    clock: Clock = utc_now
+
+    def build_pipeline(self, loaded: LoadedSchedule) -> Pipeline:
+        """A pipeline for a (new) version of schedules.yaml, sharing this app's ledger."""
+        return build_pipeline(self.settings, loaded, self.engine)
+
+    def channels(self) -> dict[ChannelKind, Channel]:
+        """Fresh channel objects (one set per run or worker batch: they hold connections)."""
+        return {kind: OutboxChannel(kind, self.settings.outbox_dir) for kind in ChannelKind}
+
+    def booker(self) -> Booker:
+        return Booker(self.ledger)
+
+    def deliverer(self, pipeline: Pipeline, stopping: threading.Event | None = None) -> Deliverer:
+        """A deliverer with fresh channels; close it with ``aclose()`` when the run ends."""
+        return Deliverer(
+            self.ledger, pipeline.composer, pipeline.loaded.schedule, self.channels(),
+            policy=DeliveryPolicy(concurrency=self.settings.concurrency, max_tries=self.settings.max_tries),
+            clock=self.clock, stopping=stopping,
+        )
+
+
+def build_pipeline(settings: Settings, loaded: LoadedSchedule, ledger_engine: Engine) -> Pipeline:
+    schedule = loaded.schedule
+    source_url = schedule.source.url
+    source = (
+        AccountSource.from_url(source_url, schedule.source.query, schedule.source.batch_size)
+        if source_url
+        else AccountSource(ledger_engine, schedule.source.query, schedule.source.batch_size)
+    )
+    return Pipeline(
+        loaded=loaded,
+        composer=Composer(loaded.templates_dir, schedule),
+        planner=Planner(schedule, default_engine()),
+        source=source,
+    )
+
+
+def build_app(settings: Settings, loaded: LoadedSchedule | None = None, *, migrate: bool = True,
+              clock: Clock = utc_now) -> App:
+    """Wire the dispatcher from settings; applies ledger migrations unless ``migrate`` is False."""
+    loaded = loaded or load(settings)
+    engine = create_ledger_engine(settings.database_url)
+    if migrate:
+        upgrade(engine)
+    return App(settings, engine, Ledger(engine), build_pipeline(settings, loaded, engine), clock)

@@ -1,0 +1,103 @@
+"""Booking: turns a batch of decisions into ledger rows and delivery jobs.
+
+Every due reminder gets a ``reminders`` row; every channel verdict that is not
+"already done" gets an ``attempts`` row: ``planned`` (to send, try 1: the claim),
+``suppressed`` (try 1: consumes the claim, with the rule id) or ``deferred``
+(try 0: a decision only). The planned first tries of the batch become jobs,
+and a job is only sent by whoever moves it ``planned → sending``
+(:meth:`dispatcher.ledger.store.Ledger.start_sending`), so a plan booked twice
+(two daemons, a retried run) is sent once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from dispatcher.decisions import ChannelPlan, Decision, Verdict
+from dispatcher.jobs import DeliveryJob, RunCounts
+from dispatcher.ledger.store import Ledger
+from dispatcher.masking import mask_address
+
+
+def _attempt_row(decision: Decision, plan: ChannelPlan, status: str, try_no: int,
+                 run_id: int | None, now: datetime) -> dict[str, Any]:
+    assert decision.step is not None and decision.reminder_key is not None
+    return {
+        "reminder_key": decision.reminder_key,
+        "account_id": decision.account_id,
+        "step": decision.step.step,
+        "occurrence": decision.occurrence,
+        "channel": plan.channel.value,
+        "try_no": try_no,
+        "status": status,
+        "address": mask_address(plan.channel.value, plan.address) if plan.address else None,
+        "rule_id": plan.rule_id,
+        "detail": plan.detail,
+        "not_before": plan.not_before,
+        "run_id": run_id,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _reminder_row(decision: Decision, run_id: int | None, now: datetime) -> dict[str, Any]:
+    assert decision.account is not None and decision.step is not None
+    return {"key": decision.reminder_key, "account_id": decision.account_id,
+            "due_date": decision.account.due_date, "step": decision.step.step,
+            "occurrence": decision.occurrence, "run_id": run_id, "created_at": now}
+
+
+_ROW_FOR = {Verdict.SEND: ("planned", 1), Verdict.SUPPRESS: ("suppressed", 1), Verdict.DEFER: ("deferred", 0)}
+
+
+class Booker:
+    """Writes a batch's decisions to the ledger and returns the jobs it now owns."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def book(self, decisions: Sequence[Decision], run_id: int | None,
+             now: datetime) -> tuple[list[DeliveryJob], RunCounts]:
+        counts = RunCounts(accounts=len(decisions))
+        reminder_rows: list[dict[str, Any]] = []
+        claim_rows: list[dict[str, Any]] = []
+        decision_rows: list[dict[str, Any]] = []
+        for decision in decisions:
+            rows = [(plan, _ROW_FOR[plan.verdict]) for plan in decision.channels if plan.verdict in _ROW_FOR]
+            if not rows:
+                counts.skipped += 1
+                continue
+            reminder_rows.append(_reminder_row(decision, run_id, now))
+            for plan, (status, try_no) in rows:
+                row = _attempt_row(decision, plan, status, try_no, run_id, now)
+                (claim_rows if try_no else decision_rows).append(row)
+        self.ledger.record_reminders(reminder_rows)
+        self.ledger.record_decisions(decision_rows)
+        claimed = self.ledger.book(claim_rows)
+        jobs = self._jobs(decisions, claimed, run_id)
+        counts.deferred = len(decision_rows)
+        counts.suppressed = sum(1 for r in claim_rows if r["status"] == "suppressed")
+        counts.planned = len(jobs)
+        return jobs, counts
+
+    @staticmethod
+    def _jobs(decisions: Sequence[Decision], claimed: dict[tuple[str, str, int], int],
+              run_id: int | None) -> list[DeliveryJob]:
+        jobs: list[DeliveryJob] = []
+        for decision in decisions:
+            for plan in decision.sends:
+                attempt_id = claimed.get((decision.reminder_key or "", plan.channel.value, 1))
+                if attempt_id is None:
+                    continue
+                assert decision.account and decision.step and decision.local_today and plan.address
+                jobs.append(DeliveryJob(
+                    attempt_id=attempt_id, try_no=1, reminder_key=decision.reminder_key or "",
+                    account=decision.account, step=decision.step.step, occurrence=decision.occurrence or 0,
+                    days_overdue=decision.days_overdue or 0, local_today=decision.local_today,
+                    channel=plan.channel, address=plan.address,
+                    fallbacks=tuple(p.channel for p in decision.fallbacks_after(plan.channel)),
+                    run_id=run_id,
+                ))
+        return jobs

@@ -1,0 +1,78 @@
+"""What the planner decides for each account and channel, with the reason for every non-contact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+
+from dispatcher.accounts import Account
+from dispatcher.channels.base import ChannelKind
+from dispatcher.schedule.models import Step
+
+
+class Verdict(StrEnum):
+    """What happens on one channel of a due reminder."""
+
+    SEND = "send"  # claim and send now
+    FALLBACK = "fallback"  # held back; sent only if an earlier channel of the step fails permanently
+    DEFER = "defer"  # not now (rule); recorded, tried again by a later run
+    SUPPRESS = "suppress"  # never for this occurrence (rule); recorded, consumes the claim
+    DONE = "done"  # already claimed by an earlier run
+
+
+class Reason(StrEnum):
+    """Why an overdue account gets nothing in this run (rule ids of issue-level reasons)."""
+
+    BAD_DATA = "bad_data"
+    SETTLED = "settled"
+    NOT_YET_OVERDUE = "not_yet_overdue"
+    NO_STEP_DUE = "no_step_due"
+    ALREADY_SENT = "already_sent"
+    NO_ADDRESS = "no_address"
+    PAUSED = "pause"
+    OPTED_OUT = "opt_out"
+    DEFERRED = "deferred"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPlan:
+    """The verdict for one channel of a due reminder."""
+
+    channel: ChannelKind
+    verdict: Verdict
+    address: str | None
+    rule_id: str | None = None
+    detail: str | None = None
+    not_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The plan for one account in one run.
+
+    ``reason`` is set when nothing is sent now on any channel: the rule id of the
+    main reason, with ``detail`` in words.
+    """
+
+    account_id: str
+    account: Account | None
+    reason: str | None
+    detail: str = ""
+    step: Step | None = None
+    occurrence: int | None = None
+    days_overdue: int | None = None
+    local_today: date | None = None
+    zone: str | None = None
+    reminder_key: str | None = None
+    channels: tuple[ChannelPlan, ...] = ()
+
+    @property
+    def sends(self) -> tuple[ChannelPlan, ...]:
+        return tuple(c for c in self.channels if c.verdict is Verdict.SEND)
+
+    def fallbacks_after(self, channel: ChannelKind) -> tuple[ChannelPlan, ...]:
+        """The held-back channels that come after ``channel`` in the step's order."""
+        names = [c.channel for c in self.channels]
+        later = names[names.index(channel) + 1 :] if channel in names else []
+        return tuple(c for c in self.channels if c.channel in later and c.verdict is Verdict.FALLBACK)

@@ -1,0 +1,81 @@
+"""A delivery job: one planned attempt, with what the deliverer needs to render and send it.
+
+Jobs travel from the planning daemon to the deliverer, in the same process or
+through Celery, so they convert to and from plain JSON-able dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from dispatcher.accounts import Account
+from dispatcher.channels.base import ChannelKind
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryJob:
+    """Send ``channel`` of reminder ``reminder_key``; ``fallbacks`` are the step's later channels."""
+
+    attempt_id: int
+    try_no: int
+    reminder_key: str
+    account: Account
+    step: str
+    occurrence: int
+    days_overdue: int
+    local_today: date
+    channel: ChannelKind
+    address: str
+    fallbacks: tuple[ChannelKind, ...] = ()
+    parent_id: int | None = None
+    run_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        account = data["account"]
+        account["overdue_amount"] = str(self.account.overdue_amount)
+        account["opt_out_channels"] = sorted(self.account.opt_out_channels)
+        for key in ("due_date", "deadline", "promise_to_pay_until"):
+            account[key] = account[key].isoformat() if account[key] else None
+        data["local_today"] = self.local_today.isoformat()
+        data["channel"] = self.channel.value
+        data["fallbacks"] = [c.value for c in self.fallbacks]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeliveryJob:
+        raw = dict(data["account"])
+        raw["overdue_amount"] = Decimal(raw["overdue_amount"])
+        raw["opt_out_channels"] = frozenset(raw["opt_out_channels"])
+        for key in ("due_date", "deadline", "promise_to_pay_until"):
+            raw[key] = date.fromisoformat(raw[key]) if raw[key] else None
+        values = dict(data)
+        values["account"] = Account(**raw)
+        values["local_today"] = date.fromisoformat(data["local_today"])
+        values["channel"] = ChannelKind(data["channel"])
+        values["fallbacks"] = tuple(ChannelKind(c) for c in data["fallbacks"])
+        return cls(**values)
+
+
+@dataclass(slots=True)
+class RunCounts:
+    """What a run did, by outcome (stored as JSON on the run row)."""
+
+    accounts: int = 0
+    rejected: int = 0
+    planned: int = 0
+    sent: int = 0
+    failed: int = 0
+    suppressed: int = 0
+    deferred: int = 0
+    skipped: int = 0
+
+    def add(self, other: RunCounts) -> None:
+        for name in ("accounts", "rejected", "planned", "sent", "failed", "suppressed", "deferred", "skipped"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(asdict(self))

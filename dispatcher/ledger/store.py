@@ -1,0 +1,235 @@
+"""Reading and writing the ledger, always a batch at a time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, Insert, Table, and_, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from dispatcher.accounts import RejectedRow
+from dispatcher.channels.base import ChannelKind
+from dispatcher.errors import LedgerError
+from dispatcher.jobs import DeliveryJob
+from dispatcher.ledger.tables import attempts, rejects, reminders, runs
+from dispatcher.masking import mask_address
+
+_IN_CHUNK = 500
+_T = TypeVar("_T")
+
+ClaimKey = tuple[str, str, int]
+"""(reminder_key, channel, try_no): the identity of one try."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """The final facts of one try, written after the provider answered."""
+
+    attempt_id: int
+    status: str
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    template: str | None = None
+    template_version: str | None = None
+    content_hash: str | None = None
+    provider: str | None = None
+
+
+def _insert_ignoring_conflicts(engine: Engine, table: Table) -> Insert:
+    if engine.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return postgresql.insert(table).on_conflict_do_nothing()
+
+
+def _chunks(items: Sequence[_T], size: int = _IN_CHUNK) -> Iterable[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Ledger:
+    """The ledger on one engine. Every method is one short transaction over a whole batch."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _guard(self, what: str, exc: SQLAlchemyError) -> LedgerError:
+        return LedgerError(f"ledger: cannot {what}: {exc}")
+
+    # runs -------------------------------------------------------------------------------
+    def start_run(self, name: str, fire_time: datetime, version: str, daemon_id: str, now: datetime) -> int | None:
+        """Record the start of run (name, fire_time); ``None`` if that run was already started."""
+        row = {"name": name, "fire_time": fire_time, "status": "running", "config_version": version,
+               "daemon_id": daemon_id, "started_at": now}
+        try:
+            with self.engine.begin() as connection:
+                found = connection.execute(
+                    _insert_ignoring_conflicts(self.engine, runs).returning(runs.c.id), [row]
+                ).all()
+        except SQLAlchemyError as exc:
+            raise self._guard("start a run", exc) from exc
+        return int(found[0].id) if found else None
+
+    def finish_run(self, run_id: int, status: str, counts: Mapping[str, int], now: datetime) -> None:
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(runs).where(runs.c.id == run_id)
+                    .values(status=status, finished_at=now, counts=json.dumps(dict(counts), sort_keys=True))
+                )
+        except SQLAlchemyError as exc:
+            raise self._guard("finish a run", exc) from exc
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).mappings().all()
+        return [dict(row) for row in rows]
+
+    # history ----------------------------------------------------------------------------
+    def history(self, account_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], str]]:
+        """For each account: (reminder_key, channel) → status of its latest claimed try."""
+        found: dict[str, dict[tuple[str, str], tuple[int, str]]] = {}
+        query = select(attempts.c.account_id, attempts.c.reminder_key, attempts.c.channel,
+                       attempts.c.try_no, attempts.c.status)
+        try:
+            with self.engine.connect() as connection:
+                for chunk in _chunks(account_ids):
+                    rows = connection.execute(
+                        query.where(and_(attempts.c.account_id.in_(chunk), attempts.c.try_no >= 1))
+                    )
+                    for account_id, key, channel, try_no, status in rows:
+                        per_account = found.setdefault(account_id, {})
+                        seen = per_account.get((key, channel))
+                        if seen is None or try_no > seen[0]:
+                            per_account[(key, channel)] = (try_no, status)
+        except SQLAlchemyError as exc:
+            raise self._guard("read history", exc) from exc
+        return {acc: {k: v[1] for k, v in tries.items()} for acc, tries in found.items()}
+
+    # writes -----------------------------------------------------------------------------
+    def record_reminders(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert reminders (key, account_id, due_date, step, occurrence, run_id, created_at) once each."""
+        if rows:
+            self._execute("record reminders", _insert_ignoring_conflicts(self.engine, reminders), rows)
+
+    def book(self, rows: Sequence[Mapping[str, Any]]) -> dict[ClaimKey, int]:
+        """Insert first tries (``planned`` or ``suppressed``) unless they exist.
+
+        Returns the ids of every ``planned`` first try of these reminders, including
+        ones an interrupted earlier run booked but never claimed: nothing went out
+        for those, so they are delivered now.
+        """
+        if not rows:
+            return {}
+        keys = sorted({row["reminder_key"] for row in rows})
+        query = select(attempts.c.id, attempts.c.reminder_key, attempts.c.channel).where(
+            attempts.c.try_no >= 1, attempts.c.try_no == 1, attempts.c.status == "planned"
+        )
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(_insert_ignoring_conflicts(self.engine, attempts), list(rows))
+                found = {}
+                for chunk in _chunks(keys):
+                    for row in connection.execute(query.where(attempts.c.reminder_key.in_(chunk))):
+                        found[(row.reminder_key, row.channel, 1)] = int(row.id)
+        except SQLAlchemyError as exc:
+            raise self._guard("book attempts", exc) from exc
+        return found
+
+    def start_sending(self, attempt_ids: Sequence[int], now: datetime) -> set[int]:
+        """Claim: ``planned → sending`` for the given attempts; returns those this call moved."""
+        claimed: set[int] = set()
+        try:
+            with self.engine.begin() as connection:
+                for chunk in _chunks(attempt_ids):
+                    rows = connection.execute(
+                        update(attempts)
+                        .where(attempts.c.id.in_(chunk), attempts.c.status == "planned")
+                        .values(status="sending", attempted_at=now, updated_at=now)
+                        .returning(attempts.c.id)
+                    )
+                    claimed.update(int(row.id) for row in rows)
+        except SQLAlchemyError as exc:
+            raise self._guard("claim attempts", exc) from exc
+        return claimed
+
+    def release(self, attempt_ids: Sequence[int], now: datetime) -> None:
+        """Give back claimed attempts that were never handed to a provider (``sending → planned``)."""
+        try:
+            with self.engine.begin() as connection:
+                for chunk in _chunks(attempt_ids):
+                    connection.execute(
+                        update(attempts)
+                        .where(attempts.c.id.in_(chunk), attempts.c.status == "sending")
+                        .values(status="planned", attempted_at=None, updated_at=now)
+                    )
+        except SQLAlchemyError as exc:
+            raise self._guard("release attempts", exc) from exc
+
+    def insert_try(self, job: DeliveryJob, try_no: int, channel: ChannelKind, parent_id: int | None,
+                   now: datetime, *, address: str | None = None) -> int | None:
+        """Claim a further try (a retry, or a fallback channel's first try) already ``sending``.
+
+        Returns its id, or ``None`` when that try exists already (someone else owns it).
+        """
+        row = {
+            "reminder_key": job.reminder_key, "account_id": job.account.account_id, "step": job.step,
+            "occurrence": job.occurrence, "channel": channel.value, "try_no": try_no, "status": "sending",
+            "address": address if address is not None else mask_address(channel.value, job.address),
+            "parent_id": parent_id, "run_id": job.run_id, "created_at": now, "attempted_at": now,
+            "updated_at": now,
+        }
+        statement = _insert_ignoring_conflicts(self.engine, attempts).returning(attempts.c.id)
+        try:
+            with self.engine.begin() as connection:
+                found = connection.execute(statement, [row]).all()
+        except SQLAlchemyError as exc:
+            raise self._guard("claim a further try", exc) from exc
+        return int(found[0].id) if found else None
+
+    def record_decisions(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert rows that do not claim (try 0: deferrals)."""
+        if rows:
+            self._execute("record decisions", attempts.insert(), rows)
+
+    def finish_attempts(self, outcomes: Sequence[AttemptOutcome], now: datetime) -> None:
+        """Write the providers' answers for a batch of tries."""
+        if not outcomes:
+            return
+        statement = (
+            update(attempts)
+            .where(attempts.c.id == bindparam("b_id"))
+            .values(status=bindparam("b_status"), provider_message_id=bindparam("b_pmid"),
+                    error_code=bindparam("b_code"), error_class=bindparam("b_class"),
+                    error_message=bindparam("b_message"), updated_at=bindparam("b_now"),
+                    template=func.coalesce(bindparam("b_template"), attempts.c.template),
+                    template_version=func.coalesce(bindparam("b_version"), attempts.c.template_version),
+                    content_hash=func.coalesce(bindparam("b_hash"), attempts.c.content_hash),
+                    provider=func.coalesce(bindparam("b_provider"), attempts.c.provider))
+        )
+        params = [
+            {"b_id": o.attempt_id, "b_status": o.status, "b_pmid": o.provider_message_id, "b_code": o.error_code,
+             "b_class": o.error_class, "b_message": o.error_message, "b_now": now, "b_template": o.template,
+             "b_version": o.template_version, "b_hash": o.content_hash, "b_provider": o.provider}
+            for o in outcomes
+        ]
+        self._execute("record outcomes", statement, params)
+
+    def record_rejects(self, run_id: int | None, rows: Sequence[RejectedRow], now: datetime) -> None:
+        if rows:
+            params = [{"run_id": run_id, "account_id": r.account_id, "field": r.field, "reason": r.reason,
+                       "created_at": now} for r in rows]
+            self._execute("record rejected rows", rejects.insert(), params)
+
+    def _execute(self, what: str, statement: Any, params: Sequence[Mapping[str, Any]]) -> None:
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(statement, list(params))
+        except SQLAlchemyError as exc:
+            raise self._guard(what, exc) from exc

@@ -1,0 +1,158 @@
+"""Ledger tables (SQLAlchemy Core metadata; the Alembic migrations create the same schema).
+
+Invariants enforced by unique keys, whatever the scheduler, broker or a crash does:
+
+* a run is (name, fire_time): a scheduled run fires at most once;
+* a reminder is (account, due date, step, occurrence);
+* a delivery attempt is (reminder, channel, try). Try 1 is the claim: whoever
+  inserts it owns that reminder on that channel, so it goes out at most once.
+  Try 0 rows are decisions that do not consume the claim (``deferred``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Stores UTC as a naive timestamp on every engine; returns aware UTC datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger; pass an aware one")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("fire_time", UtcDateTime, nullable=False),
+    Column("status", String(16), nullable=False),  # running | completed | failed | interrupted
+    Column("config_version", String(32), nullable=False),
+    Column("daemon_id", String(64), nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime),
+    Column("counts", Text),  # JSON: accounts, sent, deferred, suppressed, failed, rejected ...
+    UniqueConstraint("name", "fire_time"),
+)
+
+reminders = Table(
+    "reminders",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(255), nullable=False, unique=True),
+    Column("account_id", String(128), nullable=False, index=True),
+    Column("due_date", Date, nullable=False),
+    Column("step", String(64), nullable=False),
+    Column("occurrence", Integer, nullable=False),
+    Column("run_id", Integer),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("reminder_key", String(255), nullable=False),
+    Column("account_id", String(128), nullable=False),
+    Column("step", String(64), nullable=False),
+    Column("occurrence", Integer, nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("try_no", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("address", String(255)),  # masked
+    Column("provider", String(32)),
+    Column("template", String(64)),
+    Column("template_version", String(32)),
+    Column("content_hash", String(64)),
+    Column("provider_message_id", String(128)),
+    Column("error_code", String(32)),
+    Column("error_class", String(16)),  # transient | permanent
+    Column("error_message", Text),
+    Column("rule_id", String(32)),  # why not contacted (deferred / suppressed)
+    Column("detail", Text),
+    Column("not_before", UtcDateTime),  # deferred until
+    Column("parent_id", Integer),  # fallback: the attempt on the previous channel
+    Column("run_id", Integer),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("attempted_at", UtcDateTime),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_attempts_account_id", "account_id"),
+    Index("ix_attempts_provider_message_id", "provider_message_id"),
+    Index("ix_attempts_status", "status"),
+    Index("ix_attempts_created_at", "created_at"),
+    Index(
+        "uq_attempts_claim",
+        "reminder_key",
+        "channel",
+        "try_no",
+        unique=True,
+        sqlite_where=Column("try_no") >= 1,
+        postgresql_where=Column("try_no") >= 1,
+    ),
+)
+
+rejects = Table(
+    "rejects",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer),
+    Column("account_id", String(128)),
+    Column("field", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("channel", String(16), nullable=False),
+    Column("address_hash", String(64), nullable=False),
+    Column("address", String(255), nullable=False),  # masked
+    Column("account_id", String(128)),
+    Column("source", String(32), nullable=False),  # inbound_stop | twilio_21610 | unsubscribe | bad_address ...
+    Column("detail", Text),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("lifted_at", UtcDateTime),
+    Index("ix_suppressions_lookup", "channel", "address_hash"),
+)

@@ -1,0 +1,56 @@
+"""Masking personal data for logs, the ledger and listings."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_PHONE_RE = re.compile(r"(?<![\w+])\+\d{8,15}\b")
+_EMAIL_RE = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
+
+
+def mask_phone(phone: str) -> str:
+    """``+8613812348000`` → ``+86138****8000``: country code and prefix, then the last 4 digits."""
+    if len(phone) <= 8:
+        return "*" * len(phone)
+    return phone[: min(6, len(phone) - 8)] + "****" + phone[-4:]
+
+
+def mask_email(email: str) -> str:
+    """``zhang.wei@example.com`` → ``z***@example.com``."""
+    local, sep, domain = email.partition("@")
+    if not sep:
+        return "***"
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_token(token: str) -> str:
+    """A push token shows its last 6 characters only."""
+    return "…" + token[-6:] if len(token) > 6 else "***"
+
+
+def mask_address(channel: str, address: str) -> str:
+    """The masked form of an address on ``channel`` (sms, email, push)."""
+    if channel == "sms":
+        return mask_phone(address)
+    if channel == "email":
+        return mask_email(address)
+    return mask_token(address)
+
+
+def mask_text(text: str) -> str:
+    """Masks every phone number and email address found in free text."""
+    text = _PHONE_RE.sub(lambda m: mask_phone(m.group(0)), text)
+    return _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+
+
+class MaskingFilter(logging.Filter):
+    """A logging filter that masks phone numbers and emails in every record's final message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_text(message)
+        if masked != message:
+            record.msg = masked
+            record.args = None
+        return True

@@ -1,0 +1,110 @@
+"""The planner: (accounts, schedule, ledger history, now) → decisions. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
+
+from dispatcher.accounts import Account, RejectedRow
+from dispatcher.channels.base import ChannelKind
+from dispatcher.decisions import ChannelPlan, Decision, Reason, Verdict
+from dispatcher.ladder import DueStep, days_overdue, due_step, local_date, reminder_key
+from dispatcher.rules.engine import RuleEngine
+from dispatcher.schedule.models import Schedule
+from dispatcher.zones import home_zone
+
+History = Mapping[tuple[str, str], str]
+"""(reminder_key, channel) → status of the latest claimed try, for one account."""
+
+GOING_OR_GONE = frozenset({"sending", "sent", "delivered", "unknown"})
+"""Statuses that mean the reminder reached, or may have reached, the borrower on that channel."""
+
+
+def address_for(account: Account, channel: ChannelKind) -> str | None:
+    """The borrower's own address on ``channel``, if any."""
+    if channel is ChannelKind.SMS:
+        return account.phone
+    if channel is ChannelKind.EMAIL:
+        return account.email
+    return account.push_token
+
+
+def rejected(row: RejectedRow) -> Decision:
+    return Decision(row.account_id or "?", None, Reason.BAD_DATA, f"{row.field}: {row.reason}")
+
+
+class Planner:
+    """Decides, for each account, which step and channels are due now and why the others are not."""
+
+    def __init__(self, schedule: Schedule, rules: RuleEngine) -> None:
+        self.schedule = schedule
+        self.rules = rules
+
+    def plan(
+        self, accounts: Iterable[Account], history: Mapping[str, History], now: datetime
+    ) -> list[Decision]:
+        return [self.plan_account(a, history.get(a.account_id, {}), now) for a in accounts]
+
+    def plan_account(self, account: Account, history: History, now: datetime) -> Decision:
+        zone = home_zone(account, self.schedule.timezone)
+        today = local_date(now, zone)
+        base = Decision(account.account_id, account, None, local_today=today, zone=zone.key)
+        if account.settled:
+            return replace(base, reason=Reason.SETTLED, detail=f"balance {account.overdue_amount}")
+        days = days_overdue(account.due_date, today)
+        if days < 1:
+            return replace(base, reason=Reason.NOT_YET_OVERDUE, days_overdue=days, detail=f"day {days}")
+        due = due_step(self.schedule.ladder, days)
+        if due is None:
+            return replace(base, reason=Reason.NO_STEP_DUE, days_overdue=days,
+                           detail=f"no step of the ladder covers day {days}")
+        key = reminder_key(account.account_id, account.due_date, due.step.step, due.occurrence)
+        found = replace(base, step=due.step, occurrence=due.occurrence, days_overdue=days, reminder_key=key)
+        block = self.rules.check_account(account, today)
+        if block is not None:
+            return replace(found, reason=block.rule_id, detail=block.detail)
+        channels = self._channels(account, due, key, history, now)
+        reason, detail = _summary(channels)
+        return replace(found, reason=reason, detail=detail, channels=channels)
+
+    def _channels(
+        self, account: Account, due: DueStep, key: str, history: History, now: datetime
+    ) -> tuple[ChannelPlan, ...]:
+        plans: list[ChannelPlan] = []
+        chosen = False  # fallback steps: a channel has been picked (or already went out)
+        for channel in due.step.channels:
+            status = history.get((key, channel.value))
+            if status == "planned":  # booked by an interrupted run, never claimed: book it again
+                status = None
+            address = address_for(account, channel)
+            if status is not None:
+                plans.append(ChannelPlan(channel, Verdict.DONE, address, detail=f"already {status}"))
+                chosen = chosen or status in GOING_OR_GONE
+                continue
+            if due.step.fallback and chosen:
+                plans.append(ChannelPlan(channel, Verdict.FALLBACK, address))
+                continue
+            plan = self._channel(account, channel, address, now)
+            plans.append(plan)
+            chosen = chosen or plan.verdict in (Verdict.SEND, Verdict.DEFER)
+        return tuple(plans)
+
+    def _channel(self, account: Account, channel: ChannelKind, address: str | None, now: datetime) -> ChannelPlan:
+        if not address:
+            return ChannelPlan(channel, Verdict.SUPPRESS, None, Reason.NO_ADDRESS, f"no {channel.value} address")
+        block = self.rules.check_channel(account, channel, address, now)
+        if block is None:
+            return ChannelPlan(channel, Verdict.SEND, address)
+        verdict = Verdict.DEFER if block.defer else Verdict.SUPPRESS
+        return ChannelPlan(channel, verdict, address, block.rule_id, block.detail, block.not_before)
+
+
+def _summary(channels: tuple[ChannelPlan, ...]) -> tuple[str | None, str]:
+    if any(c.verdict is Verdict.SEND for c in channels):
+        return None, ""
+    if all(c.verdict in (Verdict.DONE, Verdict.FALLBACK) for c in channels):
+        return Reason.ALREADY_SENT, "; ".join(f"{c.channel.value} {c.detail}" for c in channels if c.detail)
+    first = next(c for c in channels if c.verdict in (Verdict.DEFER, Verdict.SUPPRESS))
+    details = "; ".join(f"{c.channel.value}: {c.detail}" for c in channels if c.verdict is not Verdict.FALLBACK)
+    return first.rule_id, details

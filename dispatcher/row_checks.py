@@ -1,0 +1,153 @@
+"""Turning one source row into an :class:`Account`, or a :class:`RejectedRow` naming the field and reason."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+
+from dispatcher.accounts import Account, RejectedRow
+
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+_LOCALE_RE = re.compile(r"^[a-z]{2,3}(?:[-_][A-Za-z]{4})?(?:[-_](?:[A-Z]{2}|\d{3}))?$")
+_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+_CHANNELS = frozenset({"sms", "email", "push"})
+_TRUE = frozenset({"1", "true", "t", "yes", "y"})
+
+
+class BadField(ValueError):
+    """A field of a source row fails the account contract."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+def _text(row: Mapping[str, Any], name: str) -> str | None:
+    value = row.get(name)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+@lru_cache(maxsize=4096)
+def _phone(raw: str) -> str:
+    try:
+        number = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException as exc:
+        raise BadField("phone", f"not an E.164 phone number: {exc}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise BadField("phone", "not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+@lru_cache(maxsize=1024)
+def _zone(raw: str) -> str:
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BadField("timezone", f"unknown time zone {raw!r}") from None
+    return raw
+
+
+def _decimal(raw: Any) -> Decimal:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise BadField("overdue_amount", "missing")
+    try:
+        value = Decimal(str(raw).strip())
+    except InvalidOperation:
+        raise BadField("overdue_amount", f"not a number: {raw!r}") from None
+    if not value.is_finite():
+        raise BadField("overdue_amount", f"not a finite number: {raw!r}")
+    return value
+
+
+def _date(row: Mapping[str, Any], name: str, *, required: bool) -> date | None:
+    raw = row.get(name)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        if required:
+            raise BadField(name, "missing")
+        return None
+    if isinstance(raw, datetime):
+        return raw.date()
+    if isinstance(raw, date):
+        return raw
+    try:
+        return date.fromisoformat(str(raw).strip()[:10])
+    except ValueError:
+        raise BadField(name, f"not a date: {raw!r}") from None
+
+
+def _matching(row: Mapping[str, Any], name: str, pattern: re.Pattern[str], what: str) -> str | None:
+    value = _text(row, name)
+    if value is not None and not pattern.match(value):
+        raise BadField(name, f"not {what}: {value!r}")
+    return value
+
+
+def _opt_outs(row: Mapping[str, Any]) -> frozenset[str]:
+    value = _text(row, "opt_out_channels")
+    if value is None:
+        return frozenset()
+    channels = frozenset(part.strip().lower() for part in value.replace(";", ",").split(",") if part.strip())
+    unknown = channels - _CHANNELS
+    if unknown:
+        raise BadField("opt_out_channels", f"unknown channel(s) {sorted(unknown)}")
+    return channels
+
+
+def _flag(row: Mapping[str, Any], name: str) -> bool:
+    value = row.get(name)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    return str(value).strip().lower() in _TRUE
+
+
+def _optional(parse: Callable[[str], str], value: str | None) -> str | None:
+    return None if value is None else parse(value)
+
+
+def parse_row(row: Mapping[Any, Any]) -> Account | RejectedRow:
+    """Validate one row of the account contract; never raises for bad data."""
+    account_id = _text(row, "account_id")
+    if account_id is None:
+        return RejectedRow(None, "account_id", "missing")
+    try:
+        return _account(account_id, row)
+    except BadField as bad:
+        return RejectedRow(account_id, bad.field, bad.reason)
+
+
+def _account(account_id: str, row: Mapping[str, Any]) -> Account:
+    currency = _matching(row, "currency", _CURRENCY_RE, "an ISO 4217 currency code")
+    if currency is None:
+        raise BadField("currency", "missing")
+    due_date = _date(row, "due_date", required=True)
+    assert due_date is not None
+    return Account(
+        account_id=account_id,
+        name=_text(row, "name") or "",
+        phone=_optional(_phone, _text(row, "phone")),
+        email=_matching(row, "email", _EMAIL_RE, "an email address"),
+        push_token=_text(row, "push_token"),
+        locale=_matching(row, "locale", _LOCALE_RE, "a locale like zh-CN"),
+        timezone=_optional(_zone, _text(row, "timezone")),
+        currency=currency,
+        overdue_amount=_decimal(row.get("overdue_amount")),
+        due_date=due_date,
+        deadline=_date(row, "deadline", required=False),
+        repayment_account=_text(row, "repayment_account") or "",
+        do_not_contact=_text(row, "do_not_contact"),
+        dispute=_flag(row, "dispute"),
+        promise_to_pay_until=_date(row, "promise_to_pay_until", required=False),
+        opt_out_channels=_opt_outs(row),
+    )

@@ -1,0 +1,151 @@
+"""Checks that need the whole of schedules.yaml, or the templates beside it.
+
+The structural checks (duplicate names, overlapping windows) read the plain
+data and report at positions of the round-trip tree, so they run even when
+other parts of the file are invalid. Template checks are delegated to a
+:data:`TemplateChecker` (``dispatcher.compose.renderer.check_templates``) and
+their findings placed at the step in schedules.yaml or at the template file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from dispatcher.channels.base import ChannelKind
+from dispatcher.errors import Problem
+from dispatcher.schedule.models import DayWindow, Schedule, parse_window
+from dispatcher.schedule.positions import format_path, value_position
+
+
+class TemplateIssue(Protocol):
+    """What a template checker reports (``dispatcher.compose.renderer.TemplateProblem``)."""
+
+    @property
+    def step(self) -> str: ...
+    @property
+    def template(self) -> str: ...
+    @property
+    def locale(self) -> str: ...
+    @property
+    def channel(self) -> ChannelKind: ...
+    @property
+    def file(self) -> str | None: ...
+    @property
+    def line(self) -> int | None: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def missing(self) -> bool: ...
+
+
+TemplateChecker = Callable[[Schedule, Path], Sequence[TemplateIssue]]
+"""Checks every step's templates exist and render: ``check_templates(schedule, templates_dir)``."""
+
+
+def _items(data: Any, section: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(index, mapping)`` for each mapping in the list ``data[section]``."""
+    items = data.get(section) if isinstance(data, dict) else None
+    if isinstance(items, list):
+        for index, item in enumerate(items):
+            if isinstance(item, dict):
+                yield index, item
+
+
+def duplicate_names(root: Any, data: Any, file: str) -> list[Problem]:
+    """A problem at each step or run whose name an earlier one already uses."""
+    problems: list[Problem] = []
+    for section, key, what in (("runs", "name", "run"), ("ladder", "step", "step")):
+        seen: dict[str, int] = {}
+        for index, item in _items(data, section):
+            name = item.get(key)
+            if not isinstance(name, str):
+                continue
+            if name in seen:
+                path = (section, index, key)
+                used_by = f"{section}[{seen[name]}]"
+                message = f"{format_path(path)}: {what} name {name!r} is already used by {used_by}"
+                problems.append(Problem(file, *value_position(root, path), message))
+            else:
+                seen[name] = index
+    return problems
+
+
+def _window(item: dict[str, Any]) -> DayWindow | None:
+    try:
+        return parse_window(item.get("days_overdue"))
+    except ValueError:
+        return None
+
+
+def overlapping_windows(root: Any, data: Any, file: str) -> list[Problem]:
+    """A problem at each step whose ``days_overdue`` overlaps an earlier step's."""
+    problems: list[Problem] = []
+    earlier: list[tuple[str, DayWindow]] = []
+    for index, item in _items(data, "ladder"):
+        window = _window(item)
+        if window is None:
+            continue
+        for name, other in earlier:
+            if window.overlaps(other):
+                path = ("ladder", index, "days_overdue")
+                message = f"{format_path(path)} {window} overlaps step {name!r} ({other})"
+                problems.append(Problem(file, *value_position(root, path), message))
+        earlier.append((str(item.get("step", f"ladder[{index}]")), window))
+    return problems
+
+
+def template_problems(
+    issues: Sequence[TemplateIssue], root: Any, data: Any, file: str, templates_dir: Path
+) -> list[Problem]:
+    """Template findings as problems: a missing one at its step, a broken one at its file."""
+    problems: list[Problem] = []
+    reported: set[tuple[str, str]] = set()
+    for issue in issues:
+        if not issue.missing:
+            problems.append(_broken(issue, root, data, file, templates_dir))
+            continue
+        group = (issue.step, issue.locale)
+        if group in reported and not (templates_dir / issue.template / issue.locale).is_dir():
+            continue
+        reported.add(group)
+        problems.append(_missing(issue, root, data, file, templates_dir))
+    return problems
+
+
+def _step_position(root: Any, data: Any, step: str) -> tuple[int, int]:
+    """Where a step's ``template:`` value (or its ``step:`` value) is written."""
+    for index, item in _items(data, "ladder"):
+        if item.get("step") == step:
+            key = "template" if "template" in item else "step"
+            return value_position(root, ("ladder", index, key))
+    return value_position(root, ("ladder",))
+
+
+def _missing(issue: TemplateIssue, root: Any, data: Any, file: str, templates_dir: Path) -> Problem:
+    expected = display_template_path(issue.file, templates_dir) if issue.file else None
+    where = f"no file {expected}" if expected else f"no {issue.channel} template for {issue.locale}"
+    message = f"template {issue.template!r} has {where}"
+    return Problem(file, *_step_position(root, data, issue.step), message, rule="template")
+
+
+def _broken(issue: TemplateIssue, root: Any, data: Any, file: str, templates_dir: Path) -> Problem:
+    if issue.file is None:
+        message = f"template {issue.template!r} ({issue.locale}, {issue.channel}): {issue.message}"
+        return Problem(file, *_step_position(root, data, issue.step), message, rule="template")
+    shown = display_template_path(issue.file, templates_dir)
+    return Problem(shown, issue.line or 1, 1, issue.message, rule="template")
+
+
+def display_template_path(file: str, templates_dir: Path) -> str:
+    """A template file as the user would write it: under ``templates_dir`` as given."""
+    path = Path(file)
+    if path.is_absolute():
+        for base in (templates_dir.absolute(), templates_dir.resolve()):
+            if path.is_relative_to(base):
+                return str(templates_dir / path.relative_to(base))
+        return file
+    if path.parts[: len(templates_dir.parts)] == templates_dir.parts:
+        return file
+    return str(templates_dir / path)

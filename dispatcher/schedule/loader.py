@@ -1,0 +1,128 @@
+"""Load schedules.yaml into a :class:`LoadedSchedule`, or report every problem with its place.
+
+Steps: parse with ruamel.yaml (round-trip, so positions are kept), substitute
+``${VAR}`` from the given environment, validate with the pydantic models, run
+the whole-file checks and, when given, the template checks. Every finding
+becomes a :class:`~dispatcher.errors.Problem` (1-based line and column) and
+all of them are raised together in one :class:`~dispatcher.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from dispatcher.errors import ConfigError, Problem
+from dispatcher.schedule.checks import (
+    TemplateChecker,
+    duplicate_names,
+    overlapping_windows,
+    template_problems,
+)
+from dispatcher.schedule.models import Schedule
+from dispatcher.schedule.positions import YamlPath, value_position
+from dispatcher.schedule.repair import salvage
+from dispatcher.schedule.validation import problems_from_errors
+from dispatcher.schedule.variables import to_plain
+
+VERSION_LENGTH = 12
+"""Hex digits of the file's sha256 kept as its version."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSchedule:
+    """A valid schedule, the file it came from, its templates directory and content version."""
+
+    schedule: Schedule
+    path: Path
+    templates_dir: Path
+    version: str
+
+
+def content_version(content: bytes) -> str:
+    """The version of a schedule file: the first hex digits of its sha256."""
+    return hashlib.sha256(content).hexdigest()[:VERSION_LENGTH]
+
+
+def load_schedule(
+    path: Path, env: Mapping[str, str], *, check_templates: TemplateChecker | None = None
+) -> LoadedSchedule:
+    """Read and validate ``path``; raises :class:`ConfigError` listing every problem."""
+    file = str(path)
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem(file, 0, 0, f"cannot read the file: {exc.strerror or exc}")]) from exc
+    root = _parse(content, file)
+    templates_dir = path.parent / "templates"
+    schedule = _validate(root, env, file, templates_dir, check_templates)
+    return LoadedSchedule(schedule, path, templates_dir, content_version(content))
+
+
+def _parse(content: bytes, file: str) -> CommentedMap:
+    """The round-trip tree of the file; a syntax error or a non-mapping is a problem."""
+    try:
+        root = YAML(typ="rt").load(content)
+    except YAMLError as exc:
+        raise ConfigError([_syntax_problem(exc, file)]) from exc
+    if not isinstance(root, CommentedMap):
+        what = "empty" if root is None else "not a mapping of settings"
+        raise ConfigError([Problem(file, 1, 1, f"the file is {what}", rule="yaml")])
+    return root
+
+
+def _syntax_problem(exc: YAMLError, file: str) -> Problem:
+    """A problem at the mark where the parser stopped."""
+    if isinstance(exc, MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        detail = exc.problem or exc.context or "invalid YAML"
+        if mark is not None:
+            return Problem(file, mark.line + 1, mark.column + 1, f"YAML syntax error: {detail}", rule="yaml")
+    return Problem(file, 1, 1, f"YAML syntax error: {exc}", rule="yaml")
+
+
+def _validate(
+    root: CommentedMap,
+    env: Mapping[str, str],
+    file: str,
+    templates_dir: Path,
+    check_templates: TemplateChecker | None,
+) -> Schedule:
+    """The validated schedule; raises :class:`ConfigError` with every problem found."""
+    problems: list[Problem] = []
+    unresolved: set[YamlPath] = set()
+
+    def report(at: YamlPath, message: str) -> None:
+        unresolved.add(at)
+        problems.append(Problem(file, *value_position(root, at), message))
+
+    data = _with_defaults(to_plain(root, env, report))
+    problems += duplicate_names(root, data, file) + overlapping_windows(root, data, file)
+    try:
+        schedule: Schedule | None = Schedule.model_validate(data)
+    except ValidationError as exc:
+        errors = [e for e in exc.errors() if tuple(e["loc"]) not in unresolved]
+        problems += problems_from_errors(root, file, errors)
+        schedule = salvage(data, exc.errors())
+    if schedule is not None and check_templates is not None:
+        issues = check_templates(schedule, templates_dir)
+        problems += template_problems(issues, root, data, file, templates_dir)
+    if problems or schedule is None:
+        raise ConfigError(sorted(problems, key=lambda p: (p.file != file, p.file, p.line, p.col)))
+    return schedule
+
+
+def _with_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """``source.url`` empty (as ``${DISPATCHER_SOURCE_URL:-}`` gives) means the ledger database."""
+    source = data.get("source")
+    if isinstance(source, dict) and source.get("url") == "":
+        data["source"] = {**source, "url": None}
+    return data

@@ -1,0 +1,74 @@
+"""Environment settings: typed, frozen, read once at start-up (never deep in business code).
+
+Provider credentials live in :mod:`dispatcher.channels.provider_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dispatcher.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///dispatcher.db"
+"""The embedded ledger: a SQLite file in the working directory."""
+
+DEFAULT_OUTBOX_DIR = "outbox"
+"""Where the outbox channels write messages when no provider is configured."""
+
+DEFAULT_CONCURRENCY = 32
+"""Provider requests in flight per process."""
+
+DEFAULT_MAX_TRIES = 3
+"""Tries per reminder and channel before a transient failure becomes ``failed``."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the dispatcher reads from the environment (see the README's reference)."""
+
+    schedules_path: Path
+    database_url: str
+    outbox_dir: Path
+    broker_url: str | None
+    public_url: str | None
+    secret_key: bytes = field(repr=False)
+    concurrency: int
+    max_tries: int
+    log_level: str
+    daemon_id: str
+    env: Mapping[str, str] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, schedules: str | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        secret = env.get("DISPATCHER_SECRET_KEY", "")
+        return cls(
+            schedules_path=Path(schedules or env.get("DISPATCHER_SCHEDULES") or "schedules.yaml"),
+            database_url=env.get("DISPATCHER_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            outbox_dir=Path(env.get("DISPATCHER_OUTBOX_DIR") or DEFAULT_OUTBOX_DIR),
+            broker_url=env.get("DISPATCHER_BROKER_URL") or None,
+            public_url=(env.get("DISPATCHER_PUBLIC_URL") or "").rstrip("/") or None,
+            secret_key=secret.encode() if secret else b"",
+            concurrency=_int(env, "DISPATCHER_CONCURRENCY", DEFAULT_CONCURRENCY),
+            max_tries=_int(env, "DISPATCHER_MAX_TRIES", DEFAULT_MAX_TRIES),
+            log_level=(env.get("DISPATCHER_LOG_LEVEL") or "INFO").upper(),
+            daemon_id=env.get("DISPATCHER_DAEMON_ID") or f"{socket.gethostname()}:{os.getpid()}",
+            env=env,
+        )

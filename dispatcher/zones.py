@@ -1,0 +1,46 @@
+"""The borrower's zone: the account's own, else the phone number's region, else the default."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import phonenumbers
+from phonenumbers import timezone as phone_timezone
+
+from dispatcher.accounts import Account
+
+
+@lru_cache(maxsize=8192)
+def _phone_zones(phone: str) -> tuple[str, ...]:
+    try:
+        number = phonenumbers.parse(phone, None)
+    except phonenumbers.NumberParseException:
+        return ()
+    zones = phone_timezone.time_zones_for_number(number)
+    return tuple(z for z in zones if z != "Etc/Unknown")
+
+
+@lru_cache(maxsize=1024)
+def zone(name: str) -> ZoneInfo:
+    """A cached :class:`ZoneInfo`."""
+    return ZoneInfo(name)
+
+
+def candidate_zones(account: Account, default: str) -> tuple[str, ...]:
+    """Every zone the borrower may be in, the most likely first.
+
+    The account's ``timezone`` comes first; the zones of the phone number's region
+    follow (a borrower may have moved); with neither, the schedule's default.
+    """
+    zones: list[str] = []
+    if account.timezone:
+        zones.append(account.timezone)
+    if account.phone:
+        zones.extend(z for z in _phone_zones(account.phone) if z not in zones)
+    return tuple(zones) if zones else (default,)
+
+
+def home_zone(account: Account, default: str) -> ZoneInfo:
+    """The zone used to count the borrower's local date."""
+    return zone(candidate_zones(account, default)[0])
