@@ -8,7 +8,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Column, Date, Engine, MetaData, Numeric, String, Table, func, insert, select
+from sqlalchemy import Column, Date, Engine, MetaData, String, Table, func, insert, select
 
 demo_metadata = MetaData()
 
@@ -40,8 +40,10 @@ _EN_FIRST = ["James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael
 _EN_LAST = ["Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Chen", "Wang",
             "Taylor", "Moore"]
 _CN_MOBILE_PREFIXES = ["138", "139", "136", "158", "186", "135", "150", "177", "188", "159"]
-_US_AREAS = [("212", "America/New_York"), ("312", "America/Chicago"), ("303", "America/Denver"),
-             ("415", "America/Los_Angeles"), ("206", "America/Los_Angeles"), ("617", "America/New_York")]
+_US_AREAS = [
+    ("212", "America/New_York"), ("312", "America/Chicago"), ("303", "America/Denver"),
+    ("415", "America/Los_Angeles"), ("206", "America/Los_Angeles"), ("617", "America/New_York"),
+]
 _CN_ZONES = ["Asia/Shanghai", "Asia/Shanghai", "Asia/Shanghai", "Asia/Urumqi", ""]
 _BAD_ROWS: list[dict[str, Any]] = [
     {"overdue_amount": "12,3O.00"},

@@ -49,7 +49,10 @@ def _signature(secret: bytes, payload: str) -> bytes:
 def sign_unsubscribe(
     secret: bytes, channel: str, address: str, account_id: str, *, issued_at: int | None = None
 ) -> str:
-    """Return a URL-safe token that :func:`verify_unsubscribe` accepts under the same secret."""
+    """Return a URL-safe token that :func:`verify_unsubscribe` accepts under the same secret.
+
+    Raises ``ValueError`` for an empty secret.
+    """
     issued = int(time.time()) if issued_at is None else issued_at
     claims = {"c": channel, "a": address, "i": account_id, "t": issued}
     payload = _b64encode(json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
@@ -57,7 +60,10 @@ def sign_unsubscribe(
 
 
 def verify_unsubscribe(secret: bytes, token: str) -> UnsubscribeClaim | None:
-    """Return the claim of a genuine token, ``None`` for a malformed, altered or foreign one."""
+    """Return the claim of a genuine token, ``None`` for a malformed, altered or foreign one.
+
+    The signature is compared in constant time. Raises ``ValueError`` for an empty secret.
+    """
     payload, dot, signature = token.strip().partition(".")
     if not dot or not payload.isascii() or not signature.isascii():
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from standins.fcm_server import FcmStandin
@@ -101,8 +101,10 @@ ERRORS = [
 
 
 @pytest.mark.parametrize(("code", "field", "header", "outcome", "effect", "retry_after"), ERRORS)
-def test_error_mapping(fcm: FcmStandin, settings: FcmSettings, code: str, field: str | None,
-                       header: int | None, outcome: Outcome, effect: Effect, retry_after: float | None) -> None:
+def test_error_mapping(
+    fcm: FcmStandin, settings: FcmSettings, code: str, field: str | None,
+    header: int | None, outcome: Outcome, effect: Effect, retry_after: float | None,
+) -> None:
     fcm.fail_next(code, "scripted", retry_after=header, field=field)
     result = with_channel(settings, lambda c: c.send(push()))
 
@@ -110,13 +112,11 @@ def test_error_mapping(fcm: FcmStandin, settings: FcmSettings, code: str, field:
         outcome, code, effect, retry_after)
 
 
-def test_invalid_token_message_without_field_is_a_dead_token() -> None:
-    body = {"error": {"code": 400, "message": "The registration token is not a valid FCM registration token",
-                      "status": "INVALID_ARGUMENT", "details": [
-                          {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
-                           "errorCode": "INVALID_ARGUMENT"}]}}
-    assert classify_fcm_error(400, body) == DeliveryResult.permanent(
-        "INVALID_ARGUMENT", body["error"]["message"], Effect.DEAD_TOKEN)  # type: ignore[index]
+def test_invalid_token_message_without_field_is_a_dead_token(fcm: FcmStandin, settings: FcmSettings) -> None:
+    text = "The registration token is not a valid FCM registration token"  # FCM's real answer
+    fcm.fail_next("INVALID_ARGUMENT", text)
+    result = with_channel(settings, lambda c: c.send(push()))
+    assert result == DeliveryResult.permanent("INVALID_ARGUMENT", text, Effect.DEAD_TOKEN)
 
 
 def test_non_json_5xx_is_transient() -> None:
@@ -154,18 +154,11 @@ def test_401_refreshes_the_token_once_and_retries(fcm: FcmStandin, settings: Fcm
 
 
 def test_401_after_a_fresh_token_is_transient(fcm: FcmStandin, settings: FcmSettings) -> None:
-    fcm.revoked.add("*")
-    fcm.issued.append("*")  # keep the revocation list non-empty for new tokens too
-    original = fcm.respond
-
-    def always_revoke(request: Any) -> Any:
-        fcm.revoked.update(fcm.issued)
-        return original(request)
-
-    fcm.respond = always_revoke  # type: ignore[method-assign]
+    fcm.refuse_all_tokens = True
     result = with_channel(settings, lambda c: c.send(push()))
     assert (result.outcome, result.error_code) == (Outcome.TRANSIENT, "UNAUTHENTICATED")
     assert len(fcm.message_requests) == 2
+    assert len(fcm.issued) == 2
 
 
 def test_token_endpoint_refusal_is_transient(fcm: FcmStandin, settings: FcmSettings, tmp_path: Path) -> None:

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
+from standins.twilio_server import TwilioStandin
 
 from dispatcher.channels.base import Channel, ChannelKind, Effect, Message, Outcome
 from dispatcher.channels.provider_settings import TwilioSettings
 from dispatcher.channels.twilio_sms import TwilioSmsChannel
 from dispatcher.errors import ConfigError, DeliveryError, TransientDeliveryError
-from standins.twilio_server import TwilioStandin
 
 T = TypeVar("T")
 TO = "+14155550100"
@@ -181,7 +181,8 @@ def test_find_sent_raises_delivery_errors(twilio: TwilioStandin) -> None:
     assert not isinstance(refused.value, TransientDeliveryError)
     twilio.delay = 1.0
     with pytest.raises(TransientDeliveryError):
-        with_channel(settings_for(twilio, TWILIO_TIMEOUT="0.2"), lambda c: c.find_sent(TO, datetime(2024, 1, 1)))
+        with_channel(settings_for(twilio, TWILIO_TIMEOUT="0.2"),
+                     lambda c: c.find_sent(TO, datetime(2024, 1, 1)))
 
 
 SETTINGS_ERRORS = [

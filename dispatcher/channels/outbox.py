@@ -8,11 +8,12 @@ provider (a message id per message) and is recorded in the ledger like one.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 from dispatcher.channels.base import ChannelKind, DeliveryResult, Message
-from dispatcher.channels.smtp_email import build_email
+from dispatcher.channels.eml import eml_bytes
 
 DEFAULT_EMAIL_FROM = "reminders@localhost"
 """Sender written into outbox emails when ``EMAIL_FROM`` is not set."""
@@ -66,4 +67,4 @@ class OutboxChannel:
         folder.mkdir(parents=True, exist_ok=True)
         safe_account = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in message.account_id)
         path = folder / f"{message.attempt_id:08d}-{safe_account}.eml"
-        path.write_bytes(bytes(build_email(message, self.email_from)))
+        path.write_bytes(eml_bytes(message, self.email_from, datetime.now(UTC)))

@@ -86,11 +86,6 @@ class Ledger:
         except SQLAlchemyError as exc:
             raise self._guard("finish a run", exc) from exc
 
-    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        with self.engine.connect() as connection:
-            rows = connection.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).mappings().all()
-        return [dict(row) for row in rows]
-
     # history ----------------------------------------------------------------------------
     def history(self, account_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], str]]:
         """For each account: (reminder_key, channel) → status of its latest claimed try."""

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from . import HttpStandin, Recorded, Reply
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _SEND = re.compile(r"^/v1/projects/(?P<project>[^/]+)/messages:send$")
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "UNREGISTERED": 404, "SENDER_ID_MISMATCH": 403, "QUOTA_EXCEEDED": 429,
                "UNAVAILABLE": 503, "INTERNAL": 500, "THIRD_PARTY_AUTH_ERROR": 401}
@@ -31,11 +32,13 @@ RPC_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_
               429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
 
 
-def fcm_error(status: int, message: str, error_code: str | None = None, field: str | None = None) -> dict[str, Any]:
+def fcm_error(
+    status: int, message: str, error_code: str | None = None, field: str | None = None
+) -> dict[str, Any]:
     """FCM's error body: google.rpc.Status with an FcmError detail and optional field violation."""
     details: list[dict[str, Any]] = []
     if error_code:
-        details.append({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": error_code})
+        details.append({"@type": FCM_ERROR_TYPE, "errorCode": error_code})
     if field:
         details.append({"@type": "type.googleapis.com/google.rpc.BadRequest",
                         "fieldViolations": [{"field": field, "description": message}]})
@@ -73,6 +76,8 @@ class FcmStandin(HttpStandin):
         self.issued: list[str] = []
         self.revoked: set[str] = set()
         self.sends: list[dict[str, Any]] = []
+        self.refuse_all_tokens = False
+        """Answer 401 to every send, even with a fresh token (a broken service account)."""
         self._next: deque[Failure] = deque()
         self._rules: dict[str, Failure] = {}
 
@@ -141,7 +146,8 @@ class FcmStandin(HttpStandin):
 
     def _authorized(self, request: Recorded) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        return scheme == "Bearer" and token in self.issued and token not in self.revoked
+        valid = token in self.issued and token not in self.revoked and not self.refuse_all_tokens
+        return scheme == "Bearer" and valid
 
     def _send(self, request: Recorded) -> Reply:
         try:

@@ -72,7 +72,9 @@ class TwilioStandin(HttpStandin):
         self._next: deque[Failure] = deque()
         self._rules: dict[str, Failure] = {}
 
-    def fail_next(self, status: int, code: int, message: str | None = None, retry_after: int | None = None) -> None:
+    def fail_next(
+        self, status: int, code: int, message: str | None = None, retry_after: int | None = None
+    ) -> None:
         """Answer the next create with this error (queued: call several times for several)."""
         with self.lock:
             self._next.append(Failure(status, code, message, retry_after))
@@ -90,7 +92,7 @@ class TwilioStandin(HttpStandin):
     def respond(self, request: Recorded) -> Reply:
         match = _MESSAGES.match(request.path)
         if match is None:
-            return Reply(404, twilio_error(404, 20404, f"The requested resource {request.path} was not found"))
+            return Reply(404, twilio_error(404, 20404, f"The requested resource {request.path} not found"))
         if match["sid"] != self.account_sid or not self._authorized(request):
             return Reply(401, twilio_error(401, 20003))
         return self._create(request) if request.method == "POST" else self._list(request)

@@ -1,0 +1,87 @@
+"""``dispatcher attempts``, ``dispatcher runs``, ``dispatcher rejects`` and ``dispatcher db upgrade``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from typing import Any
+
+from dispatcher.cli import common
+from dispatcher.ledger.database import create_ledger_engine, current_revision, upgrade
+from dispatcher.ledger.queries import ATTEMPT_FIELDS, AttemptFilter, iter_attempts, list_rejects, list_runs
+from dispatcher.output import write_rows
+from dispatcher.zones import zone
+
+STATUSES = ("planned", "sending", "sent", "delivered", "failed", "undelivered", "suppressed", "deferred",
+            "unknown")
+_TABLE = ("id", "account_id", "step", "channel", "try_no", "status", "address", "provider_message_id",
+          "error_code", "rule_id", "attempted_at")
+_WIDTHS = {"id": 7, "account_id": 12, "step": 8, "channel": 6, "try_no": 3, "status": 10, "address": 16,
+           "provider_message_id": 24, "error_code": 14, "rule_id": 12, "attempted_at": 26}
+
+
+def register(commands: Any) -> None:
+    attempts = commands.add_parser("attempts", help="list delivery attempts from the ledger")
+    attempts.add_argument("--account", metavar="ID")
+    attempts.add_argument("--since", metavar="DATE", help="ISO date or time (read in the schedule's zone)")
+    attempts.add_argument("--status", choices=STATUSES)
+    attempts.add_argument("--channel", choices=["sms", "email", "push"])
+    attempts.add_argument("--run", type=int, metavar="RUN_ID")
+    attempts.add_argument("--limit", type=int)
+    attempts.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    attempts.set_defaults(handler=attempts_command)
+    runs = commands.add_parser("runs", help="list the latest runs")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    runs.set_defaults(handler=runs_command)
+    rejects = commands.add_parser("rejects", help="list source rows rejected for bad data")
+    rejects.add_argument("--run", type=int, metavar="RUN_ID")
+    rejects.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    rejects.set_defaults(handler=rejects_command)
+    db = commands.add_parser("db", help="ledger schema")
+    db.add_argument("action", choices=["upgrade", "current"])
+    db.set_defaults(handler=db_command)
+
+
+def _since(text: str | None, default_zone: str) -> datetime | None:
+    if not text:
+        return None
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=zone(default_zone))
+
+
+def attempts_command(args: argparse.Namespace) -> int:
+    app = common.app(args)
+    where = AttemptFilter(account_id=args.account, status=args.status, channel=args.channel, run_id=args.run,
+                          since=_since(args.since, app.pipeline.loaded.schedule.timezone), limit=args.limit)
+    rows = iter_attempts(app.engine, where)
+    columns = ATTEMPT_FIELDS if args.format != "table" else _TABLE
+    count = write_rows(sys.stdout, rows, columns, args.format, widths=_WIDTHS)
+    if args.format == "table":
+        print(f"{count} attempt(s)", file=sys.stderr)
+    return 0
+
+
+def runs_command(args: argparse.Namespace) -> int:
+    app = common.app(args)
+    columns = ("id", "name", "fire_time", "status", "daemon_id", "config_version", "started_at", "finished_at",
+               "counts")
+    write_rows(sys.stdout, list_runs(app.engine, args.limit), columns, args.format,
+               widths={"id": 5, "name": 10, "fire_time": 26, "status": 11, "daemon_id": 20, "counts": 80})
+    return 0
+
+
+def rejects_command(args: argparse.Namespace) -> int:
+    app = common.app(args)
+    write_rows(sys.stdout, list_rejects(app.engine, args.run), ("run_id", "account_id", "field", "reason"),
+               args.format, widths={"run_id": 6, "account_id": 12, "field": 16, "reason": 70})
+    return 0
+
+
+def db_command(args: argparse.Namespace) -> int:
+    engine = create_ledger_engine(common.settings(args).database_url)
+    if args.action == "upgrade":
+        upgrade(engine)
+    print(f"ledger at revision {current_revision(engine)}")
+    return 0

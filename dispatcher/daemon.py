@@ -1,0 +1,150 @@
+"""The daemon: APScheduler cron jobs per run, schedules.yaml hot reload, clean stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import datetime, timedelta
+from types import FrameType
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from dispatcher.app import App, Pipeline, load
+from dispatcher.errors import ConfigError, DispatcherError
+from dispatcher.runner import Runner
+from dispatcher.schedule.loader import LoadedSchedule
+from dispatcher.schedule.models import Run
+from dispatcher.schedule.watch import ScheduleWatcher
+
+log = logging.getLogger(__name__)
+
+MISFIRE_GRACE_SECONDS = 3600
+"""A run whose time passed while the daemon was busy or down still fires within this many seconds."""
+
+_JOB_PREFIX = "run:"
+
+
+def trigger_for(run: Run, default_zone: str) -> CronTrigger:
+    """The cron trigger of ``run`` in its zone (else the schedule's)."""
+    return CronTrigger.from_crontab(run.cron, timezone=run.timezone or default_zone)
+
+
+def last_fire_time(trigger: CronTrigger, now: datetime) -> datetime:
+    """The latest time at or before ``now`` at which ``trigger`` fires: the identity of a run."""
+    previous: datetime | None = None
+    probe = trigger.get_next_fire_time(None, now - timedelta(seconds=2 * MISFIRE_GRACE_SECONDS))
+    while probe is not None and probe <= now:
+        previous = probe
+        probe = trigger.get_next_fire_time(probe, probe + timedelta(seconds=1))
+    return previous or now.replace(second=0, microsecond=0)
+
+
+class Daemon:
+    """Fires the runs of schedules.yaml on time, one at a time, and follows edits of the file."""
+
+    def __init__(self, app: App, *, watch_interval: float = 1.0) -> None:
+        self.app = app
+        self.stopping = threading.Event()
+        self.runner = Runner(app, self.stopping)
+        self._lock = threading.Lock()
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE_SECONDS},
+        )
+        self._watcher = ScheduleWatcher(
+            app.settings.schedules_path, lambda _path: load(app.settings),
+            self._changed, self._refused, interval=watch_interval,
+        )
+
+    @property
+    def pipeline(self) -> Pipeline:
+        with self._lock:
+            return self.app.pipeline
+
+    def run_now(self, name: str = "startup") -> None:
+        """Queue one run right away (used at start with ``--run-now``)."""
+        self._scheduler.add_job(self._fire_now, args=[name], id=f"now:{name}", replace_existing=True)
+
+    def serve(self) -> None:
+        """Start everything and block until SIGTERM or SIGINT; the run in progress ends cleanly."""
+        self._install_signals()
+        self._schedule(self.pipeline.loaded)
+        self._scheduler.start()
+        self._watcher.start()
+        log.info("daemon started (schedules.yaml version %s); waiting for runs", self.pipeline.loaded.version)
+        try:
+            while not self.stopping.wait(1.0):
+                pass
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        self._watcher.stop()
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+        log.info("daemon stopped")
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            if not self.stopping.is_set():
+                log.info("received %s: finishing the messages in flight, then stopping",
+                         signal.Signals(signum).name)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def _schedule(self, loaded: LoadedSchedule) -> None:
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith(_JOB_PREFIX):
+                job.remove()
+        schedule = loaded.schedule
+        for run in schedule.runs:
+            trigger = trigger_for(run, schedule.timezone)
+            self._scheduler.add_job(self._fire, trigger, args=[run.name], id=_JOB_PREFIX + run.name,
+                                    replace_existing=True)
+            log.info("run %s scheduled: %r in %s", run.name, run.cron, run.timezone or schedule.timezone)
+
+    def _fire(self, name: str) -> None:
+        pipeline = self.pipeline
+        run = next((r for r in pipeline.loaded.schedule.runs if r.name == name), None)
+        if run is None or self.stopping.is_set():
+            return
+        fire_time = last_fire_time(trigger_for(run, pipeline.loaded.schedule.timezone), self.app.clock())
+        self._carry_out(name, fire_time, pipeline)
+
+    def _fire_now(self, name: str) -> None:
+        if not self.stopping.is_set():
+            self._carry_out(name, self.app.clock(), self.pipeline)
+
+    def _carry_out(self, name: str, fire_time: datetime, pipeline: Pipeline) -> None:
+        try:
+            self.runner.run(name, fire_time, pipeline)
+        except DispatcherError as exc:
+            log.error("run %s at %s failed: %s", name, fire_time.isoformat(), exc)
+        except Exception:
+            log.exception("run %s at %s failed unexpectedly", name, fire_time.isoformat())
+
+    def _changed(self, loaded: LoadedSchedule) -> None:
+        try:
+            pipeline = self.app.build_pipeline(loaded)
+        except DispatcherError as exc:
+            log.error("schedules.yaml version %s refused: %s; keeping version %s",
+                      loaded.version, exc, self.pipeline.loaded.version)
+            return
+        with self._lock:
+            previous = self.app.pipeline.loaded.version
+            self.app.pipeline = pipeline
+        self._schedule(loaded)
+        log.info("schedules.yaml reloaded: version %s replaces %s (used from the next run)",
+                 loaded.version, previous)
+
+    def _refused(self, error: ConfigError) -> None:
+        for problem in error.problems:
+            log.error("%s", problem)
+        log.error("schedules.yaml edit refused (%d problem(s)); version %s keeps running",
+                  len(error.problems), self.pipeline.loaded.version)

@@ -1,0 +1,68 @@
+"""Read-only listings of the ledger for people: attempts, runs, rejected rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from dispatcher.ledger.tables import attempts, rejects, runs
+
+ATTEMPT_FIELDS = (
+    "id", "account_id", "step", "occurrence", "channel", "try_no", "status", "address", "provider",
+    "provider_message_id", "error_code", "error_class", "error_message", "rule_id", "detail", "not_before",
+    "template", "template_version", "content_hash", "parent_id", "run_id", "reminder_key", "created_at",
+    "attempted_at", "updated_at",
+)
+"""Columns of an attempt as listed by ``dispatcher attempts``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFilter:
+    """Which attempts to list; ``None`` means any."""
+
+    account_id: str | None = None
+    since: datetime | None = None
+    status: str | None = None
+    channel: str | None = None
+    run_id: int | None = None
+    limit: int | None = None
+
+
+def iter_attempts(engine: Engine, where: AttemptFilter) -> Iterator[dict[str, Any]]:
+    """Attempts matching ``where``, oldest first, streamed."""
+    query = select(*(attempts.c[name] for name in ATTEMPT_FIELDS)).order_by(attempts.c.id)
+    if where.account_id is not None:
+        query = query.where(attempts.c.account_id == where.account_id)
+    if where.since is not None:
+        query = query.where(attempts.c.created_at >= where.since)
+    if where.status is not None:
+        query = query.where(attempts.c.status == where.status)
+    if where.channel is not None:
+        query = query.where(attempts.c.channel == where.channel)
+    if where.run_id is not None:
+        query = query.where(attempts.c.run_id == where.run_id)
+    if where.limit is not None:
+        query = query.limit(where.limit)
+    with engine.connect() as connection:
+        for row in connection.execution_options(yield_per=1000).execute(query).mappings():
+            yield dict(row)
+
+
+def list_runs(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest runs, newest first."""
+    with engine.connect() as connection:
+        rows = connection.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).mappings().all()
+    return [dict(row) for row in rows]
+
+
+def list_rejects(engine: Engine, run_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """Rejected source rows (account id, field, reason), newest first."""
+    query = select(rejects).order_by(rejects.c.id.desc()).limit(limit)
+    if run_id is not None:
+        query = query.where(rejects.c.run_id == run_id)
+    with engine.connect() as connection:
+        return [dict(row) for row in connection.execute(query).mappings().all()]

@@ -1,0 +1,72 @@
+"""Printing rows for people (aligned table) and machines (JSON, CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal, TextIO
+
+Format = Literal["table", "json", "csv"]
+
+
+def plain(value: Any) -> Any:
+    """A JSON-friendly form of a value (ISO dates, decimals as strings)."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _cell(value: Any, width: int) -> str:
+    text = "" if value is None else str(plain(value))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def write_rows(out: TextIO, rows: Iterable[Mapping[str, Any]], columns: Sequence[str], fmt: Format,
+               *, widths: Mapping[str, int] | None = None) -> int:
+    """Write ``rows`` in ``fmt``; returns how many were written. JSON is one array, streamed."""
+    if fmt == "json":
+        return _json(out, rows, columns)
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        count = 0
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else plain(row.get(c)) for c in columns])
+            count += 1
+        return count
+    return _table(out, rows, columns, widths or {})
+
+
+def _json(out: TextIO, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> int:
+    out.write("[")
+    count = 0
+    for row in rows:
+        out.write(",\n " if count else "\n ")
+        out.write(json.dumps({c: plain(row.get(c)) for c in columns}, ensure_ascii=False))
+        count += 1
+    out.write("\n]\n" if count else "]\n")
+    return count
+
+
+def _table(out: TextIO, rows: Iterable[Mapping[str, Any]], columns: Sequence[str],
+           widths: Mapping[str, int]) -> int:
+    sizes = [widths.get(c, max(len(c), 12)) for c in columns]
+    out.write("  ".join(c.ljust(w) for c, w in zip(columns, sizes, strict=True)).rstrip() + "\n")
+    count = 0
+    for row in rows:
+        cells = [_cell(row.get(c), w).ljust(w) for c, w in zip(columns, sizes, strict=True)]
+        out.write("  ".join(cells).rstrip() + "\n")
+        count += 1
+    return count
+
+
+def to_json(data: Any) -> str:
+    buffer = io.StringIO()
+    json.dump(data, buffer, ensure_ascii=False, indent=2, default=plain)
+    return buffer.getvalue()
