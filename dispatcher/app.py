@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from dispatcher.booking import Booker
 from dispatcher.channels.base import Channel, ChannelKind
-from dispatcher.channels.outbox import OutboxChannel
+from dispatcher.channels.registry import Providers
 from dispatcher.compose.renderer import Composer, check_templates
 from dispatcher.delivery import Deliverer, DeliveryPolicy
 from dispatcher.ledger.database import create_ledger_engine, upgrade
@@ -22,6 +22,7 @@ from dispatcher.rules.engine import default_engine
 from dispatcher.schedule.loader import LoadedSchedule, load_schedule
 from dispatcher.settings import Settings
 from dispatcher.source import AccountSource
+from dispatcher.unsubscribe import UnsubscribeLinks, unsubscribe_mailbox
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class App:
     engine: Engine
     ledger: Ledger
     pipeline: Pipeline
+    providers: Providers
     clock: Clock = utc_now
 
     def build_pipeline(self, loaded: LoadedSchedule) -> Pipeline:
@@ -64,7 +66,12 @@ class App:
 
     def channels(self) -> dict[ChannelKind, Channel]:
         """Fresh channel objects (one set per run or worker batch: they hold connections)."""
-        return {kind: OutboxChannel(kind, self.settings.outbox_dir) for kind in ChannelKind}
+        return self.providers.build(self.settings.outbox_dir)
+
+    def unsubscribe_links(self) -> UnsubscribeLinks:
+        settings = self.settings
+        return UnsubscribeLinks(settings.public_url, settings.secret_key,
+                                unsubscribe_mailbox(self.providers.email_from, settings.unsubscribe_email))
 
     def booker(self) -> Booker:
         return Booker(self.ledger)
@@ -74,7 +81,7 @@ class App:
         return Deliverer(
             self.ledger, pipeline.composer, pipeline.loaded.schedule, self.channels(),
             policy=DeliveryPolicy(concurrency=self.settings.concurrency, max_tries=self.settings.max_tries),
-            clock=self.clock, stopping=stopping,
+            clock=self.clock, headers_for=self.unsubscribe_links(), stopping=stopping,
         )
 
 
@@ -101,4 +108,5 @@ def build_app(settings: Settings, loaded: LoadedSchedule | None = None, *, migra
     engine = create_ledger_engine(settings.database_url)
     if migrate:
         upgrade(engine)
-    return App(settings, engine, Ledger(engine), build_pipeline(settings, loaded, engine), clock)
+    providers = Providers.from_env(settings.env)
+    return App(settings, engine, Ledger(engine), build_pipeline(settings, loaded, engine), providers, clock)

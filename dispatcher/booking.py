@@ -18,7 +18,7 @@ from typing import Any
 from dispatcher.decisions import ChannelPlan, Decision, Verdict
 from dispatcher.jobs import DeliveryJob, RunCounts
 from dispatcher.ledger.store import Ledger
-from dispatcher.masking import mask_address
+from dispatcher.masking import address_hash, mask_address
 
 
 def _attempt_row(decision: Decision, plan: ChannelPlan, status: str, try_no: int,
@@ -33,6 +33,7 @@ def _attempt_row(decision: Decision, plan: ChannelPlan, status: str, try_no: int
         "try_no": try_no,
         "status": status,
         "address": mask_address(plan.channel.value, plan.address) if plan.address else None,
+        "address_hash": address_hash(plan.address) if plan.address else None,
         "rule_id": plan.rule_id,
         "detail": plan.detail,
         "not_before": plan.not_before,

@@ -15,12 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from dispatcher.channels.base import Channel, ChannelKind, DeliveryResult, Message, Outcome
+from dispatcher.channels.base import Channel, ChannelKind, DeliveryResult, Effect, Message, Outcome
 from dispatcher.compose.renderer import Composer, RenderContext, Rendered
 from dispatcher.errors import TemplateError
 from dispatcher.jobs import DeliveryJob, RunCounts
 from dispatcher.ledger.store import AttemptOutcome, Ledger
-from dispatcher.masking import mask_address
+from dispatcher.ledger.suppressions import suppress
 from dispatcher.planner import address_for
 from dispatcher.schedule.models import Schedule
 
@@ -31,6 +31,9 @@ DEFAULT_BACKOFF_BASE = 1.0
 
 DEFAULT_BACKOFF_CAP = 60.0
 """The longest wait between two tries of one message inside a run."""
+
+_SUPPRESSION_SOURCE = {Effect.OPTED_OUT: "provider_opt_out", Effect.BAD_ADDRESS: "bad_address",
+                       Effect.DEAD_TOKEN: "dead_token"}
 
 Clock = Callable[[], datetime]
 HeadersFor = Callable[[DeliveryJob], tuple[str | None, Mapping[str, str]]]
@@ -117,6 +120,8 @@ class Deliverer:
             final = result.outcome is not Outcome.TRANSIENT or job.try_no >= self.policy.max_tries
             batch.outcomes.append(_outcome(job, result, rendered, self.channels[job.channel].provider))
             self._count(batch.counts, result, final)
+            if result.effect is not Effect.NONE:
+                self._suppress(job, result)
             if final or self.stopping.is_set():
                 return result
             await asyncio.sleep(backoff_delay(job.try_no, result.retry_after, base=self.policy.backoff_base,
@@ -164,8 +169,7 @@ class Deliverer:
             address = address_for(job.account, channel)
             if not address:
                 continue
-            attempt_id = self.ledger.insert_try(job, 1, channel, job.attempt_id, self.clock(),
-                                                address=mask_address(channel.value, address))
+            attempt_id = self.ledger.insert_try(job, 1, channel, job.attempt_id, self.clock(), address=address)
             if attempt_id is None:
                 return None
             rest = job.fallbacks[job.fallbacks.index(channel) + 1 :]
@@ -174,6 +178,14 @@ class Deliverer:
             return replace(job, attempt_id=attempt_id, try_no=1, channel=channel, address=address,
                            fallbacks=rest, parent_id=job.attempt_id)
         return None
+
+    def _suppress(self, job: DeliveryJob, result: DeliveryResult) -> None:
+        """A provider said the address is opted out or dead: stop using it for every reminder."""
+        source = _SUPPRESSION_SOURCE[result.effect]
+        if suppress(self.ledger.engine, job.channel.value, job.address, source, self.clock(),
+                    account_id=job.account.account_id, detail=f"{result.error_code}: {result.error_message}"):
+            log.warning("%s to %s suppressed from now on (%s, attempt %s)", job.channel.value, job.address,
+                        source, job.attempt_id)
 
     @staticmethod
     def _count(counts: RunCounts, result: DeliveryResult, final: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 
@@ -27,6 +28,11 @@ def mask_email(email: str) -> str:
 def mask_token(token: str) -> str:
     """A push token shows its last 6 characters only."""
     return "…" + token[-6:] if len(token) > 6 else "***"
+
+
+def address_hash(address: str) -> str:
+    """A stable pseudonym of a full address (sha256 hex), to match a number without storing it."""
+    return hashlib.sha256(address.strip().lower().encode()).hexdigest()
 
 
 def mask_address(channel: str, address: str) -> str:

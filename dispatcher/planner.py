@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channels.base import ChannelKind
 from dispatcher.decisions import ChannelPlan, Decision, Reason, Verdict
+from dispatcher.history import CONTACT_STATUSES, BatchHistory
 from dispatcher.ladder import DueStep, days_overdue, due_step, local_date, reminder_key
 from dispatcher.rules.engine import RuleEngine
 from dispatcher.schedule.models import Schedule
 from dispatcher.zones import home_zone
-
-History = Mapping[tuple[str, str], str]
-"""(reminder_key, channel) → status of the latest claimed try, for one account."""
-
-GOING_OR_GONE = frozenset({"sending", "sent", "delivered", "unknown"})
-"""Statuses that mean the reminder reached, or may have reached, the borrower on that channel."""
 
 
 def address_for(account: Account, channel: ChannelKind) -> str | None:
@@ -41,12 +36,10 @@ class Planner:
         self.schedule = schedule
         self.rules = rules
 
-    def plan(
-        self, accounts: Iterable[Account], history: Mapping[str, History], now: datetime
-    ) -> list[Decision]:
-        return [self.plan_account(a, history.get(a.account_id, {}), now) for a in accounts]
+    def plan(self, accounts: Iterable[Account], history: BatchHistory, now: datetime) -> list[Decision]:
+        return [self.plan_account(a, history, now) for a in accounts]
 
-    def plan_account(self, account: Account, history: History, now: datetime) -> Decision:
+    def plan_account(self, account: Account, history: BatchHistory, now: datetime) -> Decision:
         zone = home_zone(account, self.schedule.timezone)
         today = local_date(now, zone)
         base = Decision(account.account_id, account, None, local_today=today, zone=zone.key)
@@ -69,31 +62,33 @@ class Planner:
         return replace(found, reason=reason, detail=detail, channels=channels)
 
     def _channels(
-        self, account: Account, due: DueStep, key: str, history: History, now: datetime
+        self, account: Account, due: DueStep, key: str, history: BatchHistory, now: datetime
     ) -> tuple[ChannelPlan, ...]:
+        claims = history.claims_of(account.account_id)
         plans: list[ChannelPlan] = []
         chosen = False  # fallback steps: a channel has been picked (or already went out)
         for channel in due.step.channels:
-            status = history.get((key, channel.value))
+            status = claims.get((key, channel.value))
             if status == "planned":  # booked by an interrupted run, never claimed: book it again
                 status = None
             address = address_for(account, channel)
             if status is not None:
                 plans.append(ChannelPlan(channel, Verdict.DONE, address, detail=f"already {status}"))
-                chosen = chosen or status in GOING_OR_GONE
+                chosen = chosen or status in CONTACT_STATUSES
                 continue
             if due.step.fallback and chosen:
                 plans.append(ChannelPlan(channel, Verdict.FALLBACK, address))
                 continue
-            plan = self._channel(account, channel, address, now)
+            plan = self._channel(account, channel, address, now, history)
             plans.append(plan)
             chosen = chosen or plan.verdict in (Verdict.SEND, Verdict.DEFER)
         return tuple(plans)
 
-    def _channel(self, account: Account, channel: ChannelKind, address: str | None, now: datetime) -> ChannelPlan:
+    def _channel(self, account: Account, channel: ChannelKind, address: str | None, now: datetime,
+                 history: BatchHistory) -> ChannelPlan:
         if not address:
             return ChannelPlan(channel, Verdict.SUPPRESS, None, Reason.NO_ADDRESS, f"no {channel.value} address")
-        block = self.rules.check_channel(account, channel, address, now)
+        block = self.rules.check_channel(account, channel, address, now, history)
         if block is None:
             return ChannelPlan(channel, Verdict.SEND, address)
         verdict = Verdict.DEFER if block.defer else Verdict.SUPPRESS

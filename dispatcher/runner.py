@@ -70,7 +70,7 @@ class Runner:
         ledger = self.app.ledger
         now = self.app.clock()
         ledger.record_rejects(run_id, batch.rejects, now)
-        history = ledger.history([a.account_id for a in batch.accounts])
+        history = ledger.load_history(batch.accounts)
         decisions = pipeline.planner.plan(batch.accounts, history, now)
         jobs, counts = self.app.booker().book(decisions, run_id, now)
         counts.rejected = len(batch.rejects)

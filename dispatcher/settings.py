@@ -53,22 +53,28 @@ class Settings:
     max_tries: int
     log_level: str
     daemon_id: str
+    unsubscribe_email: str | None
     env: Mapping[str, str] = field(repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, schedules: str | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         secret = env.get("DISPATCHER_SECRET_KEY", "")
+        public_url = (env.get("DISPATCHER_PUBLIC_URL") or "").rstrip("/") or None
+        if public_url and not secret:
+            raise ConfigError("DISPATCHER_SECRET_KEY must be set when DISPATCHER_PUBLIC_URL is "
+                              "(it signs unsubscribe links)")
         return cls(
             schedules_path=Path(schedules or env.get("DISPATCHER_SCHEDULES") or "schedules.yaml"),
             database_url=env.get("DISPATCHER_DATABASE_URL") or DEFAULT_DATABASE_URL,
             outbox_dir=Path(env.get("DISPATCHER_OUTBOX_DIR") or DEFAULT_OUTBOX_DIR),
             broker_url=env.get("DISPATCHER_BROKER_URL") or None,
-            public_url=(env.get("DISPATCHER_PUBLIC_URL") or "").rstrip("/") or None,
+            public_url=public_url,
             secret_key=secret.encode() if secret else b"",
             concurrency=_int(env, "DISPATCHER_CONCURRENCY", DEFAULT_CONCURRENCY),
             max_tries=_int(env, "DISPATCHER_MAX_TRIES", DEFAULT_MAX_TRIES),
             log_level=(env.get("DISPATCHER_LOG_LEVEL") or "INFO").upper(),
             daemon_id=env.get("DISPATCHER_DAEMON_ID") or f"{socket.gethostname()}:{os.getpid()}",
+            unsubscribe_email=env.get("DISPATCHER_UNSUBSCRIBE_EMAIL") or None,
             env=env,
         )

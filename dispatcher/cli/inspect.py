@@ -17,6 +17,7 @@ from dispatcher.cli import common
 from dispatcher.compose.renderer import RenderContext
 from dispatcher.decisions import Decision
 from dispatcher.errors import DispatcherError
+from dispatcher.history import BatchHistory
 from dispatcher.ladder import days_overdue, local_date, occurrence_of
 from dispatcher.ledger.database import current_revision
 from dispatcher.masking import mask_address
@@ -49,7 +50,7 @@ def decisions_at(app: App, now: datetime, account_id: str | None = None) -> Iter
     has_ledger = current_revision(app.engine) is not None
     for batch in pipeline.source.batches():
         accounts = [a for a in batch.accounts if account_id in (None, a.account_id)]
-        history = app.ledger.history([a.account_id for a in accounts]) if has_ledger and accounts else {}
+        history = app.ledger.load_history(accounts) if has_ledger and accounts else BatchHistory()
         yield from (rejected(r) for r in batch.rejects if account_id in (None, r.account_id))
         yield from pipeline.planner.plan(accounts, history, now)
 

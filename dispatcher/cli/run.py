@@ -29,6 +29,10 @@ def register(commands: Any) -> None:
     seed.add_argument("--accounts", type=int, default=DEMO_ACCOUNTS, metavar="N")
     seed.add_argument("--replace", action="store_true", help="empty the demo table first")
     seed.set_defaults(handler=seed_command)
+    web = commands.add_parser("web", help="serve webhooks (Twilio status, inbound STOP) and unsubscribe links")
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=8080)
+    web.set_defaults(handler=web_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -36,6 +40,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.demo and demo_count(app.engine) == 0:
         count = seed_demo(app.engine, DEMO_ACCOUNTS, app.clock().date())
         log.info("demo table was empty: seeded %d synthetic borrowers", count)
+    for kind, text in app.providers.describe(app.settings.outbox_dir).items():
+        log.info("%s: %s", kind.value, text)
     if args.once:
         report = Runner(app).run(args.name or "manual", app.clock())
         print(f"run {report.name} #{report.run_id}: {report.status}; "
@@ -45,6 +51,16 @@ def run_command(args: argparse.Namespace) -> int:
     if args.run_now or args.demo:
         daemon.run_now(args.name or "startup")
     daemon.serve()
+    return 0
+
+
+def web_command(args: argparse.Namespace) -> int:
+    from dispatcher.web.server import serve
+
+    app = common.app(args)
+    log.info("serving webhooks on http://%s:%d (public URL %s)", args.host, args.port,
+             app.settings.public_url or "not set: Twilio signatures cannot be verified")
+    serve(app, args.host, args.port)
     return 0
 
 

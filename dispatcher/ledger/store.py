@@ -8,16 +8,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Insert, Table, and_, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Insert, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from dispatcher.accounts import RejectedRow
+from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channels.base import ChannelKind
 from dispatcher.errors import LedgerError
+from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Suppression, borrower_hashes
 from dispatcher.jobs import DeliveryJob
-from dispatcher.ledger.tables import attempts, rejects, reminders, runs
-from dispatcher.masking import mask_address
+from dispatcher.ledger.tables import attempts, rejects, reminders, runs, suppressions
+from dispatcher.masking import address_hash, mask_address
 
 _IN_CHUNK = 500
 _T = TypeVar("_T")
@@ -87,25 +88,56 @@ class Ledger:
             raise self._guard("finish a run", exc) from exc
 
     # history ----------------------------------------------------------------------------
-    def history(self, account_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], str]]:
-        """For each account: (reminder_key, channel) → status of its latest claimed try."""
-        found: dict[str, dict[tuple[str, str], tuple[int, str]]] = {}
-        query = select(attempts.c.account_id, attempts.c.reminder_key, attempts.c.channel,
-                       attempts.c.try_no, attempts.c.status)
+    def load_history(self, accounts: Sequence[Account], contacts_since: datetime | None = None) -> BatchHistory:
+        """Claims, contacts since ``contacts_since`` and active suppressions for a batch of accounts."""
+        history = BatchHistory()
+        ids = [a.account_id for a in accounts]
+        hashes = sorted({h for a in accounts for h in borrower_hashes(a)})
         try:
             with self.engine.connect() as connection:
-                for chunk in _chunks(account_ids):
-                    rows = connection.execute(
-                        query.where(and_(attempts.c.account_id.in_(chunk), attempts.c.try_no >= 1))
-                    )
-                    for account_id, key, channel, try_no, status in rows:
-                        per_account = found.setdefault(account_id, {})
-                        seen = per_account.get((key, channel))
-                        if seen is None or try_no > seen[0]:
-                            per_account[(key, channel)] = (try_no, status)
+                self._load_claims(connection, ids, history)
+                if contacts_since is not None:
+                    self._load_contacts(connection, ids, hashes, contacts_since, history)
+                self._load_suppressions(connection, hashes, history)
         except SQLAlchemyError as exc:
             raise self._guard("read history", exc) from exc
-        return {acc: {k: v[1] for k, v in tries.items()} for acc, tries in found.items()}
+        return history
+
+    @staticmethod
+    def _load_claims(connection: Connection, ids: Sequence[str], history: BatchHistory) -> None:
+        query = select(attempts.c.account_id, attempts.c.reminder_key, attempts.c.channel,
+                       attempts.c.try_no, attempts.c.status)
+        latest: dict[tuple[str, str, str], int] = {}
+        for chunk in _chunks(ids):
+            rows = connection.execute(query.where(attempts.c.account_id.in_(chunk), attempts.c.try_no >= 1))
+            for account_id, key, channel, try_no, status in rows:
+                if latest.get((account_id, key, channel), 0) < try_no:
+                    latest[(account_id, key, channel)] = try_no
+                    history.claims.setdefault(account_id, {})[(key, channel)] = status
+
+    @staticmethod
+    def _load_contacts(connection: Connection, ids: Sequence[str], hashes: Sequence[str], since: datetime,
+                       history: BatchHistory) -> None:
+        query = select(attempts.c.id, attempts.c.account_id, attempts.c.channel, attempts.c.address_hash,
+                       attempts.c.attempted_at).where(
+            attempts.c.status.in_(sorted(CONTACT_STATUSES)), attempts.c.attempted_at >= since)
+        seen: set[int] = set()
+        for column, values in ((attempts.c.account_id, ids), (attempts.c.address_hash, hashes)):
+            for chunk in _chunks(values):
+                for row in connection.execute(query.where(column.in_(chunk))):
+                    if row.id not in seen:
+                        seen.add(row.id)
+                        history.add_contact(Contact(row.id, row.account_id, row.channel, row.address_hash,
+                                                    row.attempted_at))
+
+    @staticmethod
+    def _load_suppressions(connection: Connection, hashes: Sequence[str], history: BatchHistory) -> None:
+        query = select(suppressions.c.channel, suppressions.c.address_hash, suppressions.c.source,
+                       suppressions.c.created_at).where(suppressions.c.lifted_at.is_(None))
+        for chunk in _chunks(hashes):
+            for row in connection.execute(query.where(suppressions.c.address_hash.in_(chunk))):
+                history.suppressions[(row.channel, row.address_hash)] = Suppression(
+                    row.channel, row.address_hash, row.source, row.created_at)
 
     # writes -----------------------------------------------------------------------------
     def record_reminders(self, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -171,12 +203,14 @@ class Ledger:
                    now: datetime, *, address: str | None = None) -> int | None:
         """Claim a further try (a retry, or a fallback channel's first try) already ``sending``.
 
+        ``address`` is the full address when it differs from the job's (a fallback channel).
         Returns its id, or ``None`` when that try exists already (someone else owns it).
         """
         row = {
             "reminder_key": job.reminder_key, "account_id": job.account.account_id, "step": job.step,
             "occurrence": job.occurrence, "channel": channel.value, "try_no": try_no, "status": "sending",
-            "address": address if address is not None else mask_address(channel.value, job.address),
+            "address": mask_address(channel.value, address or job.address),
+            "address_hash": address_hash(address or job.address),
             "parent_id": parent_id, "run_id": job.run_id, "created_at": now, "attempted_at": now,
             "updated_at": now,
         }

@@ -100,6 +100,7 @@ attempts = Table(
     Column("try_no", Integer, nullable=False),
     Column("status", String(16), nullable=False),
     Column("address", String(255)),  # masked
+    Column("address_hash", String(64)),  # sha256 of the full address: caps and suppressions per number
     Column("provider", String(32)),
     Column("template", String(64)),
     Column("template_version", String(32)),
@@ -120,6 +121,7 @@ attempts = Table(
     Index("ix_attempts_provider_message_id", "provider_message_id"),
     Index("ix_attempts_status", "status"),
     Index("ix_attempts_created_at", "created_at"),
+    Index("ix_attempts_address_hash", "address_hash"),
     Index(
         "uq_attempts_claim",
         "reminder_key",
@@ -155,4 +157,5 @@ suppressions = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("lifted_at", UtcDateTime),
     Index("ix_suppressions_lookup", "channel", "address_hash"),
+    Index("ix_suppressions_address_hash", "address_hash"),
 )

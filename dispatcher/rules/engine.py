@@ -13,6 +13,10 @@ from typing import Protocol
 
 from dispatcher.accounts import Account
 from dispatcher.channels.base import ChannelKind
+from dispatcher.history import BatchHistory
+
+DEAD_ADDRESS_SOURCES = frozenset({"bad_address", "dead_token"})
+"""Suppression sources that mean the address does not work, rather than that the borrower said stop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +36,10 @@ class AccountRule(Protocol):
 
 
 class ChannelRule(Protocol):
-    """A rule about one channel of one reminder (opt-outs, windows, caps)."""
+    """A rule about one channel of one reminder (opt-outs, windows, caps); ``history`` is the batch's."""
 
-    def check(self, account: Account, channel: ChannelKind, address: str, now: datetime) -> Block | None: ...
+    def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
+              history: BatchHistory) -> Block | None: ...
 
 
 class PauseRule:
@@ -53,14 +58,23 @@ class PauseRule:
 
 
 class OptOutRule:
-    """``opt-out``: a channel the borrower opted out of is never used."""
+    """``opt-out``: a channel the borrower opted out of (source flag, STOP, 21610, unsubscribe) is never used.
+
+    Addresses found dead by a provider (invalid number, unregistered token) are
+    suppressed the same way under the rule id ``bad-address``.
+    """
 
     rule_id = "opt-out"
 
-    def check(self, account: Account, channel: ChannelKind, address: str, now: datetime) -> Block | None:
+    def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
+              history: BatchHistory) -> Block | None:
         if channel.value in account.opt_out_channels:
-            return Block(self.rule_id, f"the borrower opted out of {channel.value}")
-        return None
+            return Block(self.rule_id, f"the borrower opted out of {channel.value} (source)")
+        found = history.suppression(channel.value, address)
+        if found is None:
+            return None
+        rule_id = "bad-address" if found.source in DEAD_ADDRESS_SOURCES else self.rule_id
+        return Block(rule_id, f"{channel.value} suppressed since {found.since:%Y-%m-%d %H:%M} UTC ({found.source})")
 
 
 @dataclass(frozen=True)
@@ -77,9 +91,10 @@ class RuleEngine:
                 return block
         return None
 
-    def check_channel(self, account: Account, channel: ChannelKind, address: str, now: datetime) -> Block | None:
+    def check_channel(self, account: Account, channel: ChannelKind, address: str, now: datetime,
+                      history: BatchHistory) -> Block | None:
         for rule in self.channel_rules:
-            block = rule.check(account, channel, address, now)
+            block = rule.check(account, channel, address, now, history)
             if block is not None:
                 return block
         return None

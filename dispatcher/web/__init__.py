@@ -1,1 +1,1 @@
-"""dispatcher."""
+"""``dispatcher web``: provider webhooks, one-click unsubscribe, metrics and health."""

@@ -1,0 +1,78 @@
+"""What the ledger knows about a batch of borrowers, loaded in a few queries per batch.
+
+The planner and the rules read it; they never query the ledger per account.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from dispatcher.accounts import Account
+from dispatcher.masking import address_hash
+
+CONTACT_STATUSES = frozenset({"sending", "sent", "delivered", "unknown"})
+"""Attempt statuses meaning the message reached, or may have reached, the borrower (what caps count)."""
+
+Claims = Mapping[tuple[str, str], str]
+"""(reminder_key, channel) → status of the latest claimed try, for one account."""
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """One message that reached, or may have reached, a borrower."""
+
+    attempt_id: int
+    account_id: str
+    channel: str
+    address_hash: str | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """A channel address that must not be used (opt-out, bad number, dead token)."""
+
+    channel: str
+    address_hash: str
+    source: str
+    since: datetime
+
+
+@dataclass
+class BatchHistory:
+    """Claims, recent contacts and active suppressions for the accounts of one batch."""
+
+    claims: dict[str, dict[tuple[str, str], str]] = field(default_factory=dict)
+    suppressions: dict[tuple[str, str], Suppression] = field(default_factory=dict)
+    by_account: dict[str, list[Contact]] = field(default_factory=dict)
+    by_address: dict[str, list[Contact]] = field(default_factory=dict)
+
+    def add_contact(self, contact: Contact) -> None:
+        self.by_account.setdefault(contact.account_id, []).append(contact)
+        if contact.address_hash:
+            self.by_address.setdefault(contact.address_hash, []).append(contact)
+
+    def claims_of(self, account_id: str) -> Claims:
+        return self.claims.get(account_id, {})
+
+    def suppression(self, channel: str, address: str) -> Suppression | None:
+        return self.suppressions.get((channel, address_hash(address)))
+
+    def contacts_of(self, account: Account, *, per_debt: bool) -> list[Contact]:
+        """Contacts counted against ``account``: its own (per debt) or any to its addresses (per borrower)."""
+        own = self.by_account.get(account.account_id, [])
+        if per_debt:
+            return list(own)
+        found = {c.attempt_id: c for c in own}
+        for digest in borrower_hashes(account):
+            found.update((c.attempt_id, c) for c in self.by_address.get(digest, []))
+        return list(found.values())
+
+
+def borrower_hashes(account: Account) -> Iterable[str]:
+    """Hashes of the borrower's own addresses (phone, email, push token)."""
+    for address in (account.phone, account.email, account.push_token):
+        if address:
+            yield address_hash(address)

@@ -1,0 +1,62 @@
+"""One-click email unsubscribe (RFC 8058).
+
+``POST /unsubscribe/{token}`` (what mail clients send for ``List-Unsubscribe-Post``)
+suppresses email to the token's address at once. ``GET`` shows a page with one
+button that POSTs: link scanners fetch every URL of a message with GET, so a GET
+alone must not unsubscribe anyone. A token that does not verify gets 403.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+
+from aiohttp import web
+
+from dispatcher.app import App
+from dispatcher.ledger.suppressions import suppress
+from dispatcher.tokens import UnsubscribeClaim, verify_unsubscribe
+from dispatcher.web.twilio_hooks import Handler
+
+log = logging.getLogger(__name__)
+
+_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family:sans-serif;max-width:32em;margin:3em auto;padding:0 1em">
+<h1 style="font-size:1.3em">{title}</h1><p>{text}</p>{form}</body></html>"""
+
+
+def _claim(app: App, request: web.Request) -> UnsubscribeClaim:
+    secret = app.settings.secret_key
+    claim = verify_unsubscribe(secret, request.match_info["token"]) if secret else None
+    if claim is None or claim.channel != "email":
+        log.warning("refused an unsubscribe request with an invalid token")
+        raise web.HTTPForbidden(text="invalid unsubscribe link")
+    return claim
+
+
+def _page(title: str, text: str, form: str = "") -> web.Response:
+    return web.Response(text=_PAGE.format(title=title, text=text, form=form), content_type="text/html")
+
+
+def confirm_handler(app: App) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        _claim(app, request)
+        button = (f'<form method="post" action="{html.escape(request.path)}">'
+                  '<button type="submit" name="List-Unsubscribe" value="One-Click">Unsubscribe / 退订</button></form>')
+        return _page("Unsubscribe from reminder emails / 退订提醒邮件",
+                     "Press the button to stop reminder emails to this address. / 点击按钮即可退订提醒邮件。", button)
+
+    return handle
+
+
+def unsubscribe_handler(app: App) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        claim = _claim(app, request)
+        new = suppress(app.engine, "email", claim.address, "unsubscribe", app.clock(), account_id=claim.account_id,
+                       detail="one-click unsubscribe")
+        log.info("email to %s unsubscribed (%s)", claim.address, "new" if new else "already")
+        return _page("Unsubscribed / 已退订", "You will receive no more reminder emails at this address. "
+                     "/ 此邮箱将不再收到提醒邮件。")
+
+    return handle
