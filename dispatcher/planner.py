@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channels.base import ChannelKind
@@ -37,11 +38,18 @@ class Planner:
         self.rules = rules
 
     def plan(self, accounts: Iterable[Account], history: BatchHistory, now: datetime) -> list[Decision]:
-        return [self.plan_account(a, history, now) for a in accounts]
+        dates: dict[ZoneInfo, date] = {}
+        return [self.plan_account(a, history, now, dates) for a in accounts]
 
-    def plan_account(self, account: Account, history: BatchHistory, now: datetime) -> Decision:
+    def plan_account(self, account: Account, history: BatchHistory, now: datetime,
+                     dates: dict[ZoneInfo, date] | None = None) -> Decision:
+        """The decision for one account; ``dates`` caches each zone's local date at ``now``."""
         zone = home_zone(account, self.schedule.timezone)
-        today = local_date(now, zone)
+        today = dates.get(zone) if dates is not None else None
+        if today is None:
+            today = local_date(now, zone)
+            if dates is not None:
+                dates[zone] = today
         base = Decision(account.account_id, account, None, local_today=today, zone=zone.key)
         if account.settled:
             return replace(base, reason=Reason.SETTLED, detail=f"balance {account.overdue_amount}")

@@ -42,5 +42,8 @@ def candidate_zones(account: Account, default: str) -> tuple[str, ...]:
 
 
 def home_zone(account: Account, default: str) -> ZoneInfo:
-    """The zone used to count the borrower's local date."""
-    return zone(candidate_zones(account, default)[0])
+    """The zone used to count the borrower's local date: the first of :func:`candidate_zones`."""
+    if account.timezone:
+        return zone(account.timezone)
+    phone_zones = _phone_zones(account.phone) if account.phone else ()
+    return zone(phone_zones[0] if phone_zones else default)

@@ -7,7 +7,9 @@ provider (a message id per message) and is recorded in the ledger like one.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -29,11 +31,12 @@ class OutboxChannel:
         self.directory = directory
         self.email_from = email_from
         self._lines: IO[str] | None = None
+        self._files: ThreadPoolExecutor | None = None
 
     async def send(self, message: Message) -> DeliveryResult:
         try:
             if self.kind is ChannelKind.EMAIL:
-                self._write_email(message)
+                await self._write_email(message)
             else:
                 self._write_line(message)
         except OSError as exc:
@@ -44,6 +47,9 @@ class OutboxChannel:
         if self._lines is not None:
             self._lines.close()
             self._lines = None
+        if self._files is not None:
+            self._files.shutdown(wait=True)
+            self._files = None
 
     def _write_line(self, message: Message) -> None:
         if self._lines is None:
@@ -62,9 +68,13 @@ class OutboxChannel:
         self._lines.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._lines.flush()
 
-    def _write_email(self, message: Message) -> None:
+    async def _write_email(self, message: Message) -> None:
+        """Write the .eml file on a helper thread: file creation is slow and releases the GIL."""
         folder = self.directory / "email"
-        folder.mkdir(parents=True, exist_ok=True)
+        if self._files is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._files = ThreadPoolExecutor(max_workers=2, thread_name_prefix="outbox-email")
         safe_account = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in message.account_id)
         path = folder / f"{message.attempt_id:08d}-{safe_account}.eml"
-        path.write_bytes(eml_bytes(message, self.email_from, datetime.now(UTC)))
+        data = eml_bytes(message, self.email_from, datetime.now(UTC))
+        await asyncio.get_running_loop().run_in_executor(self._files, path.write_bytes, data)

@@ -154,15 +154,17 @@ class Ledger:
         """
         if not rows:
             return {}
-        keys = sorted({row["reminder_key"] for row in rows})
+        insert = _insert_ignoring_conflicts(self.engine, attempts).returning(
+            attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.status)
         query = select(attempts.c.id, attempts.c.reminder_key, attempts.c.channel).where(
-            attempts.c.try_no >= 1, attempts.c.try_no == 1, attempts.c.status == "planned"
-        )
+            attempts.c.try_no >= 1, attempts.c.try_no == 1, attempts.c.status == "planned")
         try:
             with self.engine.begin() as connection:
-                connection.execute(_insert_ignoring_conflicts(self.engine, attempts), list(rows))
-                found = {}
-                for chunk in _chunks(keys):
+                inserted = connection.execute(insert, list(rows)).all()
+                found = {(r.reminder_key, r.channel, 1): int(r.id) for r in inserted if r.status == "planned"}
+                done = {(r.reminder_key, r.channel) for r in inserted}
+                existing = sorted({r["reminder_key"] for r in rows if (r["reminder_key"], r["channel"]) not in done})
+                for chunk in _chunks(existing):
                     for row in connection.execute(query.where(attempts.c.reminder_key.in_(chunk))):
                         found[(row.reminder_key, row.channel, 1)] = int(row.id)
         except SQLAlchemyError as exc:
