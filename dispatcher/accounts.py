@@ -32,6 +32,7 @@ class Account:
     dispute: bool = False
     promise_to_pay_until: date | None = None
     opt_out_channels: frozenset[str] = field(default_factory=frozenset)
+    pause_flags: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def settled(self) -> bool:

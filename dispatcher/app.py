@@ -7,19 +7,24 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import Engine
 
 from dispatcher.booking import Booker
 from dispatcher.channels.base import Channel, ChannelKind
 from dispatcher.channels.registry import Providers
-from dispatcher.compose.renderer import Composer, check_templates
+from dispatcher.compose.renderer import Composer, TemplateProblem, check_templates
 from dispatcher.delivery import Deliverer, DeliveryPolicy
 from dispatcher.ledger.database import create_ledger_engine, upgrade
 from dispatcher.ledger.store import Ledger
 from dispatcher.planner import Planner
-from dispatcher.rules.engine import default_engine
+from dispatcher.rules.content import ContentCheck, lint_templates
+from dispatcher.rules.engine import RuleEngine, build_engine
+from dispatcher.rules.policy import Policy, resolve_policy
+from dispatcher.rules.recheck import SendCheck
 from dispatcher.schedule.loader import LoadedSchedule, load_schedule
+from dispatcher.schedule.models import Schedule
 from dispatcher.settings import Settings
 from dispatcher.source import AccountSource
 from dispatcher.unsubscribe import UnsubscribeLinks, unsubscribe_mailbox
@@ -34,9 +39,15 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def template_checks(schedule: Schedule, templates_dir: Path) -> list[TemplateProblem]:
+    """Every template exists and renders with sample data, and passes the content rules of the policy."""
+    return check_templates(schedule, templates_dir) + lint_templates(schedule, templates_dir,
+                                                                     resolve_policy(schedule))
+
+
 def load(settings: Settings) -> LoadedSchedule:
-    """schedules.yaml with every check, templates included; raises ConfigError."""
-    return load_schedule(settings.schedules_path, settings.env, check_templates=check_templates)
+    """schedules.yaml with every check, templates and their content included; raises ConfigError."""
+    return load_schedule(settings.schedules_path, settings.env, check_templates=template_checks)
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,8 @@ class Pipeline:
     """Everything one version of schedules.yaml needs to plan and deliver."""
 
     loaded: LoadedSchedule
+    policy: Policy
+    rules: RuleEngine
     composer: Composer
     planner: Planner
     source: AccountSource
@@ -82,21 +95,28 @@ class App:
             self.ledger, pipeline.composer, pipeline.loaded.schedule, self.channels(),
             policy=DeliveryPolicy(concurrency=self.settings.concurrency, max_tries=self.settings.max_tries),
             clock=self.clock, headers_for=self.unsubscribe_links(), stopping=stopping,
+            send_check=SendCheck(pipeline.source, self.ledger, pipeline.rules, pipeline.loaded.schedule.timezone),
+            content_check=ContentCheck(pipeline.policy, pipeline.composer),
         )
 
 
 def build_pipeline(settings: Settings, loaded: LoadedSchedule, ledger_engine: Engine) -> Pipeline:
     schedule = loaded.schedule
     source_url = schedule.source.url
+    given = schedule.source
     source = (
-        AccountSource.from_url(source_url, schedule.source.query, schedule.source.batch_size)
+        AccountSource.from_url(source_url, given.query, given.batch_size, given.recheck_query)
         if source_url
-        else AccountSource(ledger_engine, schedule.source.query, schedule.source.batch_size)
+        else AccountSource(ledger_engine, given.query, given.batch_size, given.recheck_query)
     )
+    policy = resolve_policy(schedule)
+    rules = build_engine(schedule, policy)
     return Pipeline(
         loaded=loaded,
+        policy=policy,
+        rules=rules,
         composer=Composer(loaded.templates_dir, schedule),
-        planner=Planner(schedule, default_engine()),
+        planner=Planner(schedule, rules),
         source=source,
     )
 

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from dispatcher.decisions import ChannelPlan, Decision, Verdict
+from dispatcher.decisions import ChannelPlan, Decision, Reason, Verdict
+from dispatcher.history import Deferred
 from dispatcher.jobs import DeliveryJob, RunCounts
 from dispatcher.ledger.store import Ledger
 from dispatcher.masking import address_hash, mask_address
@@ -43,6 +44,17 @@ def _attempt_row(decision: Decision, plan: ChannelPlan, status: str, try_no: int
     }
 
 
+def _superseded_row(decision: Decision, deferred: Deferred, newer: str, run_id: int | None,
+                    now: datetime) -> dict[str, Any]:
+    return {
+        "reminder_key": deferred.reminder_key, "account_id": decision.account_id, "step": deferred.step,
+        "occurrence": deferred.occurrence, "channel": deferred.channel, "try_no": 1, "status": "suppressed",
+        "address": None, "address_hash": None, "rule_id": Reason.SUPERSEDED.value,
+        "detail": f"deferred, then replaced by the newer reminder {newer}", "not_before": None,
+        "run_id": run_id, "created_at": now, "updated_at": now,
+    }
+
+
 def _reminder_row(decision: Decision, run_id: int | None, now: datetime) -> dict[str, Any]:
     assert decision.account is not None and decision.step is not None
     return {"key": decision.reminder_key, "account_id": decision.account_id,
@@ -66,6 +78,7 @@ class Booker:
         claim_rows: list[dict[str, Any]] = []
         decision_rows: list[dict[str, Any]] = []
         for decision in decisions:
+            claim_rows.extend(_superseded_row(decision, d, newer, run_id, now) for d, newer in decision.superseded)
             rows = [(plan, _ROW_FOR[plan.verdict]) for plan in decision.channels if plan.verdict in _ROW_FOR]
             if not rows:
                 counts.skipped += 1
@@ -84,17 +97,18 @@ class Booker:
         return jobs, counts
 
     @staticmethod
-    def _jobs(decisions: Sequence[Decision], claimed: dict[tuple[str, str, int], int],
+    def _jobs(decisions: Sequence[Decision], claimed: dict[tuple[str, str], tuple[int, int]],
               run_id: int | None) -> list[DeliveryJob]:
         jobs: list[DeliveryJob] = []
         for decision in decisions:
             for plan in decision.sends:
-                attempt_id = claimed.get((decision.reminder_key or "", plan.channel.value, 1))
-                if attempt_id is None:
+                booked = claimed.get((decision.reminder_key or "", plan.channel.value))
+                if booked is None:
                     continue
+                attempt_id, try_no = booked
                 assert decision.account and decision.step and decision.local_today and plan.address
                 jobs.append(DeliveryJob(
-                    attempt_id=attempt_id, try_no=1, reminder_key=decision.reminder_key or "",
+                    attempt_id=attempt_id, try_no=try_no, reminder_key=decision.reminder_key or "",
                     account=decision.account, step=decision.step.step, occurrence=decision.occurrence or 0,
                     days_overdue=decision.days_overdue or 0, local_today=decision.local_today,
                     channel=plan.channel, address=plan.address,

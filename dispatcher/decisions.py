@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from dispatcher.accounts import Account
 from dispatcher.channels.base import ChannelKind
+from dispatcher.history import Deferred
 from dispatcher.schedule.models import Step
 
 
@@ -33,6 +34,7 @@ class Reason(StrEnum):
     PAUSED = "pause"
     OPTED_OUT = "opt_out"
     DEFERRED = "deferred"
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class Decision:
     zone: str | None = None
     reminder_key: str | None = None
     channels: tuple[ChannelPlan, ...] = ()
+    superseded: tuple[tuple[Deferred, str], ...] = ()
+    """Deferred reminder channels this newer reminder replaces (recorded as suppressed, ``superseded``)."""
 
     @property
     def sends(self) -> tuple[ChannelPlan, ...]:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from dispatcher.channels.base import Channel, ChannelKind, DeliveryResult, Effect, Message, Outcome
 from dispatcher.compose.renderer import Composer, RenderContext, Rendered
@@ -21,7 +22,11 @@ from dispatcher.errors import TemplateError
 from dispatcher.jobs import DeliveryJob, RunCounts
 from dispatcher.ledger.store import AttemptOutcome, Ledger
 from dispatcher.ledger.suppressions import suppress
+from dispatcher.masking import address_hash, mask_address
 from dispatcher.planner import address_for
+from dispatcher.rules.base import Block
+from dispatcher.rules.content import ContentCheck
+from dispatcher.rules.recheck import BatchFacts, SendCheck
 from dispatcher.schedule.models import Schedule
 
 log = logging.getLogger(__name__)
@@ -60,7 +65,11 @@ class DeliveryPolicy:
 
 @dataclass
 class _Batch:
+    """What delivering one batch produced, written to the ledger in a few statements at the end."""
+
     outcomes: list[AttemptOutcome] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+    deferrals: list[dict[str, Any]] = field(default_factory=list)
     counts: RunCounts = field(default_factory=RunCounts)
 
 
@@ -69,7 +78,8 @@ class Deliverer:
 
     def __init__(self, ledger: Ledger, composer: Composer, schedule: Schedule,
                  channels: Mapping[ChannelKind, Channel], *, policy: DeliveryPolicy, clock: Clock,
-                 headers_for: HeadersFor | None = None, stopping: threading.Event | None = None) -> None:
+                 headers_for: HeadersFor | None = None, send_check: SendCheck | None = None,
+                 content_check: ContentCheck | None = None, stopping: threading.Event | None = None) -> None:
         self.ledger = ledger
         self.composer = composer
         self.schedule = schedule
@@ -77,37 +87,64 @@ class Deliverer:
         self.policy = policy
         self.clock = clock
         self.headers_for = headers_for
+        self.send_check = send_check
+        self.content_check = content_check
         self.stopping = stopping or threading.Event()
 
     async def deliver(self, jobs: Sequence[DeliveryJob]) -> RunCounts:
-        """Claim the batch's attempts, send the claimed ones concurrently, record the outcomes."""
+        """Claim the batch, re-check it, send what may go out concurrently, record every outcome."""
         batch = _Batch()
         claimed = self.ledger.start_sending([job.attempt_id for job in jobs], self.clock())
         mine = [job for job in jobs if job.attempt_id in claimed]
         batch.counts.skipped = len(jobs) - len(mine)
+        facts = self.send_check.facts(mine) if self.send_check and mine else None
+        ready = [job for job in mine if self._blocked(job, job.channel, job.address, facts, batch) is None]
         limit = asyncio.Semaphore(self.policy.concurrency)
-        unsent = await asyncio.gather(*(self._deliver_job(job, limit, batch) for job in mine))
-        self.ledger.finish_attempts(batch.outcomes, self.clock())
-        released = [job.attempt_id for job, was_unsent in zip(mine, unsent, strict=True) if was_unsent]
-        if released:
-            self.ledger.release(released, self.clock())
+        await asyncio.gather(*(self._deliver_job(job, limit, batch, facts) for job in ready))
+        self._record(batch)
         return batch.counts
 
     async def aclose(self) -> None:
         for channel in self.channels.values():
             await channel.aclose()
 
-    async def _deliver_job(self, job: DeliveryJob, limit: asyncio.Semaphore, batch: _Batch) -> bool:
-        """Sends one job (retries, then fallback). Returns True when stopped before sending anything."""
+    def _record(self, batch: _Batch) -> None:
+        now = self.clock()
+        self.ledger.finish_attempts(batch.outcomes, now)
+        self.ledger.record_decisions(batch.deferrals)
+        if batch.released:
+            self.ledger.release(batch.released, now)
+
+    def _blocked(self, job: DeliveryJob, channel: ChannelKind, address: str, facts: BatchFacts | None,
+                 batch: _Batch) -> Block | None:
+        """Re-check ``job`` on ``channel``; a refusal is recorded (suppressed, or deferred and released)."""
+        if self.send_check is None or facts is None:
+            return None
+        block = self.send_check.check(job, channel, address, facts, self.clock())
+        if block is None:
+            return None
+        log.info("attempt %s (%s, %s) held back before sending: %s: %s", job.attempt_id,
+                 job.account.account_id, channel.value, block.rule_id, block.detail)
+        if block.defer:
+            batch.released.append(job.attempt_id)
+            batch.deferrals.append(_deferral(job, channel, block, self.clock()))
+            batch.counts.deferred += 1
+        else:
+            batch.outcomes.append(AttemptOutcome(job.attempt_id, "suppressed", rule_id=block.rule_id,
+                                                 detail=block.detail))
+            batch.counts.suppressed += 1
+        return block
+
+    async def _deliver_job(self, job: DeliveryJob, limit: asyncio.Semaphore, batch: _Batch,
+                           facts: BatchFacts | None) -> None:
+        """Sends one job (retries, then fallback); a stop before sending gives the claim back."""
+        if self.stopping.is_set():
+            batch.released.append(job.attempt_id)
+            return
         current: DeliveryJob | None = job
-        first = True
         while current is not None:
-            if self.stopping.is_set() and first:
-                return True
-            first = False
             result = await self._send_with_retries(current, limit, batch)
-            current = self._fallback(current, result)
-        return False
+            current = self._fallback(current, result, facts, batch)
 
     async def _send_with_retries(self, job: DeliveryJob, limit: asyncio.Semaphore,
                                  batch: _Batch) -> DeliveryResult:
@@ -122,7 +159,11 @@ class Deliverer:
             self._count(batch.counts, result, final)
             if result.effect is not Effect.NONE:
                 self._suppress(job, result)
-            if final or self.stopping.is_set():
+            if final:
+                return result
+            if self.stopping.is_set():  # leave the next try to the next run
+                self.ledger.insert_try(job, job.try_no + 1, job.channel, job.parent_id, self.clock(),
+                                       status="planned")
                 return result
             await asyncio.sleep(backoff_delay(job.try_no, result.retry_after, base=self.policy.backoff_base,
                                               cap=self.policy.backoff_cap))
@@ -140,13 +181,24 @@ class Deliverer:
             deadline = job.account.deadline or job.local_today + timedelta(days=step.deadline_days)
             context = RenderContext(job.account, step, job.occurrence, job.days_overdue, deadline,
                                     job.local_today, unsubscribe_url)
-            return self.composer.render(context, job.channel)
+            rendered = self.composer.render(context, job.channel)
         except TemplateError as exc:
             log.error("attempt %s (%s, %s): %s", job.attempt_id, job.account.account_id, job.channel.value, exc)
             batch.outcomes.append(AttemptOutcome(job.attempt_id, "failed", error_code="template_error",
                                                  error_class="permanent", error_message=str(exc)))
             batch.counts.failed += 1
             return None
+        block = self.content_check.check(rendered, job.account) if self.content_check else None
+        if block is not None:
+            log.error("attempt %s (%s, %s) blocked: %s: %s", job.attempt_id, job.account.account_id,
+                      job.channel.value, block.rule_id, block.detail)
+            batch.outcomes.append(AttemptOutcome(job.attempt_id, "suppressed", rule_id=block.rule_id,
+                                                 detail=block.detail, template=rendered.template,
+                                                 template_version=rendered.template_version,
+                                                 content_hash=rendered.content_hash))
+            batch.counts.suppressed += 1
+            return None
+        return rendered
 
     def _message(self, job: DeliveryJob, rendered: Rendered) -> Message:
         headers = self.headers_for(job)[1] if self.headers_for and job.channel is ChannelKind.EMAIL else {}
@@ -161,22 +213,32 @@ class Deliverer:
         attempt_id = self.ledger.insert_try(job, job.try_no + 1, job.channel, job.parent_id, self.clock())
         return None if attempt_id is None else replace(job, attempt_id=attempt_id, try_no=job.try_no + 1)
 
-    def _fallback(self, job: DeliveryJob, result: DeliveryResult) -> DeliveryJob | None:
-        """The job for the step's next channel after a permanent failure, if the step has one."""
+    def _fallback(self, job: DeliveryJob, result: DeliveryResult, facts: BatchFacts | None,
+                  batch: _Batch) -> DeliveryJob | None:
+        """The job for the step's next usable channel after a permanent failure, if the step has one.
+
+        A fallback channel passes the same re-checks as any send (opt-out, window ...):
+        a suppressed one is recorded and skipped, a deferred one is left to a later run.
+        """
         if result.outcome is not Outcome.PERMANENT or self.stopping.is_set():
             return None
-        for channel in job.fallbacks:
+        for index, channel in enumerate(job.fallbacks):
             address = address_for(job.account, channel)
             if not address:
                 continue
             attempt_id = self.ledger.insert_try(job, 1, channel, job.attempt_id, self.clock(), address=address)
             if attempt_id is None:
                 return None
-            rest = job.fallbacks[job.fallbacks.index(channel) + 1 :]
+            candidate = replace(job, attempt_id=attempt_id, try_no=1, channel=channel, address=address,
+                                fallbacks=job.fallbacks[index + 1 :], parent_id=job.attempt_id)
+            block = self._blocked(candidate, channel, address, facts, batch)
+            if block is not None:
+                if block.defer:
+                    return None
+                continue
             log.info("attempt %s: %s failed permanently, falling back to %s as attempt %s",
                      job.attempt_id, job.channel.value, channel.value, attempt_id)
-            return replace(job, attempt_id=attempt_id, try_no=1, channel=channel, address=address,
-                           fallbacks=rest, parent_id=job.attempt_id)
+            return candidate
         return None
 
     def _suppress(self, job: DeliveryJob, result: DeliveryResult) -> None:
@@ -193,6 +255,17 @@ class Deliverer:
             counts.sent += 1
         elif final:
             counts.failed += 1
+
+
+def _deferral(job: DeliveryJob, channel: ChannelKind, block: Block, now: datetime) -> dict[str, Any]:
+    """A try-0 ``deferred`` row: the reminder waits for a later run."""
+    return {
+        "reminder_key": job.reminder_key, "account_id": job.account.account_id, "step": job.step,
+        "occurrence": job.occurrence, "channel": channel.value, "try_no": 0, "status": "deferred",
+        "address": mask_address(channel.value, job.address), "address_hash": address_hash(job.address),
+        "rule_id": block.rule_id, "detail": block.detail, "not_before": block.not_before, "run_id": job.run_id,
+        "created_at": now, "updated_at": now,
+    }
 
 
 def _outcome(job: DeliveryJob, result: DeliveryResult, rendered: Rendered, provider: str) -> AttemptOutcome:

@@ -31,6 +31,16 @@ class Contact:
 
 
 @dataclass(frozen=True, slots=True)
+class Deferred:
+    """A channel of a reminder that a rule deferred, waiting for a later run."""
+
+    reminder_key: str
+    step: str
+    occurrence: int
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
 class Suppression:
     """A channel address that must not be used (opt-out, bad number, dead token)."""
 
@@ -48,6 +58,7 @@ class BatchHistory:
     suppressions: dict[tuple[str, str], Suppression] = field(default_factory=dict)
     by_account: dict[str, list[Contact]] = field(default_factory=dict)
     by_address: dict[str, list[Contact]] = field(default_factory=dict)
+    deferred: dict[str, list[Deferred]] = field(default_factory=dict)
 
     def add_contact(self, contact: Contact) -> None:
         self.by_account.setdefault(contact.account_id, []).append(contact)
@@ -56,6 +67,10 @@ class BatchHistory:
 
     def claims_of(self, account_id: str) -> Claims:
         return self.claims.get(account_id, {})
+
+    def deferred_of(self, account_id: str) -> list[Deferred]:
+        """Deferred reminder channels of the account, oldest first."""
+        return self.deferred.get(account_id, [])
 
     def suppression(self, channel: str, address: str) -> Suppression | None:
         return self.suppressions.get((channel, address_hash(address)))

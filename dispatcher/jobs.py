@@ -38,6 +38,7 @@ class DeliveryJob:
         account = data["account"]
         account["overdue_amount"] = str(self.account.overdue_amount)
         account["opt_out_channels"] = sorted(self.account.opt_out_channels)
+        account["pause_flags"] = sorted(self.account.pause_flags)
         for key in ("due_date", "deadline", "promise_to_pay_until"):
             account[key] = account[key].isoformat() if account[key] else None
         data["local_today"] = self.local_today.isoformat()
@@ -50,6 +51,7 @@ class DeliveryJob:
         raw = dict(data["account"])
         raw["overdue_amount"] = Decimal(raw["overdue_amount"])
         raw["opt_out_channels"] = frozenset(raw["opt_out_channels"])
+        raw["pause_flags"] = frozenset(raw.get("pause_flags", ()))
         for key in ("due_date", "deadline", "promise_to_pay_until"):
             raw[key] = date.fromisoformat(raw[key]) if raw[key] else None
         values = dict(data)

@@ -48,7 +48,7 @@ def _json(out: TextIO, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]
     count = 0
     for row in rows:
         out.write(",\n " if count else "\n ")
-        out.write(json.dumps({c: plain(row.get(c)) for c in columns}, ensure_ascii=False))
+        out.write(json.dumps({c: plain(row.get(c)) for c in columns}, ensure_ascii=False, default=plain))
         count += 1
     out.write("\n]\n" if count else "]\n")
     return count

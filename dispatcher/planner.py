@@ -1,7 +1,12 @@
-"""The planner: (accounts, schedule, ledger history, now) → decisions. Pure: no I/O, no clock."""
+"""The planner: (accounts, schedule, ledger history, now) → decisions. No I/O, no clock.
+
+The only state it touches is the batch's :class:`BatchHistory`, to which it adds
+the contacts it plans, so caps count messages of this run too.
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import date, datetime
@@ -10,8 +15,9 @@ from zoneinfo import ZoneInfo
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channels.base import ChannelKind
 from dispatcher.decisions import ChannelPlan, Decision, Reason, Verdict
-from dispatcher.history import CONTACT_STATUSES, BatchHistory
+from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred
 from dispatcher.ladder import DueStep, days_overdue, due_step, local_date, reminder_key
+from dispatcher.masking import address_hash
 from dispatcher.rules.engine import RuleEngine
 from dispatcher.schedule.models import Schedule
 from dispatcher.zones import home_zone
@@ -36,6 +42,7 @@ class Planner:
     def __init__(self, schedule: Schedule, rules: RuleEngine) -> None:
         self.schedule = schedule
         self.rules = rules
+        self._provisional = itertools.count(-1, -1)
 
     def plan(self, accounts: Iterable[Account], history: BatchHistory, now: datetime) -> list[Decision]:
         dates: dict[ZoneInfo, date] = {}
@@ -56,18 +63,39 @@ class Planner:
         days = days_overdue(account.due_date, today)
         if days < 1:
             return replace(base, reason=Reason.NOT_YET_OVERDUE, days_overdue=days, detail=f"day {days}")
-        due = due_step(self.schedule.ladder, days)
-        if due is None:
+        pending = self._pending(account, history)
+        due, key = self._due(account, days, pending)
+        if due is None or key is None:
             return replace(base, reason=Reason.NO_STEP_DUE, days_overdue=days,
                            detail=f"no step of the ladder covers day {days}")
-        key = reminder_key(account.account_id, account.due_date, due.step.step, due.occurrence)
-        found = replace(base, step=due.step, occurrence=due.occurrence, days_overdue=days, reminder_key=key)
+        superseded = tuple((d, key) for d in pending if d.reminder_key != key)
+        found = replace(base, step=due.step, occurrence=due.occurrence, days_overdue=days, reminder_key=key,
+                        superseded=superseded)
         block = self.rules.check_account(account, today)
         if block is not None:
             return replace(found, reason=block.rule_id, detail=block.detail)
         channels = self._channels(account, due, key, history, now)
         reason, detail = _summary(channels)
         return replace(found, reason=reason, detail=detail, channels=channels)
+
+    def _due(self, account: Account, days: int, pending: list[Deferred]) -> tuple[DueStep | None, str | None]:
+        """The reminder due now: the ladder's, else the latest deferred one still waiting."""
+        due = due_step(self.schedule.ladder, days)
+        if due is not None:
+            return due, reminder_key(account.account_id, account.due_date, due.step.step, due.occurrence)
+        for deferred in reversed(pending):
+            step = self.schedule.step_named(deferred.step)
+            if step is not None:
+                return DueStep(step, days, deferred.occurrence), deferred.reminder_key
+        return None, None
+
+    @staticmethod
+    def _pending(account: Account, history: BatchHistory) -> list[Deferred]:
+        """Deferred reminders of the current delinquency whose channel has not been claimed since."""
+        claims = history.claims_of(account.account_id)
+        prefix = f"{account.account_id}|{account.due_date.isoformat()}|"
+        return [d for d in history.deferred_of(account.account_id)
+                if d.reminder_key.startswith(prefix) and (d.reminder_key, d.channel) not in claims]
 
     def _channels(
         self, account: Account, due: DueStep, key: str, history: BatchHistory, now: datetime
@@ -98,6 +126,8 @@ class Planner:
             return ChannelPlan(channel, Verdict.SUPPRESS, None, Reason.NO_ADDRESS, f"no {channel.value} address")
         block = self.rules.check_channel(account, channel, address, now, history)
         if block is None:
+            history.add_contact(Contact(next(self._provisional), account.account_id, channel.value,
+                                        address_hash(address), now))
             return ChannelPlan(channel, Verdict.SEND, address)
         verdict = Verdict.DEFER if block.defer else Verdict.SUPPRESS
         return ChannelPlan(channel, verdict, address, block.rule_id, block.detail, block.not_before)
@@ -108,6 +138,7 @@ def _summary(channels: tuple[ChannelPlan, ...]) -> tuple[str | None, str]:
         return None, ""
     if all(c.verdict in (Verdict.DONE, Verdict.FALLBACK) for c in channels):
         return Reason.ALREADY_SENT, "; ".join(f"{c.channel.value} {c.detail}" for c in channels if c.detail)
-    first = next(c for c in channels if c.verdict in (Verdict.DEFER, Verdict.SUPPRESS))
+    first = next((c for c in channels if c.verdict is Verdict.DEFER), None) or next(
+        c for c in channels if c.verdict is Verdict.SUPPRESS)
     details = "; ".join(f"{c.channel.value}: {c.detail}" for c in channels if c.verdict is not Verdict.FALLBACK)
     return first.rule_id, details

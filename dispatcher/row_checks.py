@@ -21,6 +21,9 @@ _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _CHANNELS = frozenset({"sms", "email", "push"})
 _TRUE = frozenset({"1", "true", "t", "yes", "y"})
 
+PAUSE_FLAGS = ("cease_request", "attorney", "deceased", "bankruptcy")
+"""Optional boolean columns of the source; any of them set stops all reminders (rule ``pause``)."""
+
 
 class BadField(ValueError):
     """A field of a source row fails the account contract."""
@@ -150,4 +153,5 @@ def _account(account_id: str, row: Mapping[str, Any]) -> Account:
         dispute=_flag(row, "dispute"),
         promise_to_pay_until=_date(row, "promise_to_pay_until", required=False),
         opt_out_channels=_opt_outs(row),
+        pause_flags=frozenset(flag for flag in PAUSE_FLAGS if _flag(row, flag)),
     )

@@ -70,7 +70,7 @@ class Runner:
         ledger = self.app.ledger
         now = self.app.clock()
         ledger.record_rejects(run_id, batch.rejects, now)
-        history = ledger.load_history(batch.accounts)
+        history = ledger.load_history(batch.accounts, pipeline.policy.contacts_since(now))
         decisions = pipeline.planner.plan(batch.accounts, history, now)
         jobs, counts = self.app.booker().book(decisions, run_id, now)
         counts.rejected = len(batch.rejects)

@@ -50,7 +50,8 @@ def decisions_at(app: App, now: datetime, account_id: str | None = None) -> Iter
     has_ledger = current_revision(app.engine) is not None
     for batch in pipeline.source.batches():
         accounts = [a for a in batch.accounts if account_id in (None, a.account_id)]
-        history = app.ledger.load_history(accounts) if has_ledger and accounts else BatchHistory()
+        history = (app.ledger.load_history(accounts, pipeline.policy.contacts_since(now))
+                   if has_ledger and accounts else BatchHistory())
         yield from (rejected(r) for r in batch.rejects if account_id in (None, r.account_id))
         yield from pipeline.planner.plan(accounts, history, now)
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dispatcher.compose.renderer import check_templates
+from dispatcher.app import template_checks
 from dispatcher.errors import ConfigError
 from dispatcher.schedule.loader import load_schedule
 from dispatcher.schedule.report import format_problems, format_valid
@@ -25,7 +25,7 @@ def register(commands: Any) -> None:
 def validate_command(args: argparse.Namespace) -> int:
     path = Path(args.path or args.schedules or os.environ.get("DISPATCHER_SCHEDULES") or "schedules.yaml")
     try:
-        loaded = load_schedule(path, os.environ, check_templates=check_templates)
+        loaded = load_schedule(path, os.environ, check_templates=template_checks)
     except ConfigError as exc:
         print(format_problems(exc.problems, args.format), file=sys.stdout if args.format == "json" else sys.stderr)
         return 1

@@ -15,16 +15,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channels.base import ChannelKind
 from dispatcher.errors import LedgerError
-from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Suppression, borrower_hashes
+from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred, Suppression, borrower_hashes
 from dispatcher.jobs import DeliveryJob
 from dispatcher.ledger.tables import attempts, rejects, reminders, runs, suppressions
 from dispatcher.masking import address_hash, mask_address
 
 _IN_CHUNK = 500
 _T = TypeVar("_T")
-
-ClaimKey = tuple[str, str, int]
-"""(reminder_key, channel, try_no): the identity of one try."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +38,8 @@ class AttemptOutcome:
     template_version: str | None = None
     content_hash: str | None = None
     provider: str | None = None
+    rule_id: str | None = None
+    detail: str | None = None
 
 
 def _insert_ignoring_conflicts(engine: Engine, table: Table) -> Insert:
@@ -105,15 +104,22 @@ class Ledger:
 
     @staticmethod
     def _load_claims(connection: Connection, ids: Sequence[str], history: BatchHistory) -> None:
-        query = select(attempts.c.account_id, attempts.c.reminder_key, attempts.c.channel,
-                       attempts.c.try_no, attempts.c.status)
+        """Claimed tries (latest status per reminder and channel) and deferrals still waiting."""
+        query = select(attempts.c.account_id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no,
+                       attempts.c.status, attempts.c.step, attempts.c.occurrence).order_by(attempts.c.id)
         latest: dict[tuple[str, str, str], int] = {}
+        waiting: dict[tuple[str, str, str], Deferred] = {}
         for chunk in _chunks(ids):
-            rows = connection.execute(query.where(attempts.c.account_id.in_(chunk), attempts.c.try_no >= 1))
-            for account_id, key, channel, try_no, status in rows:
-                if latest.get((account_id, key, channel), 0) < try_no:
+            for account_id, key, channel, try_no, status, step, occurrence in connection.execute(
+                    query.where(attempts.c.account_id.in_(chunk))):
+                if try_no == 0:
+                    if status == "deferred":
+                        waiting[(account_id, key, channel)] = Deferred(key, step, occurrence, channel)
+                elif latest.get((account_id, key, channel), 0) < try_no:
                     latest[(account_id, key, channel)] = try_no
                     history.claims.setdefault(account_id, {})[(key, channel)] = status
+        for (account_id, _key, _channel), deferred in waiting.items():
+            history.deferred.setdefault(account_id, []).append(deferred)
 
     @staticmethod
     def _load_contacts(connection: Connection, ids: Sequence[str], hashes: Sequence[str], since: datetime,
@@ -145,28 +151,29 @@ class Ledger:
         if rows:
             self._execute("record reminders", _insert_ignoring_conflicts(self.engine, reminders), rows)
 
-    def book(self, rows: Sequence[Mapping[str, Any]]) -> dict[ClaimKey, int]:
+    def book(self, rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], tuple[int, int]]:
         """Insert first tries (``planned`` or ``suppressed``) unless they exist.
 
-        Returns the ids of every ``planned`` first try of these reminders, including
-        ones an interrupted earlier run booked but never claimed: nothing went out
-        for those, so they are delivered now.
+        Returns (reminder_key, channel) → (attempt id, try number) of every ``planned``
+        try of these reminders, including ones an interrupted earlier run booked but
+        never claimed (or a next try it left for later): nothing went out for those,
+        so they are delivered now.
         """
         if not rows:
             return {}
         insert = _insert_ignoring_conflicts(self.engine, attempts).returning(
             attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.status)
-        query = select(attempts.c.id, attempts.c.reminder_key, attempts.c.channel).where(
-            attempts.c.try_no >= 1, attempts.c.try_no == 1, attempts.c.status == "planned")
+        query = select(attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no).where(
+            attempts.c.try_no >= 1, attempts.c.status == "planned")
         try:
             with self.engine.begin() as connection:
                 inserted = connection.execute(insert, list(rows)).all()
-                found = {(r.reminder_key, r.channel, 1): int(r.id) for r in inserted if r.status == "planned"}
+                found = {(r.reminder_key, r.channel): (int(r.id), 1) for r in inserted if r.status == "planned"}
                 done = {(r.reminder_key, r.channel) for r in inserted}
                 existing = sorted({r["reminder_key"] for r in rows if (r["reminder_key"], r["channel"]) not in done})
                 for chunk in _chunks(existing):
                     for row in connection.execute(query.where(attempts.c.reminder_key.in_(chunk))):
-                        found[(row.reminder_key, row.channel, 1)] = int(row.id)
+                        found[(row.reminder_key, row.channel)] = (int(row.id), int(row.try_no))
         except SQLAlchemyError as exc:
             raise self._guard("book attempts", exc) from exc
         return found
@@ -202,18 +209,21 @@ class Ledger:
             raise self._guard("release attempts", exc) from exc
 
     def insert_try(self, job: DeliveryJob, try_no: int, channel: ChannelKind, parent_id: int | None,
-                   now: datetime, *, address: str | None = None) -> int | None:
-        """Claim a further try (a retry, or a fallback channel's first try) already ``sending``.
+                   now: datetime, *, address: str | None = None, status: str = "sending") -> int | None:
+        """Claim a further try (a retry, or a fallback channel's first try), ``sending`` unless told.
+
+        ``status="planned"`` books the try for a later run instead (a stop between tries).
 
         ``address`` is the full address when it differs from the job's (a fallback channel).
         Returns its id, or ``None`` when that try exists already (someone else owns it).
         """
         row = {
             "reminder_key": job.reminder_key, "account_id": job.account.account_id, "step": job.step,
-            "occurrence": job.occurrence, "channel": channel.value, "try_no": try_no, "status": "sending",
+            "occurrence": job.occurrence, "channel": channel.value, "try_no": try_no, "status": status,
             "address": mask_address(channel.value, address or job.address),
             "address_hash": address_hash(address or job.address),
-            "parent_id": parent_id, "run_id": job.run_id, "created_at": now, "attempted_at": now,
+            "parent_id": parent_id, "run_id": job.run_id, "created_at": now,
+            "attempted_at": now if status == "sending" else None,
             "updated_at": now,
         }
         statement = _insert_ignoring_conflicts(self.engine, attempts).returning(attempts.c.id)
@@ -242,12 +252,15 @@ class Ledger:
                     template=func.coalesce(bindparam("b_template"), attempts.c.template),
                     template_version=func.coalesce(bindparam("b_version"), attempts.c.template_version),
                     content_hash=func.coalesce(bindparam("b_hash"), attempts.c.content_hash),
-                    provider=func.coalesce(bindparam("b_provider"), attempts.c.provider))
+                    provider=func.coalesce(bindparam("b_provider"), attempts.c.provider),
+                    rule_id=func.coalesce(bindparam("b_rule"), attempts.c.rule_id),
+                    detail=func.coalesce(bindparam("b_detail"), attempts.c.detail))
         )
         params = [
             {"b_id": o.attempt_id, "b_status": o.status, "b_pmid": o.provider_message_id, "b_code": o.error_code,
              "b_class": o.error_class, "b_message": o.error_message, "b_now": now, "b_template": o.template,
-             "b_version": o.template_version, "b_hash": o.content_hash, "b_provider": o.provider}
+             "b_version": o.template_version, "b_hash": o.content_hash, "b_provider": o.provider,
+             "b_rule": o.rule_id, "b_detail": o.detail}
             for o in outcomes
         ]
         self._execute("record outcomes", statement, params)

@@ -1,7 +1,10 @@
 """The compliance engine: run when a reminder is planned and again just before it is sent.
 
-A rule either lets a reminder through or returns a :class:`Block` naming its rule id,
-whether it defers (try again later) or suppresses (never for this occurrence), and why.
+A rule either lets a reminder through or returns a :class:`~dispatcher.rules.base.Block`
+naming its rule id, whether it defers (try again later) or suppresses (never for this
+occurrence), and why. Rule ids: ``pause``, ``opt-out``, ``bad-address``, ``window``,
+``holiday``, ``cap`` here; ``paid``, ``civil``, ``content``, ``third-party`` at send time
+(:mod:`dispatcher.rules.recheck`); ``no_address`` and ``superseded`` in the planner.
 """
 
 from __future__ import annotations
@@ -9,72 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Protocol
 
 from dispatcher.accounts import Account
 from dispatcher.channels.base import ChannelKind
 from dispatcher.history import BatchHistory
-
-DEAD_ADDRESS_SOURCES = frozenset({"bad_address", "dead_token"})
-"""Suppression sources that mean the address does not work, rather than that the borrower said stop."""
-
-
-@dataclass(frozen=True, slots=True)
-class Block:
-    """A rule's refusal: ``defer`` until ``not_before`` or suppress for good."""
-
-    rule_id: str
-    detail: str
-    defer: bool = False
-    not_before: datetime | None = None
-
-
-class AccountRule(Protocol):
-    """A rule about the borrower as a whole (pauses, disputes)."""
-
-    def check(self, account: Account, today: date) -> Block | None: ...
-
-
-class ChannelRule(Protocol):
-    """A rule about one channel of one reminder (opt-outs, windows, caps); ``history`` is the batch's."""
-
-    def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
-              history: BatchHistory) -> Block | None: ...
-
-
-class PauseRule:
-    """``pause``: do-not-contact, dispute or a promise to pay stop all reminders for the account."""
-
-    rule_id = "pause"
-
-    def check(self, account: Account, today: date) -> Block | None:
-        if account.do_not_contact:
-            return Block(self.rule_id, f"do not contact: {account.do_not_contact}")
-        if account.dispute:
-            return Block(self.rule_id, "the borrower disputes the debt")
-        if account.promise_to_pay_until is not None and today <= account.promise_to_pay_until:
-            return Block(self.rule_id, f"promise to pay until {account.promise_to_pay_until.isoformat()}")
-        return None
-
-
-class OptOutRule:
-    """``opt-out``: a channel the borrower opted out of (source flag, STOP, 21610, unsubscribe) is never used.
-
-    Addresses found dead by a provider (invalid number, unregistered token) are
-    suppressed the same way under the rule id ``bad-address``.
-    """
-
-    rule_id = "opt-out"
-
-    def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
-              history: BatchHistory) -> Block | None:
-        if channel.value in account.opt_out_channels:
-            return Block(self.rule_id, f"the borrower opted out of {channel.value} (source)")
-        found = history.suppression(channel.value, address)
-        if found is None:
-            return None
-        rule_id = "bad-address" if found.source in DEAD_ADDRESS_SOURCES else self.rule_id
-        return Block(rule_id, f"{channel.value} suppressed since {found.since:%Y-%m-%d %H:%M} UTC ({found.source})")
+from dispatcher.rules.base import AccountRule, Block, ChannelRule
+from dispatcher.rules.cap import CapRule
+from dispatcher.rules.opt_out import OptOutRule
+from dispatcher.rules.pause import PauseRule
+from dispatcher.rules.policy import Policy
+from dispatcher.rules.window import HolidayRule, WindowRule
+from dispatcher.schedule.models import Schedule
 
 
 @dataclass(frozen=True)
@@ -83,10 +31,20 @@ class RuleEngine:
 
     account_rules: Sequence[AccountRule]
     channel_rules: Sequence[ChannelRule]
+    recheck_rules: Sequence[ChannelRule] = ()
+    """The channel rules run again just before sending (not caps: the claim already counts)."""
 
     def check_account(self, account: Account, today: date) -> Block | None:
         for rule in self.account_rules:
             block = rule.check(account, today)
+            if block is not None:
+                return block
+        return None
+
+    def recheck_channel(self, account: Account, channel: ChannelKind, address: str, now: datetime,
+                        history: BatchHistory) -> Block | None:
+        for rule in self.recheck_rules:
+            block = rule.check(account, channel, address, now, history)
             if block is not None:
                 return block
         return None
@@ -100,6 +58,13 @@ class RuleEngine:
         return None
 
 
-def default_engine() -> RuleEngine:
-    """The rules every profile applies."""
-    return RuleEngine(account_rules=[PauseRule()], channel_rules=[OptOutRule()])
+def build_engine(schedule: Schedule, policy: Policy) -> RuleEngine:
+    """The rules of ``policy``, in the order they are checked: stops before deferrals."""
+    opt_out = OptOutRule()
+    window = WindowRule(policy.window, schedule.timezone)
+    holiday = HolidayRule(policy.holidays, policy.region, policy.window, schedule.timezone)
+    return RuleEngine(
+        account_rules=[PauseRule()],
+        channel_rules=[opt_out, window, holiday, CapRule(policy.caps, policy.per_debt)],
+        recheck_rules=[opt_out, window, holiday],
+    )

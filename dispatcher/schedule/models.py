@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Annotated, Any
+from datetime import date, timedelta
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -33,9 +33,17 @@ DEFAULT_SOURCE_QUERY = (
 )
 """The demo table shipped in the embedded database (see ``dispatcher seed-demo``)."""
 
+DEFAULT_RECHECK_QUERY = (
+    "SELECT account_id, name, phone, email, push_token, locale, timezone, currency, "
+    "overdue_amount, due_date, deadline, repayment_account, do_not_contact, dispute, "
+    "promise_to_pay_until, opt_out_channels FROM demo_accounts WHERE account_id IN :ids"
+)
+"""Re-reads the accounts about to be contacted (fresh balance, pauses) just before sending."""
+
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d*)\s*)?$")
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdwy])\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_CLOCK_RANGE_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 _LOCALE_RE = re.compile(r"^[a-z]{2,3}(-[A-Z][a-z]{3})?(-[A-Z]{2}|-\d{3})?$")
 
 
@@ -104,7 +112,38 @@ def parse_duration(value: Any) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+@dataclass(frozen=True, slots=True)
+class ClockRange:
+    """Allowed local times of day, ``start`` to ``end`` in minutes after midnight (end exclusive)."""
+
+    start: int
+    end: int
+
+    def contains(self, minute_of_day: int) -> bool:
+        return self.start <= minute_of_day < self.end
+
+    def __str__(self) -> str:
+        return f"{self.start // 60:02d}:{self.start % 60:02d}-{self.end // 60:02d}:{self.end % 60:02d}"
+
+
+def parse_clock_range(value: Any) -> ClockRange:
+    """``"08:00-21:00"`` → contact allowed from 08:00 until 21:00 local time."""
+    if isinstance(value, ClockRange):
+        return value
+    match = _CLOCK_RANGE_RE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"{value!r} is not a time range like '08:00-21:00'")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if m1 > 59 or m2 > 59 or start >= 24 * 60 or end > 24 * 60:
+        raise ValueError(f"{value!r} is not a time range within one day (00:00-24:00)")
+    if end <= start:
+        raise ValueError(f"{value!r} ends before it starts (a window may not cross midnight)")
+    return ClockRange(start, end)
+
+
 Window = Annotated[DayWindow, BeforeValidator(parse_window)]
+TimeRange = Annotated[ClockRange, BeforeValidator(parse_clock_range)]
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
@@ -180,6 +219,27 @@ class Step(Strict):
         return value
 
 
+class Cap(Strict):
+    """At most ``max`` contacts per rolling ``per``, on one channel or (no channel) across all."""
+
+    max: int = Field(ge=0, le=1000)
+    per: Duration
+    channel: ChannelKind | None = None
+
+
+class Compliance(Strict):
+    """Overrides of the profile's compliance defaults; anything left out keeps the profile's value."""
+
+    contact_window: TimeRange | None = None
+    caps: list[Cap] | None = None
+    cap_scope: Literal["borrower", "debt"] | None = None
+    holidays: dict[Annotated[str, Field(pattern=r"^[A-Z]{2}$")], list[date]] = Field(default_factory=dict)
+    region: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
+    blocklist: dict[str, list[Annotated[str, Field(min_length=2)]]] = Field(default_factory=dict)
+    push_generic: bool | None = None
+    retention: Duration | None = None
+
+
 class Brand(Strict):
     """How the lender names itself in one locale, and how a borrower can check a message is genuine."""
 
@@ -194,7 +254,15 @@ class Source(Strict):
 
     url: str | None = None
     query: str = DEFAULT_SOURCE_QUERY
+    recheck_query: str | None = DEFAULT_RECHECK_QUERY
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=100_000)
+
+    @field_validator("recheck_query")
+    @classmethod
+    def _has_ids(cls, value: str | None) -> str | None:
+        if value is not None and ":ids" not in value:
+            raise ValueError("recheck_query must select the accounts named by the parameter :ids")
+        return value
 
 
 class Schedule(Strict):
@@ -203,7 +271,8 @@ class Schedule(Strict):
     timezone: Zone = "Asia/Shanghai"
     locale: Locale = "zh-CN"
     locales: list[Locale] = Field(default_factory=lambda: ["zh-CN", "en-US"])
-    profile: str = "cn"
+    profile: Literal["cn", "us", "none"] = "cn"
+    compliance: Compliance = Field(default_factory=Compliance)
     brand: dict[Locale, Brand]
     source: Source = Field(default_factory=Source)
     runs: list[Run] = Field(min_length=1)

@@ -1,0 +1,34 @@
+"""What every compliance rule is: a check that lets a reminder through or returns a :class:`Block`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Protocol
+
+from dispatcher.accounts import Account
+from dispatcher.channels.base import ChannelKind
+from dispatcher.history import BatchHistory
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A rule's refusal: ``defer`` until ``not_before`` or suppress for good."""
+
+    rule_id: str
+    detail: str
+    defer: bool = False
+    not_before: datetime | None = None
+
+
+class AccountRule(Protocol):
+    """A rule about the borrower as a whole (pauses, disputes)."""
+
+    def check(self, account: Account, today: date) -> Block | None: ...
+
+
+class ChannelRule(Protocol):
+    """A rule about one channel of one reminder (opt-outs, windows, caps); ``history`` is the batch's."""
+
+    def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
+              history: BatchHistory) -> Block | None: ...

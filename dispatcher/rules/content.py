@@ -1,0 +1,160 @@
+"""``civil``, ``content`` and ``third-party``: what a reminder's text must and must not say.
+
+* ``civil``: no phrase of the locale's blocklist (threats, insults, impersonating
+  police or courts, exposing the debt to others);
+* ``content``: brand, amount, deadline, masked repayment account, help contact, an
+  official way to verify the message, the opt-out wording (SMS, email); no run of
+  8 or more digits (a full account, card or ID number);
+* ``third-party``: a push notification's title and body show no amount and no debt
+  wording, as anyone can read a lock screen.
+
+:func:`lint_templates` checks every template × locale × channel with sample data
+(``dispatcher validate``); :class:`ContentCheck` checks each rendered message again
+just before it is sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from dispatcher.accounts import Account
+from dispatcher.channels.base import ChannelKind
+from dispatcher.compose.filters import localdate, mask, money
+from dispatcher.compose.layout import PARTS, locales_on_disk, template_path
+from dispatcher.compose.renderer import Composer, RenderContext, Rendered, TemplateProblem, sample_context
+from dispatcher.errors import TemplateError
+from dispatcher.rules.base import Block
+from dispatcher.rules.policy import Policy
+from dispatcher.rules.wordlists import LOCK_SCREEN_WORDS, OPT_OUT_WORDING, language_of
+from dispatcher.schedule.models import Brand, Schedule
+
+_DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d){7,}")
+_EMAIL_UNSUBSCRIBE = ("unsubscribe", "退订")
+
+
+def _texts(rendered: Rendered) -> list[str]:
+    return [t for t in (rendered.subject, rendered.title, rendered.body, rendered.html) if t]
+
+
+def _without(text: str, allowed: tuple[str, ...]) -> str:
+    for item in allowed:
+        if item:
+            text = text.replace(item, " ")
+    return text
+
+
+def violations(rendered: Rendered, policy: Policy, brand: Brand,
+               account: Account) -> Iterator[tuple[str, str, str]]:
+    """(rule id, message, offending text) for every forbidden thing: blocklist, long numbers, push safety."""
+    texts = _texts(rendered)
+    lowered = [t.lower() for t in texts]
+    for phrase in policy.blocked_phrases(rendered.locale):
+        if any(phrase.lower() in t for t in lowered):
+            yield "civil", f"the phrase {phrase!r} is not allowed (threat, insult, authority or third party)", phrase
+    allowed = (brand.hotline, brand.website, brand.help_email or "", mask(account.repayment_account),
+               rendered.data.get("deadline", ""))
+    for text in texts:
+        run = _DIGIT_RUN.search(_without(text, allowed))
+        if run:
+            digits = sum(c.isdigit() for c in run.group())
+            yield ("content", f"a run of {digits} digits ({run.group()!r}) looks like a full account, card or "
+                   "ID number: mask it", run.group())
+            break
+    if rendered.channel is ChannelKind.PUSH and policy.push_generic:
+        shown = " ".join(t for t in (rendered.title, rendered.body) if t).lower()
+        words = [w for w in LOCK_SCREEN_WORDS.get(language_of(rendered.locale), ()) if w.lower() in shown]
+        if money(account.overdue_amount, account.currency, rendered.locale).lower() in shown:
+            words.append("the amount")
+        if words:
+            yield ("third-party", f"push notification text shows {', '.join(map(repr, words))} on the lock screen; "
+                   "keep details in the app", words[0])
+
+
+def missing_elements(rendered: Rendered, ctx: RenderContext, brand: Brand) -> Iterator[str]:
+    """What an SMS or email must state but ``rendered`` does not."""
+    if rendered.channel is ChannelKind.PUSH:
+        return
+    text = "\n".join(_texts(rendered))
+    account, locale = ctx.account, rendered.locale
+    required = {
+        "the brand": [brand.name],
+        "the amount": [money(account.overdue_amount, account.currency, locale)],
+        "the deadline": [localdate(ctx.deadline, locale)],
+        "the masked repayment account": [mask(account.repayment_account)],
+        "a help contact": [brand.hotline, brand.help_email or brand.hotline],
+        "an official way to verify the message": [brand.hotline, brand.website],
+    }
+    if rendered.channel is ChannelKind.SMS:
+        required["the opt-out wording"] = list(OPT_OUT_WORDING.get(language_of(locale), ("STOP",)))
+    else:
+        required["an unsubscribe link or wording"] = [ctx.unsubscribe_url or "", *_EMAIL_UNSUBSCRIBE]
+    for what, options in required.items():
+        if not any(option and option.lower() in text.lower() for option in options):
+            yield what
+
+
+def _line_of(templates_dir: Path, template: str, locale: str, channel: ChannelKind, needle: str) -> tuple[str, int]:
+    """The part file and line where ``needle`` is written (first part, line 1 when not found)."""
+    parts = [template_path(templates_dir, template, locale, p.filename) for p in PARTS[channel]]
+    for path in parts:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        for number, line in enumerate(lines, start=1):
+            if needle and needle.lower() in line.lower():
+                return str(path), number
+    return str(parts[0]), 1
+
+
+def lint_templates(schedule: Schedule, templates_dir: Path, policy: Policy) -> list[TemplateProblem]:
+    """Every template the ladder uses × every locale on disk × every channel, checked with sample data."""
+    composer = Composer(templates_dir, schedule)
+    problems: list[TemplateProblem] = []
+    seen: set[str] = set()
+    for step in schedule.ladder:
+        if step.template_name in seen:
+            continue
+        seen.add(step.template_name)
+        for locale in sorted(locales_on_disk(templates_dir, step.template_name) & set(schedule.locales)):
+            for channel in ChannelKind:
+                problems.extend(_lint_one(composer, schedule, step.step, locale, channel, policy))
+    return problems
+
+
+def _lint_one(composer: Composer, schedule: Schedule, step_name: str, locale: str, channel: ChannelKind,
+              policy: Policy) -> Iterator[TemplateProblem]:
+    step = schedule.step_named(step_name)
+    assert step is not None
+    template = step.template_name
+    if not all(template_path(composer.templates_dir, template, locale, p.filename).exists() for p in PARTS[channel]):
+        return
+    ctx = sample_context(schedule, step, locale)
+    try:
+        rendered = composer.render_in(ctx, channel, locale)
+    except TemplateError:
+        return  # reported by the template checks
+    brand = composer.brand(locale)
+    base = TemplateProblem(step_name, template, locale, channel, None, None, "")
+    for rule, message, needle in violations(rendered, policy, brand, ctx.account):
+        file, line = _line_of(composer.templates_dir, template, locale, channel, needle)
+        yield replace(base, file=file, line=line, message=f"{rule}: {message}")
+    for what in missing_elements(rendered, ctx, brand):
+        file, line = _line_of(composer.templates_dir, template, locale, channel, "")
+        yield replace(base, file=file, line=line, message=f"content: the {channel.value} message must state {what}")
+
+
+class ContentCheck:
+    """Checks each rendered message just before sending (the data may add what templates never had)."""
+
+    def __init__(self, policy: Policy, composer: Composer) -> None:
+        self.policy = policy
+        self.composer = composer
+
+    def check(self, rendered: Rendered, account: Account) -> Block | None:
+        for rule, message, _text in violations(rendered, self.policy, self.composer.brand(rendered.locale), account):
+            return Block(rule, message)
+        return None

@@ -1,0 +1,63 @@
+"""The checks repeated immediately before sending: what can change between plan and send.
+
+The balance (``paid``), pauses (``pause``), opt-outs and dead addresses
+(``opt-out``, ``bad-address``), the contact window and holidays are checked again
+on a fresh read of the accounts and of the suppressions. Caps are not: they were
+counted when the reminder was planned and the claim makes the send happen once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from dispatcher.accounts import Account
+from dispatcher.channels.base import ChannelKind
+from dispatcher.history import BatchHistory
+from dispatcher.jobs import DeliveryJob
+from dispatcher.ladder import local_date
+from dispatcher.ledger.store import Ledger
+from dispatcher.rules.base import Block
+from dispatcher.rules.engine import RuleEngine
+from dispatcher.source import AccountSource
+from dispatcher.zones import home_zone
+
+
+@dataclass(frozen=True)
+class BatchFacts:
+    """Fresh accounts (by id) and suppressions for one batch of jobs."""
+
+    accounts: dict[str, Account]
+    history: BatchHistory
+    rechecked: bool
+
+
+class SendCheck:
+    """Re-reads a batch's accounts and suppressions and re-runs the rules that can change."""
+
+    def __init__(self, source: AccountSource, ledger: Ledger, engine: RuleEngine, default_zone: str) -> None:
+        self.source = source
+        self.ledger = ledger
+        self.engine = engine
+        self.default_zone = default_zone
+
+    def facts(self, jobs: Sequence[DeliveryJob]) -> BatchFacts:
+        ids = sorted({job.account.account_id for job in jobs})
+        fresh = self.source.fetch(ids) if self.source.can_recheck else {}
+        accounts = {i: a for i, a in fresh.items() if isinstance(a, Account)}
+        known = list(accounts.values()) or [job.account for job in jobs]
+        return BatchFacts(accounts, self.ledger.load_history(known), self.source.can_recheck)
+
+    def check(self, job: DeliveryJob, channel: ChannelKind, address: str, facts: BatchFacts,
+              now: datetime) -> Block | None:
+        """Why ``job`` must not go out on ``channel`` now, or ``None``."""
+        account = facts.accounts.get(job.account.account_id) if facts.rechecked else job.account
+        if account is None:
+            return Block("paid", "the account is no longer in the overdue source")
+        if account.settled:
+            return Block("paid", f"settled before sending (balance {account.overdue_amount})")
+        block = self.engine.check_account(account, local_date(now, home_zone(account, self.default_zone)))
+        if block is not None:
+            return block
+        return self.engine.recheck_channel(account, channel, address, now, facts.history)

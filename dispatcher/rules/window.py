@@ -1,0 +1,114 @@
+"""``window`` and ``holiday``: contact only inside the allowed local hours, never on a listed holiday.
+
+A borrower may be in any of several zones (the account's, the phone region's);
+a moment is allowed only if it is inside the window in every one of them. A
+reminder due outside is deferred to the next allowed moment, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime, timedelta
+
+import phonenumbers
+
+from dispatcher.accounts import Account
+from dispatcher.channels.base import ChannelKind
+from dispatcher.history import BatchHistory
+from dispatcher.rules.base import Block
+from dispatcher.schedule.models import ClockRange
+from dispatcher.zones import candidate_zones, zone
+
+SEARCH_STEP = timedelta(minutes=15)
+"""Granularity of the search for the next allowed moment."""
+
+SEARCH_LIMIT = timedelta(days=14)
+"""How far ahead the search for the next allowed moment looks."""
+
+
+def allowed(now: datetime, zones: Sequence[str], window: ClockRange) -> bool:
+    """Whether ``now`` is inside ``window`` in every zone of ``zones``."""
+    for name in zones:
+        local = now.astimezone(zone(name))
+        if not window.contains(local.hour * 60 + local.minute):
+            return False
+    return True
+
+
+def next_allowed(now: datetime, zones: Sequence[str], window: ClockRange,
+                 holiday: Callable[[datetime], bool] | None = None) -> datetime | None:
+    """The first moment after ``now`` allowed in every zone (and not a holiday), on a 15-minute grid."""
+    probe = now.replace(second=0, microsecond=0) + SEARCH_STEP - timedelta(minutes=now.minute % 15)
+    end = now + SEARCH_LIMIT
+    while probe <= end:
+        if allowed(probe, zones, window) and not (holiday and holiday(probe)):
+            return probe
+        probe += SEARCH_STEP
+    return None
+
+
+class WindowRule:
+    """Defers contact outside the local contact window (``window``)."""
+
+    rule_id = "window"
+
+    def __init__(self, window: ClockRange, default_zone: str) -> None:
+        self.window = window
+        self.default_zone = default_zone
+        self._cache: dict[tuple[datetime, tuple[str, ...]], Block | None] = {}
+
+    def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
+              history: BatchHistory) -> Block | None:
+        zones = candidate_zones(account, self.default_zone)
+        key = (now, zones)
+        if key not in self._cache:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = self._decide(now, zones)
+        return self._cache[key]
+
+    def _decide(self, now: datetime, zones: tuple[str, ...]) -> Block | None:
+        if allowed(now, zones, self.window):
+            return None
+        local = ", ".join(f"{now.astimezone(zone(z)):%H:%M} {z}" for z in zones)
+        return Block(self.rule_id, f"outside the contact window {self.window} ({local})", defer=True,
+                     not_before=next_allowed(now, zones, self.window))
+
+
+class HolidayRule:
+    """Defers contact on the borrower's public holidays (``holiday``), by the region of the phone number."""
+
+    rule_id = "holiday"
+
+    def __init__(self, holidays: Mapping[str, frozenset[date]], default_region: str | None,
+                 window: ClockRange, default_zone: str) -> None:
+        self.holidays = holidays
+        self.default_region = default_region
+        self.window = window
+        self.default_zone = default_zone
+
+    def region_of(self, account: Account) -> str | None:
+        if account.phone:
+            try:
+                region = phonenumbers.region_code_for_number(phonenumbers.parse(account.phone, None))
+            except phonenumbers.NumberParseException:
+                region = None
+            if region:
+                return str(region)
+        return self.default_region
+
+    def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
+              history: BatchHistory) -> Block | None:
+        if not self.holidays:
+            return None
+        region = self.region_of(account)
+        days = self.holidays.get(region or "", frozenset())
+        zones = candidate_zones(account, self.default_zone)
+        if not any(now.astimezone(zone(z)).date() in days for z in zones):
+            return None
+
+        def on_holiday(moment: datetime) -> bool:
+            return any(moment.astimezone(zone(z)).date() in days for z in zones)
+
+        return Block(self.rule_id, f"public holiday in {region}", defer=True,
+                     not_before=next_allowed(now, zones, self.window, on_holiday))
