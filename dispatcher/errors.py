@@ -38,6 +38,10 @@ class Problem:
     rule: str = "config"
 
     def __str__(self) -> str:
+        if not self.file:
+            return self.message
+        if self.line <= 0:
+            return f"{self.file}: {self.message}"
         return f"{self.file}:{self.line}:{self.col}: {self.message}"
 
     def as_dict(self) -> dict[str, object]:
@@ -49,7 +53,7 @@ class ConfigError(DispatcherError):
 
     def __init__(self, problems: Sequence[Problem] | str) -> None:
         if isinstance(problems, str):
-            problems = [Problem("<config>", 0, 0, problems)]
+            problems = [Problem("", 0, 0, problems)]
         self.problems: tuple[Problem, ...] = tuple(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from dispatcher.masking import MaskingFilter
+from dispatcher.masking import MaskingFilter, MaskingFormatter
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -13,7 +13,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 def configure_logging(level: str = "INFO") -> None:
     """Send logs to stderr with phone numbers and emails masked; quiet noisy libraries."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(MaskingFormatter(LOG_FORMAT))
     handler.addFilter(MaskingFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import re
 
-_PHONE_RE = re.compile(r"(?<![\w+])\+\d{8,15}\b")
+_PHONE_RE = re.compile(r"(?<![\w+])\+\d(?:[ \-().]{0,2}\d){7,14}\b")
 _EMAIL_RE = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
 
 
@@ -46,17 +46,46 @@ def mask_address(channel: str, address: str) -> str:
 
 def mask_text(text: str) -> str:
     """Masks every phone number and email address found in free text."""
-    text = _PHONE_RE.sub(lambda m: mask_phone(m.group(0)), text)
+    text = _PHONE_RE.sub(lambda m: mask_phone("+" + "".join(c for c in m.group(0) if c.isdigit())), text)
     return _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+
+
+def mask_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Replace the record's message by its masked form (phones, emails), once."""
+    try:
+        message = record.getMessage()
+    except (TypeError, ValueError):  # a malformed call: leave it to the logging module to report
+        return record
+    masked = mask_text(message)
+    if masked != message:
+        record.msg = masked
+        record.args = None
+    return record
 
 
 class MaskingFilter(logging.Filter):
     """A logging filter that masks phone numbers and emails in every record's final message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = mask_text(message)
-        if masked != message:
-            record.msg = masked
-            record.args = None
+        mask_record(record)
         return True
+
+
+class MaskingFormatter(logging.Formatter):
+    """Masks the whole formatted line, tracebacks included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_text(super().format(record))
+
+
+def install_record_masking() -> None:
+    """Mask every log record as it is created, whoever handles it (our handler, pytest's, a library's)."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "masks_personal_data", False):
+        return
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        return mask_record(previous(*args, **kwargs))
+
+    factory.masks_personal_data = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)

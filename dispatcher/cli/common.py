@@ -6,6 +6,7 @@ import argparse
 from datetime import datetime
 
 from dispatcher.app import App, build_app
+from dispatcher.errors import ConfigError
 from dispatcher.settings import Settings
 from dispatcher.zones import zone
 
@@ -25,7 +26,7 @@ def moment(text: str | None, app: App) -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--at {text!r} is not an ISO time like 2026-12-01T22:00+08:00") from None
+        raise ConfigError(f"--at {text!r} is not an ISO time like 2026-12-01T22:00+08:00") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=zone(app.pipeline.loaded.schedule.timezone))
     return value

@@ -8,9 +8,12 @@ from datetime import datetime
 from typing import Any
 
 from dispatcher.cli import common
+from dispatcher.errors import ConfigError
 from dispatcher.ledger.database import create_ledger_engine, current_revision, upgrade
 from dispatcher.ledger.queries import ATTEMPT_FIELDS, AttemptFilter, iter_attempts, list_rejects, list_runs
+from dispatcher.ledger.retention import purge
 from dispatcher.output import write_rows
+from dispatcher.schedule.models import parse_duration
 from dispatcher.zones import zone
 
 STATUSES = ("planned", "sending", "sent", "delivered", "failed", "undelivered", "suppressed", "deferred",
@@ -39,6 +42,11 @@ def register(commands: Any) -> None:
     rejects.add_argument("--run", type=int, metavar="RUN_ID")
     rejects.add_argument("--format", choices=["table", "json", "csv"], default="table")
     rejects.set_defaults(handler=rejects_command)
+    purge = commands.add_parser("purge", help="delete ledger rows older than the retention period")
+    purge.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 3y, 1200d (at least the "
+                       "configured retention, compliance.retention, default 3y)")
+    purge.add_argument("--dry-run", action="store_true", help="count what would be deleted")
+    purge.set_defaults(handler=purge_command)
     db = commands.add_parser("db", help="ledger schema")
     db.add_argument("action", choices=["upgrade", "current"])
     db.set_defaults(handler=db_command)
@@ -47,7 +55,10 @@ def register(commands: Any) -> None:
 def _since(text: str | None, default_zone: str) -> datetime | None:
     if not text:
         return None
-    value = datetime.fromisoformat(text)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--since {text!r} is not an ISO date or time like 2026-12-01 or 2026-12-01T08:00") from None
     return value if value.tzinfo else value.replace(tzinfo=zone(default_zone))
 
 
@@ -76,6 +87,18 @@ def rejects_command(args: argparse.Namespace) -> int:
     app = common.app(args)
     write_rows(sys.stdout, list_rejects(app.engine, args.run), ("run_id", "account_id", "field", "reason"),
                args.format, widths={"run_id": 6, "account_id": 12, "field": 16, "reason": 70})
+    return 0
+
+
+def purge_command(args: argparse.Namespace) -> int:
+    app = common.app(args)
+    try:
+        older_than = parse_duration(args.older_than)
+    except ValueError as exc:
+        raise ConfigError(f"--older-than: {exc}") from None
+    counts = purge(app.engine, older_than, app.pipeline.policy.retention, app.clock(), dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb}: " + ", ".join(f"{table}={count}" for table, count in counts.items()))
     return 0
 
 

@@ -17,7 +17,8 @@ from dispatcher.channels.base import ChannelKind
 from dispatcher.errors import LedgerError
 from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred, Suppression, borrower_hashes
 from dispatcher.jobs import DeliveryJob
-from dispatcher.ledger.tables import attempts, rejects, reminders, runs, suppressions
+from dispatcher.ledger.callbacks import apply_parked
+from dispatcher.ledger.tables import attempts, early_callbacks, rejects, reminders, runs, suppressions
 from dispatcher.masking import address_hash, mask_address
 
 _IN_CHUNK = 500
@@ -263,7 +264,19 @@ class Ledger:
              "b_rule": o.rule_id, "b_detail": o.detail}
             for o in outcomes
         ]
-        self._execute("record outcomes", statement, params)
+        pmids = [o.provider_message_id for o in outcomes if o.provider_message_id]
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(statement, params)
+                if pmids and self._parked_callbacks(connection):
+                    apply_parked(connection, pmids, now)
+        except SQLAlchemyError as exc:
+            raise self._guard("record outcomes", exc) from exc
+
+    @staticmethod
+    def _parked_callbacks(connection: Connection) -> bool:
+        """Whether any callback waits for its attempt (almost never: skip the lookup otherwise)."""
+        return connection.execute(select(early_callbacks.c.id).limit(1)).first() is not None
 
     def record_rejects(self, run_id: int | None, rows: Sequence[RejectedRow], now: datetime) -> None:
         if rows:

@@ -144,6 +144,16 @@ rejects = Table(
     Column("created_at", UtcDateTime, nullable=False),
 )
 
+early_callbacks = Table(
+    "early_callbacks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("provider_message_id", String(128), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("error_code", String(32)),
+    Column("received_at", UtcDateTime, nullable=False),
+)
+
 suppressions = Table(
     "suppressions",
     metadata,

@@ -14,7 +14,8 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from dispatcher.app import App
-from dispatcher.ledger.suppressions import advance_status, lift, suppress
+from dispatcher.ledger.callbacks import advance_status
+from dispatcher.ledger.suppressions import lift, suppress
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def status_handler(app: App) -> Handler:
             return web.Response(text="ignored")
         moved = advance_status(app.engine, sid, status, app.clock(), error_code=form.get("ErrorCode") or None)
         if moved is None:
-            log.info("status callback for unknown MessageSid %s (%s) ignored", sid, raw)
+            log.info("status callback for unknown MessageSid %s (%s) kept until the attempt is recorded", sid, raw)
         elif moved == 0:
             log.debug("status callback %s for %s is not newer; ignored", raw, sid)
         return web.Response(text="ok")
