@@ -95,7 +95,8 @@ class App:
             self.ledger, pipeline.composer, pipeline.loaded.schedule, self.channels(),
             policy=DeliveryPolicy(concurrency=self.settings.concurrency, max_tries=self.settings.max_tries),
             clock=self.clock, headers_for=self.unsubscribe_links(), stopping=stopping,
-            send_check=SendCheck(pipeline.source, self.ledger, pipeline.rules, pipeline.loaded.schedule.timezone),
+            send_check=SendCheck(pipeline.source, self.ledger, pipeline.rules, pipeline.loaded.schedule.timezone,
+                                 pipeline.policy.contacts_since),
             content_check=ContentCheck(pipeline.policy, pipeline.composer),
         )
 

@@ -30,6 +30,7 @@ class Reason(StrEnum):
     NOT_YET_OVERDUE = "not_yet_overdue"
     NO_STEP_DUE = "no_step_due"
     ALREADY_SENT = "already_sent"
+    ALREADY_TRIED = "already_tried"  # every channel of this occurrence was tried and none reached the borrower
     NO_ADDRESS = "no_address"
     PAUSED = "pause"
     OPTED_OUT = "opt_out"
@@ -47,6 +48,7 @@ class ChannelPlan:
     rule_id: str | None = None
     detail: str | None = None
     not_before: datetime | None = None
+    status: str | None = None  # DONE: the ledger status of the earlier try
 
 
 @dataclass(frozen=True, slots=True)

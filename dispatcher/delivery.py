@@ -97,7 +97,7 @@ class Deliverer:
         claimed = self.ledger.start_sending([job.attempt_id for job in jobs], self.clock())
         mine = [job for job in jobs if job.attempt_id in claimed]
         batch.counts.skipped = len(jobs) - len(mine)
-        facts = self.send_check.facts(mine) if self.send_check and mine else None
+        facts = self.send_check.facts(mine, self.clock()) if self.send_check and mine else None
         ready = [job for job in mine if self._blocked(job, job.channel, job.address, facts, batch) is None]
         limit = asyncio.Semaphore(self.policy.concurrency)
         await asyncio.gather(*(self._deliver_job(job, limit, batch, facts) for job in ready))
@@ -116,11 +116,11 @@ class Deliverer:
             self.ledger.release(batch.released, now)
 
     def _blocked(self, job: DeliveryJob, channel: ChannelKind, address: str, facts: BatchFacts | None,
-                 batch: _Batch) -> Block | None:
+                 batch: _Batch, *, fallback: bool = False) -> Block | None:
         """Re-check ``job`` on ``channel``; a refusal is recorded (suppressed, or deferred and released)."""
         if self.send_check is None or facts is None:
             return None
-        block = self.send_check.check(job, channel, address, facts, self.clock())
+        block = self.send_check.check(job, channel, address, facts, self.clock(), fallback=fallback)
         if block is None:
             return None
         log.info("attempt %s (%s, %s) held back before sending: %s: %s", job.attempt_id,
@@ -231,7 +231,7 @@ class Deliverer:
                 return None
             candidate = replace(job, attempt_id=attempt_id, try_no=1, channel=channel, address=address,
                                 fallbacks=job.fallbacks[index + 1 :], parent_id=job.attempt_id)
-            block = self._blocked(candidate, channel, address, facts, batch)
+            block = self._blocked(candidate, channel, address, facts, batch, fallback=True)
             if block is not None:
                 if block.defer:
                     return None
@@ -246,8 +246,8 @@ class Deliverer:
         source = _SUPPRESSION_SOURCE[result.effect]
         if suppress(self.ledger.engine, job.channel.value, job.address, source, self.clock(),
                     account_id=job.account.account_id, detail=f"{result.error_code}: {result.error_message}"):
-            log.warning("%s to %s suppressed from now on (%s, attempt %s)", job.channel.value, job.address,
-                        source, job.attempt_id)
+            log.warning("%s to %s suppressed from now on (%s, attempt %s)", job.channel.value,
+                        mask_address(job.channel.value, job.address), source, job.attempt_id)
 
     @staticmethod
     def _count(counts: RunCounts, result: DeliveryResult, final: bool) -> None:

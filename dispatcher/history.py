@@ -76,12 +76,16 @@ class BatchHistory:
         return self.suppressions.get((channel, address_hash(address)))
 
     def contacts_of(self, account: Account, *, per_debt: bool) -> list[Contact]:
-        """Contacts counted against ``account``: its own (per debt) or any to its addresses (per borrower)."""
+        """Contacts counted against ``account``: its own (per debt), or per borrower also those of every
+        account that shares one of its addresses (the same person's other loans), on any address."""
         own = self.by_account.get(account.account_id, [])
         if per_debt:
             return list(own)
-        found = {c.attempt_id: c for c in own}
+        accounts = {account.account_id}
         for digest in borrower_hashes(account):
+            accounts.update(c.account_id for c in self.by_address.get(digest, []))
+        found = {c.attempt_id: c for acc in accounts for c in self.by_account.get(acc, [])}
+        for digest in borrower_hashes(account):  # this run's contacts to the same addresses
             found.update((c.attempt_id, c) for c in self.by_address.get(digest, []))
         return list(found.values())
 

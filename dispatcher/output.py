@@ -44,13 +44,12 @@ def write_rows(out: TextIO, rows: Iterable[Mapping[str, Any]], columns: Sequence
 
 
 def _json(out: TextIO, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> int:
-    out.write("[")
     count = 0
-    for row in rows:
-        out.write(",\n " if count else "\n ")
+    for row in rows:  # "[" is written with the first row, so an error before it leaves no half document
+        out.write(",\n " if count else "[\n ")
         out.write(json.dumps({c: plain(row.get(c)) for c in columns}, ensure_ascii=False, default=plain))
         count += 1
-    out.write("\n]\n" if count else "]\n")
+    out.write("\n]\n" if count else "[]\n")
     return count
 
 

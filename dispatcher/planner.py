@@ -109,7 +109,7 @@ class Planner:
                 status = None
             address = address_for(account, channel)
             if status is not None:
-                plans.append(ChannelPlan(channel, Verdict.DONE, address, detail=f"already {status}"))
+                plans.append(ChannelPlan(channel, Verdict.DONE, address, detail=f"already {status}", status=status))
                 chosen = chosen or status in CONTACT_STATUSES
                 continue
             if due.step.fallback and chosen:
@@ -137,7 +137,9 @@ def _summary(channels: tuple[ChannelPlan, ...]) -> tuple[str | None, str]:
     if any(c.verdict is Verdict.SEND for c in channels):
         return None, ""
     if all(c.verdict in (Verdict.DONE, Verdict.FALLBACK) for c in channels):
-        return Reason.ALREADY_SENT, "; ".join(f"{c.channel.value} {c.detail}" for c in channels if c.detail)
+        detail = "; ".join(f"{c.channel.value} {c.detail}" for c in channels if c.detail)
+        went_out = any(c.status in CONTACT_STATUSES for c in channels)
+        return (Reason.ALREADY_SENT if went_out else Reason.ALREADY_TRIED), detail
     first = next((c for c in channels if c.verdict is Verdict.DEFER), None) or next(
         c for c in channels if c.verdict is Verdict.SUPPRESS)
     details = "; ".join(f"{c.channel.value}: {c.detail}" for c in channels if c.verdict is not Verdict.FALLBACK)

@@ -21,6 +21,9 @@ _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _CHANNELS = frozenset({"sms", "email", "push"})
 _TRUE = frozenset({"1", "true", "t", "yes", "y"})
 
+MAX_ACCOUNT_ID = 100
+"""Longest account id accepted (the ledger's reminder key also holds the step and the due date)."""
+
 PAUSE_FLAGS = ("cease_request", "attorney", "deceased", "bankruptcy")
 """Optional boolean columns of the source; any of them set stops all reminders (rule ``pause``)."""
 
@@ -90,10 +93,12 @@ def _date(row: Mapping[str, Any], name: str, *, required: bool) -> date | None:
         raise BadField(name, f"not a date: {raw!r}") from None
 
 
-def _matching(row: Mapping[str, Any], name: str, pattern: re.Pattern[str], what: str) -> str | None:
+def _matching(row: Mapping[str, Any], name: str, pattern: re.Pattern[str], what: str, *,
+              personal: bool = False) -> str | None:
     value = _text(row, name)
     if value is not None and not pattern.match(value):
-        raise BadField(name, f"not {what}: {value!r}")
+        shown = f"{len(value)} characters" if personal else repr(value)  # never copy an address into the ledger
+        raise BadField(name, f"not {what} ({shown})")
     return value
 
 
@@ -124,6 +129,8 @@ def parse_row(row: Mapping[Any, Any]) -> Account | RejectedRow:
     account_id = _text(row, "account_id")
     if account_id is None:
         return RejectedRow(None, "account_id", "missing")
+    if len(account_id) > MAX_ACCOUNT_ID:
+        return RejectedRow(account_id[:MAX_ACCOUNT_ID], "account_id", f"longer than {MAX_ACCOUNT_ID} characters")
     try:
         return _account(account_id, row)
     except BadField as bad:
@@ -140,7 +147,7 @@ def _account(account_id: str, row: Mapping[str, Any]) -> Account:
         account_id=account_id,
         name=_text(row, "name") or "",
         phone=_optional(_phone, _text(row, "phone")),
-        email=_matching(row, "email", _EMAIL_RE, "an email address"),
+        email=_matching(row, "email", _EMAIL_RE, "an email address", personal=True),
         push_token=_text(row, "push_token"),
         locale=_matching(row, "locale", _LOCALE_RE, "a locale like zh-CN"),
         timezone=_optional(_zone, _text(row, "timezone")),

@@ -78,4 +78,6 @@ class Runner:
         delivered = await deliverer.deliver(jobs)
         counts.sent += delivered.sent
         counts.failed += delivered.failed
+        counts.suppressed += delivered.suppressed
+        counts.deferred += delivered.deferred
         return counts

@@ -32,6 +32,7 @@ def candidate_zones(account: Account, default: str) -> tuple[str, ...]:
 
     The account's ``timezone`` comes first; the zones of the phone number's region
     follow (a borrower may have moved); with neither, the schedule's default.
+    The contact window must hold in every one of them.
     """
     zones: list[str] = []
     if account.timezone:
@@ -42,8 +43,13 @@ def candidate_zones(account: Account, default: str) -> tuple[str, ...]:
 
 
 def home_zone(account: Account, default: str) -> ZoneInfo:
-    """The zone used to count the borrower's local date: the first of :func:`candidate_zones`."""
+    """The zone used to count the borrower's local date.
+
+    The account's own zone, else the phone region's when it has exactly one, else the default.
+    """
     if account.timezone:
         return zone(account.timezone)
     phone_zones = _phone_zones(account.phone) if account.phone else ()
-    return zone(phone_zones[0] if phone_zones else default)
+    if len(phone_zones) == 1:
+        return zone(phone_zones[0])
+    return zone(default)  # no zone, or a region spanning several: the date is counted in the default zone

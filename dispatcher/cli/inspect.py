@@ -114,6 +114,8 @@ def preview_command(args: argparse.Namespace) -> int:
     days = days_overdue(account.due_date, today)
     due = next((s for s in schedule.ladder if occurrence_of(s, days) is not None), None)
     step = schedule.step_named(args.step) if args.step else due
+    if args.step and step is None:
+        raise DispatcherError(f"no step named {args.step!r} ({', '.join(s.step for s in schedule.ladder)})")
     if step is None:
         raise DispatcherError(f"no step is due on day {days}; name one with --step "
                               f"({', '.join(s.step for s in schedule.ladder)})")

@@ -302,6 +302,7 @@ class TemplateProblem:
     line: int | None
     message: str
     missing: bool = False
+    rule: str = "template"
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line or 0}: " if self.file else ""

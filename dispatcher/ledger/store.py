@@ -129,13 +129,20 @@ class Ledger:
                        attempts.c.attempted_at).where(
             attempts.c.status.in_(sorted(CONTACT_STATUSES)), attempts.c.attempted_at >= since)
         seen: set[int] = set()
-        for column, values in ((attempts.c.account_id, ids), (attempts.c.address_hash, hashes)):
+        linked: set[str] = set()  # other accounts of the same borrower: they share an address
+
+        def collect(column: Any, values: Sequence[str]) -> None:
             for chunk in _chunks(values):
                 for row in connection.execute(query.where(column.in_(chunk))):
                     if row.id not in seen:
                         seen.add(row.id)
+                        linked.add(row.account_id)
                         history.add_contact(Contact(row.id, row.account_id, row.channel, row.address_hash,
                                                     row.attempted_at))
+
+        collect(attempts.c.account_id, ids)
+        collect(attempts.c.address_hash, hashes)
+        collect(attempts.c.account_id, sorted(linked - set(ids)))
 
     @staticmethod
     def _load_suppressions(connection: Connection, hashes: Sequence[str], history: BatchHistory) -> None:

@@ -48,7 +48,7 @@ class CapRule:
     def _over(self, cap: Cap, contacts: Sequence[Contact], now: datetime) -> Block | None:
         since = now - cap.per
         counted = sorted(c.at for c in contacts
-                         if c.at > since and (cap.channel is None or c.channel == cap.channel.value))
+                         if since < c.at <= now and (cap.channel is None or c.channel == cap.channel.value))
         if len(counted) < cap.max:
             return None
         what = f"{cap.channel.value} messages" if cap.channel else "contacts"

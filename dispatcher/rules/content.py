@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 
 from dispatcher.accounts import Account
@@ -32,6 +33,16 @@ from dispatcher.rules.wordlists import LOCK_SCREEN_WORDS, OPT_OUT_WORDING, langu
 from dispatcher.schedule.models import Brand, Schedule
 
 _DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d){7,}")
+_URL = re.compile(r"(?:https?://|mailto:)[^\s<>\"')]+", re.IGNORECASE)
+
+
+@lru_cache(maxsize=1024)
+def _phrase_pattern(phrase: str) -> re.Pattern[str]:
+    """Latin-script phrases match whole words ("jail", not "Jailyn"); others match anywhere."""
+    escaped = re.escape(phrase)
+    if phrase.isascii() and phrase[:1].isalnum() and phrase[-1:].isalnum():
+        escaped = rf"\b{escaped}\b"
+    return re.compile(escaped, re.IGNORECASE)
 _EMAIL_UNSUBSCRIBE = ("unsubscribe", "退订")
 
 
@@ -50,9 +61,9 @@ def violations(rendered: Rendered, policy: Policy, brand: Brand,
                account: Account) -> Iterator[tuple[str, str, str]]:
     """(rule id, message, offending text) for every forbidden thing: blocklist, long numbers, push safety."""
     texts = _texts(rendered)
-    lowered = [t.lower() for t in texts]
+    words = [_URL.sub(" ", t) for t in texts]  # links (unsubscribe tokens, payment links) are not wording
     for phrase in policy.blocked_phrases(rendered.locale):
-        if any(phrase.lower() in t for t in lowered):
+        if any(_phrase_pattern(phrase).search(t) for t in words):
             yield "civil", f"the phrase {phrase!r} is not allowed (threat, insult, authority or third party)", phrase
     allowed = (brand.hotline, brand.website, brand.help_email or "", mask(account.repayment_account),
                rendered.data.get("deadline", ""))
@@ -96,18 +107,29 @@ def missing_elements(rendered: Rendered, ctx: RenderContext, brand: Brand) -> It
             yield what
 
 
-def _line_of(templates_dir: Path, template: str, locale: str, channel: ChannelKind, needle: str) -> tuple[str, int]:
-    """The part file and line where ``needle`` is written (first part, line 1 when not found)."""
-    parts = [template_path(templates_dir, template, locale, p.filename) for p in PARTS[channel]]
-    for path in parts:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError:
-            continue
-        for number, line in enumerate(lines, start=1):
-            if needle and needle.lower() in line.lower():
-                return str(path), number
-    return str(parts[0]), 1
+def _line_of(templates_dir: Path, rendered: Rendered, template: str, needle: str) -> tuple[str, int]:
+    """The part file and line of ``needle``: where the source spells it, else where the rendered part shows it.
+
+    Text that a variable produced (an unmasked account number) is found in the
+    rendered part; its line there is the template line when the part has no
+    multi-line blocks, which reminder templates rarely have. Not found: the first part, line 1.
+    """
+    parts = PARTS[rendered.channel]
+    paths = [template_path(templates_dir, template, rendered.locale, p.filename) for p in parts]
+    texts = {"body": rendered.body, "subject": rendered.subject, "html": rendered.html, "title": rendered.title}
+    for place in ("source", "rendered"):
+        for part, path in zip(parts, paths, strict=True):
+            if place == "source":
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except OSError:
+                    continue
+            else:
+                text = texts.get(part.field) or ""
+            for number, line in enumerate(text.splitlines(), start=1):
+                if needle and needle.lower() in line.lower():
+                    return str(path), number
+    return str(paths[0]), 1
 
 
 def lint_templates(schedule: Schedule, templates_dir: Path, policy: Policy) -> list[TemplateProblem]:
@@ -140,11 +162,12 @@ def _lint_one(composer: Composer, schedule: Schedule, step_name: str, locale: st
     brand = composer.brand(locale)
     base = TemplateProblem(step_name, template, locale, channel, None, None, "")
     for rule, message, needle in violations(rendered, policy, brand, ctx.account):
-        file, line = _line_of(composer.templates_dir, template, locale, channel, needle)
-        yield replace(base, file=file, line=line, message=f"{rule}: {message}")
+        file, line = _line_of(composer.templates_dir, rendered, template, needle)
+        yield replace(base, file=file, line=line, message=f"{rule}: {message}", rule=rule)
     for what in missing_elements(rendered, ctx, brand):
-        file, line = _line_of(composer.templates_dir, template, locale, channel, "")
-        yield replace(base, file=file, line=line, message=f"content: the {channel.value} message must state {what}")
+        file, line = _line_of(composer.templates_dir, rendered, template, "")
+        yield replace(base, file=file, line=line, message=f"content: the {channel.value} message must state {what}",
+                      rule="content")
 
 
 class ContentCheck:

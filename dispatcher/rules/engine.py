@@ -21,7 +21,7 @@ from dispatcher.rules.cap import CapRule
 from dispatcher.rules.opt_out import OptOutRule
 from dispatcher.rules.pause import PauseRule
 from dispatcher.rules.policy import Policy
-from dispatcher.rules.window import HolidayRule, WindowRule
+from dispatcher.rules.window import HolidayRule, Holidays, WindowRule
 from dispatcher.schedule.models import Schedule
 
 
@@ -42,8 +42,9 @@ class RuleEngine:
         return None
 
     def recheck_channel(self, account: Account, channel: ChannelKind, address: str, now: datetime,
-                        history: BatchHistory) -> Block | None:
-        for rule in self.recheck_rules:
+                        history: BatchHistory, *, all_rules: bool = False) -> Block | None:
+        """The send-time re-check; ``all_rules`` (a fallback channel never planned) runs caps too."""
+        for rule in self.channel_rules if all_rules else self.recheck_rules:
             block = rule.check(account, channel, address, now, history)
             if block is not None:
                 return block
@@ -61,8 +62,9 @@ class RuleEngine:
 def build_engine(schedule: Schedule, policy: Policy) -> RuleEngine:
     """The rules of ``policy``, in the order they are checked: stops before deferrals."""
     opt_out = OptOutRule()
-    window = WindowRule(policy.window, schedule.timezone)
-    holiday = HolidayRule(policy.holidays, policy.region, policy.window, schedule.timezone)
+    holidays = Holidays(policy.holidays, policy.region)
+    window = WindowRule(policy.window, schedule.timezone, holidays)
+    holiday = HolidayRule(holidays, policy.window, schedule.timezone)
     return RuleEngine(
         account_rules=[PauseRule()],
         channel_rules=[opt_out, window, holiday, CapRule(policy.caps, policy.per_debt)],

@@ -8,7 +8,7 @@ counted when the reminder was planned and the claim makes the send happen once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +18,7 @@ from dispatcher.history import BatchHistory
 from dispatcher.jobs import DeliveryJob
 from dispatcher.ladder import local_date
 from dispatcher.ledger.store import Ledger
+from dispatcher.planner import address_for
 from dispatcher.rules.base import Block
 from dispatcher.rules.engine import RuleEngine
 from dispatcher.source import AccountSource
@@ -36,22 +37,28 @@ class BatchFacts:
 class SendCheck:
     """Re-reads a batch's accounts and suppressions and re-runs the rules that can change."""
 
-    def __init__(self, source: AccountSource, ledger: Ledger, engine: RuleEngine, default_zone: str) -> None:
+    def __init__(self, source: AccountSource, ledger: Ledger, engine: RuleEngine, default_zone: str,
+                 contacts_since: Callable[[datetime], datetime | None]) -> None:
         self.source = source
         self.ledger = ledger
         self.engine = engine
         self.default_zone = default_zone
+        self.contacts_since = contacts_since
 
-    def facts(self, jobs: Sequence[DeliveryJob]) -> BatchFacts:
+    def facts(self, jobs: Sequence[DeliveryJob], now: datetime) -> BatchFacts:
         ids = sorted({job.account.account_id for job in jobs})
         fresh = self.source.fetch(ids) if self.source.can_recheck else {}
         accounts = {i: a for i, a in fresh.items() if isinstance(a, Account)}
         known = list(accounts.values()) or [job.account for job in jobs]
-        return BatchFacts(accounts, self.ledger.load_history(known), self.source.can_recheck)
+        history = self.ledger.load_history(known, self.contacts_since(now))
+        return BatchFacts(accounts, history, self.source.can_recheck)
 
     def check(self, job: DeliveryJob, channel: ChannelKind, address: str, facts: BatchFacts,
-              now: datetime) -> Block | None:
-        """Why ``job`` must not go out on ``channel`` now, or ``None``."""
+              now: datetime, *, fallback: bool = False) -> Block | None:
+        """Why ``job`` must not go out on ``channel`` now, or ``None``.
+
+        A ``fallback`` channel was never planned, so it also passes the caps here.
+        """
         account = facts.accounts.get(job.account.account_id) if facts.rechecked else job.account
         if account is None:
             return Block("paid", "the account is no longer in the overdue source")
@@ -60,4 +67,7 @@ class SendCheck:
         block = self.engine.check_account(account, local_date(now, home_zone(account, self.default_zone)))
         if block is not None:
             return block
-        return self.engine.recheck_channel(account, channel, address, now, facts.history)
+        if address_for(account, channel) != address:
+            return Block("third-party", f"the borrower's {channel.value} address changed since planning; "
+                         "the next run plans it to the current one", defer=True)
+        return self.engine.recheck_channel(account, channel, address, now, facts.history, all_rules=fallback)

@@ -8,7 +8,7 @@ reminder due outside is deferred to the next allowed moment, never dropped.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import phonenumbers
 
@@ -38,6 +38,7 @@ def allowed(now: datetime, zones: Sequence[str], window: ClockRange) -> bool:
 def next_allowed(now: datetime, zones: Sequence[str], window: ClockRange,
                  holiday: Callable[[datetime], bool] | None = None) -> datetime | None:
     """The first moment after ``now`` allowed in every zone (and not a holiday), on a 15-minute grid."""
+    now = now.astimezone(UTC)  # step in absolute time: wall-clock steps would skip or repeat DST hours
     probe = now.replace(second=0, microsecond=0) + SEARCH_STEP - timedelta(minutes=now.minute % 15)
     end = now + SEARCH_LIMIT
     while probe <= end:
@@ -47,48 +48,15 @@ def next_allowed(now: datetime, zones: Sequence[str], window: ClockRange,
     return None
 
 
-class WindowRule:
-    """Defers contact outside the local contact window (``window``)."""
+class Holidays:
+    """Public holidays by region; a borrower's region is the phone number's, else the default."""
 
-    rule_id = "window"
-
-    def __init__(self, window: ClockRange, default_zone: str) -> None:
-        self.window = window
-        self.default_zone = default_zone
-        self._cache: dict[tuple[datetime, tuple[str, ...]], Block | None] = {}
-
-    def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
-              history: BatchHistory) -> Block | None:
-        zones = candidate_zones(account, self.default_zone)
-        key = (now, zones)
-        if key not in self._cache:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            self._cache[key] = self._decide(now, zones)
-        return self._cache[key]
-
-    def _decide(self, now: datetime, zones: tuple[str, ...]) -> Block | None:
-        if allowed(now, zones, self.window):
-            return None
-        local = ", ".join(f"{now.astimezone(zone(z)):%H:%M} {z}" for z in zones)
-        return Block(self.rule_id, f"outside the contact window {self.window} ({local})", defer=True,
-                     not_before=next_allowed(now, zones, self.window))
-
-
-class HolidayRule:
-    """Defers contact on the borrower's public holidays (``holiday``), by the region of the phone number."""
-
-    rule_id = "holiday"
-
-    def __init__(self, holidays: Mapping[str, frozenset[date]], default_region: str | None,
-                 window: ClockRange, default_zone: str) -> None:
-        self.holidays = holidays
+    def __init__(self, days: Mapping[str, frozenset[date]], default_region: str | None) -> None:
+        self.days = days
         self.default_region = default_region
-        self.window = window
-        self.default_zone = default_zone
 
     def region_of(self, account: Account) -> str | None:
-        if account.phone:
+        if self.days and account.phone:
             try:
                 region = phonenumbers.region_code_for_number(phonenumbers.parse(account.phone, None))
             except phonenumbers.NumberParseException:
@@ -97,18 +65,61 @@ class HolidayRule:
                 return str(region)
         return self.default_region
 
+    def predicate(self, region: str | None, zones: Sequence[str]) -> Callable[[datetime], bool] | None:
+        """Whether a moment falls on a holiday of ``region`` in any of ``zones`` (None: no holidays there)."""
+        days = self.days.get(region or "")
+        if not days:
+            return None
+        return lambda moment: any(moment.astimezone(zone(z)).date() in days for z in zones)
+
+
+class WindowRule:
+    """Defers contact outside the local contact window (``window``), to the next allowed non-holiday moment."""
+
+    rule_id = "window"
+
+    def __init__(self, window: ClockRange, default_zone: str, holidays: Holidays) -> None:
+        self.window = window
+        self.default_zone = default_zone
+        self.holidays = holidays
+        self._cache: dict[tuple[datetime, tuple[str, ...], str | None], Block | None] = {}
+
     def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
               history: BatchHistory) -> Block | None:
-        if not self.holidays:
-            return None
-        region = self.region_of(account)
-        days = self.holidays.get(region or "", frozenset())
         zones = candidate_zones(account, self.default_zone)
-        if not any(now.astimezone(zone(z)).date() in days for z in zones):
+        key = (now, zones, self.holidays.region_of(account))
+        if key not in self._cache:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = self._decide(*key)
+        return self._cache[key]
+
+    def _decide(self, now: datetime, zones: tuple[str, ...], region: str | None) -> Block | None:
+        if allowed(now, zones, self.window):
             return None
+        local = ", ".join(f"{now.astimezone(zone(z)):%H:%M} {z}" for z in zones)
+        return Block(self.rule_id, f"outside the contact window {self.window} ({local})", defer=True,
+                     not_before=next_allowed(now, zones, self.window, self.holidays.predicate(region, zones)))
 
-        def on_holiday(moment: datetime) -> bool:
-            return any(moment.astimezone(zone(z)).date() in days for z in zones)
 
+class HolidayRule:
+    """Defers contact on the borrower's public holidays (``holiday``) to the next allowed working moment."""
+
+    rule_id = "holiday"
+
+    def __init__(self, holidays: Holidays, window: ClockRange, default_zone: str) -> None:
+        self.holidays = holidays
+        self.window = window
+        self.default_zone = default_zone
+
+    def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
+              history: BatchHistory) -> Block | None:
+        if not self.holidays.days:
+            return None
+        region = self.holidays.region_of(account)
+        zones = candidate_zones(account, self.default_zone)
+        on_holiday = self.holidays.predicate(region, zones)
+        if on_holiday is None or not on_holiday(now):
+            return None
         return Block(self.rule_id, f"public holiday in {region}", defer=True,
                      not_before=next_allowed(now, zones, self.window, on_holiday))

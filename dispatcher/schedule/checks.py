@@ -106,8 +106,9 @@ def template_problems(
         if not issue.missing:
             problems.append(_broken(issue, root, data, file, templates_dir))
             continue
-        group = (issue.step, issue.locale)
-        if group in reported and not (templates_dir / issue.template / issue.locale).is_dir():
+        whole_template = not (templates_dir / issue.template).is_dir()
+        group = (issue.step, "" if whole_template else issue.locale)
+        if group in reported and (whole_template or not (templates_dir / issue.template / issue.locale).is_dir()):
             continue
         reported.add(group)
         problems.append(_missing(issue, root, data, file, templates_dir))
@@ -135,7 +136,7 @@ def _broken(issue: TemplateIssue, root: Any, data: Any, file: str, templates_dir
         message = f"template {issue.template!r} ({issue.locale}, {issue.channel}): {issue.message}"
         return Problem(file, *_step_position(root, data, issue.step), message, rule="template")
     shown = display_template_path(issue.file, templates_dir)
-    return Problem(shown, issue.line or 1, 1, issue.message, rule="template")
+    return Problem(shown, issue.line or 1, 1, issue.message, rule=getattr(issue, "rule", "template"))
 
 
 def display_template_path(file: str, templates_dir: Path) -> str:

@@ -8,6 +8,7 @@ URL (``DISPATCHER_PUBLIC_URL`` + path) and the form fields; anything else gets
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -74,7 +75,8 @@ def status_handler(app: App) -> Handler:
 
 def inbound_handler(app: App) -> Handler:
     async def handle(request: web.Request, form: dict[str, str]) -> web.StreamResponse:
-        number, word = form.get("From", ""), form.get("Body", "").strip().upper()
+        number = form.get("From", "")
+        word = unicodedata.normalize("NFKC", form.get("Body", "")).strip().upper()  # full-width ＴＤ is TD
         now = app.clock()
         if number and word in STOP_WORDS:
             suppress(app.engine, "sms", number, "inbound_stop", now, detail=f"replied {word}")

@@ -8,7 +8,6 @@ alone must not unsubscribe anyone. A token that does not verify gets 403.
 
 from __future__ import annotations
 
-import html
 import logging
 
 from aiohttp import web
@@ -42,7 +41,7 @@ def _page(title: str, text: str, form: str = "") -> web.Response:
 def confirm_handler(app: App) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         _claim(app, request)
-        button = (f'<form method="post" action="{html.escape(request.path)}">'
+        button = ('<form method="post" action="">'  # the link itself, whatever proxy prefix it came through
                   '<button type="submit" name="List-Unsubscribe" value="One-Click">Unsubscribe / 退订</button></form>')
         return _page("Unsubscribe from reminder emails / 退订提醒邮件",
                      "Press the button to stop reminder emails to this address. / 点击按钮即可退订提醒邮件。", button)
