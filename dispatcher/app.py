@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -14,11 +14,16 @@ from sqlalchemy import Engine
 from dispatcher.booking import Booker
 from dispatcher.channels.base import Channel, ChannelKind
 from dispatcher.channels.registry import Providers
+from dispatcher.channels.twilio_sms import TwilioSmsChannel
 from dispatcher.compose.renderer import Composer, TemplateProblem, check_templates
-from dispatcher.delivery import Deliverer, DeliveryPolicy
+from dispatcher.delivery import DEFAULT_BACKOFF_CAP, Deliverer, DeliveryPolicy
+from dispatcher.executors import CeleryExecutor, Executor, InProcessExecutor
 from dispatcher.ledger.database import create_ledger_engine, upgrade
+from dispatcher.ledger.runs import RunLedger
 from dispatcher.ledger.store import Ledger
 from dispatcher.planner import Planner
+from dispatcher.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from dispatcher.reconcile import Reconciler
 from dispatcher.rules.content import ContentCheck, lint_templates
 from dispatcher.rules.engine import RuleEngine, build_engine
 from dispatcher.rules.policy import Policy, resolve_policy
@@ -69,6 +74,7 @@ class App:
     settings: Settings
     engine: Engine
     ledger: Ledger
+    runs: RunLedger
     pipeline: Pipeline
     providers: Providers
     clock: Clock = utc_now
@@ -89,11 +95,41 @@ class App:
     def booker(self) -> Booker:
         return Booker(self.ledger)
 
+    def limiter(self, pipeline: Pipeline) -> RateLimiter:
+        """Provider rate limits: shared through Redis when there is a Redis broker, else per process."""
+        limits = {str(name): rate for name, rate in pipeline.loaded.schedule.delivery.rate_limits.items()}
+        broker = self.settings.broker_url
+        if broker and broker.startswith(("redis://", "rediss://", "unix://")):
+            return RedisRateLimiter(broker, limits)
+        return LocalRateLimiter(limits)
+
+    def delivery_policy(self, pipeline: Pipeline) -> DeliveryPolicy:
+        settings = self.settings
+        return DeliveryPolicy(
+            concurrency=settings.concurrency, max_tries=settings.max_tries,
+            tries=pipeline.loaded.schedule.delivery.max_tries,
+            backoff_cap=min(DEFAULT_BACKOFF_CAP, settings.visibility_timeout / 2),
+        )
+
+    def executor(self, pipeline: Pipeline, stopping: threading.Event | None = None) -> Executor:
+        """Celery workers when a broker is configured, else this process."""
+        if self.settings.broker_url:
+            from dispatcher.worker import deliver_batch
+
+            return CeleryExecutor(deliver_batch, pipeline.loaded.schedule.delivery.task_batch,
+                                  pipeline.loaded.version)
+        return InProcessExecutor(self.deliverer(pipeline, stopping))
+
+    def reconciler(self, pipeline: Pipeline) -> Reconciler:
+        """Settles crashed sends; asks Twilio when it is configured (close the returned channel's client)."""
+        twilio = TwilioSmsChannel(self.providers.twilio) if self.providers.twilio else None
+        return Reconciler(self.engine, pipeline.source, twilio, self.settings.unknown_outcome)
+
     def deliverer(self, pipeline: Pipeline, stopping: threading.Event | None = None) -> Deliverer:
         """A deliverer with fresh channels; close it with ``aclose()`` when the run ends."""
         return Deliverer(
             self.ledger, pipeline.composer, pipeline.loaded.schedule, self.channels(),
-            policy=DeliveryPolicy(concurrency=self.settings.concurrency, max_tries=self.settings.max_tries),
+            policy=self.delivery_policy(pipeline), limiter=self.limiter(pipeline),
             clock=self.clock, headers_for=self.unsubscribe_links(), stopping=stopping,
             send_check=SendCheck(pipeline.source, self.ledger, pipeline.rules, pipeline.loaded.schedule.timezone,
                                  pipeline.policy.contacts_since),
@@ -130,4 +166,5 @@ def build_app(settings: Settings, loaded: LoadedSchedule | None = None, *, migra
     if migrate:
         upgrade(engine)
     providers = Providers.from_env(settings.env)
-    return App(settings, engine, Ledger(engine), build_pipeline(settings, loaded, engine), providers, clock)
+    runs = RunLedger(engine, timedelta(seconds=settings.run_lease))
+    return App(settings, engine, Ledger(engine), runs, build_pipeline(settings, loaded, engine), providers, clock)

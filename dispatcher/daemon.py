@@ -32,14 +32,27 @@ def trigger_for(run: Run, default_zone: str) -> CronTrigger:
     return CronTrigger.from_crontab(run.cron, timezone=run.timezone or default_zone)
 
 
-def last_fire_time(trigger: CronTrigger, now: datetime) -> datetime:
-    """The latest time at or before ``now`` at which ``trigger`` fires: the identity of a run."""
+CATCH_UP_HORIZON = timedelta(days=1)
+"""A daemon that starts catches up on the latest run it missed within this horizon, once."""
+
+HOUSEKEEPING_SECONDS = 30
+"""How often a daemon looks for runs whose daemon died (to take them over)."""
+
+
+def latest_fire_time(trigger: CronTrigger, now: datetime, lookback: timedelta) -> datetime | None:
+    """The latest time in (now - lookback, now] at which ``trigger`` fires."""
     previous: datetime | None = None
-    probe = trigger.get_next_fire_time(None, now - timedelta(seconds=2 * MISFIRE_GRACE_SECONDS))
+    probe = trigger.get_next_fire_time(None, now - lookback)
     while probe is not None and probe <= now:
         previous = probe
         probe = trigger.get_next_fire_time(probe, probe + timedelta(seconds=1))
-    return previous or now.replace(second=0, microsecond=0)
+    return previous
+
+
+def last_fire_time(trigger: CronTrigger, now: datetime) -> datetime:
+    """The fire time a job running now belongs to: the identity of a run."""
+    found = latest_fire_time(trigger, now, timedelta(seconds=2 * MISFIRE_GRACE_SECONDS))
+    return found or now.replace(second=0, microsecond=0)
 
 
 class Daemon:
@@ -72,6 +85,8 @@ class Daemon:
         """Start everything and block until SIGTERM or SIGINT; the run in progress ends cleanly."""
         self._install_signals()
         self._schedule(self.pipeline.loaded)
+        self._scheduler.add_job(self._catch_up, id="catch-up")
+        self._scheduler.add_job(self._take_over, "interval", seconds=HOUSEKEEPING_SECONDS, id="take-over")
         self._scheduler.start()
         self._watcher.start()
         log.info("daemon started (schedules.yaml version %s); waiting for runs", self.pipeline.loaded.version)
@@ -116,6 +131,26 @@ class Daemon:
             return
         fire_time = last_fire_time(trigger_for(run, pipeline.loaded.schedule.timezone), self.app.clock())
         self._carry_out(name, fire_time, pipeline)
+
+    def _catch_up(self) -> None:
+        """Runs missed while no daemon was up: the latest of each, once (the ledger knows which happened)."""
+        pipeline = self.pipeline
+        now = self.app.clock()
+        for run in pipeline.loaded.schedule.runs:
+            missed = latest_fire_time(trigger_for(run, pipeline.loaded.schedule.timezone), now, CATCH_UP_HORIZON)
+            if missed is not None and not self.stopping.is_set() and not self.app.runs.happened(run.name, missed):
+                log.info("catching up on run %s of %s, missed while no daemon was running", run.name,
+                         missed.isoformat())
+                self._carry_out(run.name, missed, pipeline)
+
+    def _take_over(self) -> None:
+        """Runs whose daemon stopped renewing its lease: finish them here (nothing is sent twice)."""
+        for name, fire_time in self.app.runs.orphaned(self.app.clock()):
+            if self.stopping.is_set():
+                return
+            log.warning("taking over run %s of %s: its daemon stopped renewing the lease", name,
+                        fire_time.isoformat())
+            self._carry_out(name, fire_time, self.pipeline)
 
     def _fire_now(self, name: str) -> None:
         if not self.stopping.is_set():

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from dispatcher.ledger.store import AttemptOutcome, Ledger
 from dispatcher.ledger.suppressions import suppress
 from dispatcher.masking import address_hash, mask_address
 from dispatcher.planner import address_for
+from dispatcher.ratelimit import LocalRateLimiter, RateLimiter
 from dispatcher.rules.base import Block
 from dispatcher.rules.content import ContentCheck
 from dispatcher.rules.recheck import BatchFacts, SendCheck
@@ -55,12 +57,16 @@ def backoff_delay(try_no: int, retry_after: float | None, *, base: float = DEFAU
 
 @dataclass(frozen=True)
 class DeliveryPolicy:
-    """Bounds of delivery: messages in flight, tries per message, waits between tries."""
+    """Bounds of delivery: messages in flight, tries per message (per channel), waits between tries."""
 
     concurrency: int = 32
     max_tries: int = 3
     backoff_base: float = DEFAULT_BACKOFF_BASE
     backoff_cap: float = DEFAULT_BACKOFF_CAP
+    tries: Mapping[ChannelKind, int] = field(default_factory=dict)
+
+    def tries_for(self, channel: ChannelKind) -> int:
+        return self.tries.get(channel, self.max_tries)
 
 
 @dataclass
@@ -79,7 +85,8 @@ class Deliverer:
     def __init__(self, ledger: Ledger, composer: Composer, schedule: Schedule,
                  channels: Mapping[ChannelKind, Channel], *, policy: DeliveryPolicy, clock: Clock,
                  headers_for: HeadersFor | None = None, send_check: SendCheck | None = None,
-                 content_check: ContentCheck | None = None, stopping: threading.Event | None = None) -> None:
+                 content_check: ContentCheck | None = None, limiter: RateLimiter | None = None,
+                 stopping: threading.Event | None = None) -> None:
         self.ledger = ledger
         self.composer = composer
         self.schedule = schedule
@@ -89,6 +96,7 @@ class Deliverer:
         self.headers_for = headers_for
         self.send_check = send_check
         self.content_check = content_check
+        self.limiter = limiter or LocalRateLimiter({})
         self.stopping = stopping or threading.Event()
 
     async def deliver(self, jobs: Sequence[DeliveryJob]) -> RunCounts:
@@ -107,6 +115,7 @@ class Deliverer:
     async def aclose(self) -> None:
         for channel in self.channels.values():
             await channel.aclose()
+        await self.limiter.aclose()
 
     def _record(self, batch: _Batch) -> None:
         now = self.clock()
@@ -152,10 +161,16 @@ class Deliverer:
             rendered = self._render(job, batch)
             if rendered is None:
                 return DeliveryResult.permanent("template_error", "the template failed to render")
+            channel = self.channels[job.channel]
             async with limit:
-                result = await self.channels[job.channel].send(self._message(job, rendered))
-            final = result.outcome is not Outcome.TRANSIENT or job.try_no >= self.policy.max_tries
-            batch.outcomes.append(_outcome(job, result, rendered, self.channels[job.channel].provider))
+                await self.limiter.acquire(channel.provider)
+                started = time.monotonic()
+                result = await channel.send(self._message(job, rendered))
+                elapsed_ms = int((time.monotonic() - started) * 1000)
+            if result.outcome is Outcome.TRANSIENT and result.retry_after:
+                await self.limiter.pause(channel.provider, result.retry_after)
+            final = result.outcome is not Outcome.TRANSIENT or job.try_no >= self.policy.tries_for(job.channel)
+            batch.outcomes.append(_outcome(job, result, rendered, channel.provider, elapsed_ms))
             self._count(batch.counts, result, final)
             if result.effect is not Effect.NONE:
                 self._suppress(job, result)
@@ -268,7 +283,8 @@ def _deferral(job: DeliveryJob, channel: ChannelKind, block: Block, now: datetim
     }
 
 
-def _outcome(job: DeliveryJob, result: DeliveryResult, rendered: Rendered, provider: str) -> AttemptOutcome:
+def _outcome(job: DeliveryJob, result: DeliveryResult, rendered: Rendered, provider: str,
+             duration_ms: int) -> AttemptOutcome:
     if result.outcome is Outcome.SENT:
         status, error_class = "sent", None
     else:
@@ -277,4 +293,5 @@ def _outcome(job: DeliveryJob, result: DeliveryResult, rendered: Rendered, provi
         job.attempt_id, status, provider_message_id=result.provider_message_id, error_code=result.error_code,
         error_class=error_class, error_message=result.error_message, template=rendered.template,
         template_version=rendered.template_version, content_hash=rendered.content_hash, provider=provider,
+        duration_ms=duration_ms,
     )

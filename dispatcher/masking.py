@@ -44,6 +44,11 @@ def mask_address(channel: str, address: str) -> str:
     return mask_token(address)
 
 
+def mask_url(url: str) -> str:
+    """A connection URL without its password: ``redis://:secret@host`` → ``redis://:***@host``."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
 def mask_text(text: str) -> str:
     """Masks every phone number and email address found in free text."""
     text = _PHONE_RE.sub(lambda m: mask_phone("+" + "".join(c for c in m.group(0) if c.isdigit())), text)

@@ -25,6 +25,21 @@ DEFAULT_CONCURRENCY = 32
 DEFAULT_MAX_TRIES = 3
 """Tries per reminder and channel before a transient failure becomes ``failed``."""
 
+DEFAULT_VISIBILITY_TIMEOUT = 3600
+"""Seconds before Redis hands an unacknowledged task to another worker; no retry waits longer."""
+
+DEFAULT_RECONCILE_AFTER = 300
+"""Seconds an attempt may stay ``sending`` before it is taken for the leftover of a crash."""
+
+DEFAULT_RUN_LEASE = 60
+"""Seconds a run stays its daemon's without renewal; then another daemon may take it over."""
+
+DEFAULT_RUN_TIMEOUT = 7200
+"""Seconds a daemon waits for the workers to finish a run's deliveries before it gives up on it."""
+
+UNKNOWN_OUTCOME_POLICIES = ("mark-unknown", "resend")
+"""What to do with a crashed send the provider cannot be asked about."""
+
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name, "").strip()
@@ -36,6 +51,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip() or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
     return value
 
 
@@ -54,6 +76,11 @@ class Settings:
     log_level: str
     daemon_id: str
     unsubscribe_email: str | None
+    visibility_timeout: int
+    reconcile_after: int
+    run_timeout: int
+    run_lease: int
+    unknown_outcome: str
     env: Mapping[str, str] = field(repr=False, compare=False)
 
     @classmethod
@@ -76,5 +103,10 @@ class Settings:
             log_level=(env.get("DISPATCHER_LOG_LEVEL") or "INFO").upper(),
             daemon_id=env.get("DISPATCHER_DAEMON_ID") or f"{socket.gethostname()}:{os.getpid()}",
             unsubscribe_email=env.get("DISPATCHER_UNSUBSCRIBE_EMAIL") or None,
+            visibility_timeout=_int(env, "DISPATCHER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT),
+            reconcile_after=_int(env, "DISPATCHER_RECONCILE_AFTER", DEFAULT_RECONCILE_AFTER),
+            run_timeout=_int(env, "DISPATCHER_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT),
+            run_lease=_int(env, "DISPATCHER_RUN_LEASE", DEFAULT_RUN_LEASE),
+            unknown_outcome=_choice(env, "DISPATCHER_UNKNOWN_OUTCOME", UNKNOWN_OUTCOME_POLICIES),
             env=env,
         )

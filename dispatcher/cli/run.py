@@ -9,6 +9,8 @@ from typing import Any
 from dispatcher.cli import common
 from dispatcher.daemon import Daemon
 from dispatcher.demo import demo_count, seed_demo
+from dispatcher.errors import ConfigError
+from dispatcher.masking import mask_url
 from dispatcher.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,12 @@ def register(commands: Any) -> None:
     seed.add_argument("--accounts", type=int, default=DEMO_ACCOUNTS, metavar="N")
     seed.add_argument("--replace", action="store_true", help="empty the demo table first")
     seed.set_defaults(handler=seed_command)
+    worker = commands.add_parser(
+        "worker", help="start a Celery worker for $DISPATCHER_BROKER_URL (extra options go to celery worker)")
+    worker.add_argument("--pool", default="prefork", help="celery pool: prefork, threads, solo ...")
+    worker.add_argument("--concurrency", type=int, help="worker processes (default: CPU count)")
+    worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options")
+    worker.set_defaults(handler=worker_command)
     web = commands.add_parser("web", help="serve webhooks (Twilio status, inbound STOP) and unsubscribe links")
     web.add_argument("--host", default="127.0.0.1")
     web.add_argument("--port", type=int, default=8080)
@@ -42,6 +50,8 @@ def run_command(args: argparse.Namespace) -> int:
         log.info("demo table was empty: seeded %d synthetic borrowers", count)
     for kind, text in app.providers.describe(app.settings.outbox_dir).items():
         log.info("%s: %s", kind.value, text)
+    log.info("delivery: %s", f"Celery workers through {mask_url(app.settings.broker_url)}"
+             if app.settings.broker_url else "in this process (no DISPATCHER_BROKER_URL)")
     if args.once:
         report = Runner(app).run(args.name or "manual", app.clock())
         print(f"run {report.name} #{report.run_id}: {report.status}; "
@@ -51,6 +61,19 @@ def run_command(args: argparse.Namespace) -> int:
     if args.run_now or args.demo:
         daemon.run_now(args.name or "startup")
     daemon.serve()
+    return 0
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    settings = common.settings(args)
+    if not settings.broker_url:
+        raise ConfigError("DISPATCHER_BROKER_URL is not set: without a broker, `dispatcher run` delivers in-process")
+    from dispatcher.worker import app as celery_app
+
+    argv = ["worker", f"--loglevel={args.log_level}", f"--pool={args.pool}"]
+    if args.concurrency:
+        argv.append(f"--concurrency={args.concurrency}")
+    celery_app.worker_main([*argv, *[a for a in args.celery_args if a != "--"]])
     return 0
 
 

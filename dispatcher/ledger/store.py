@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Insert, Table, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Insert, Table, bindparam, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -18,7 +17,7 @@ from dispatcher.errors import LedgerError
 from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred, Suppression, borrower_hashes
 from dispatcher.jobs import DeliveryJob
 from dispatcher.ledger.callbacks import apply_parked
-from dispatcher.ledger.tables import attempts, early_callbacks, rejects, reminders, runs, suppressions
+from dispatcher.ledger.tables import attempts, early_callbacks, rejects, reminders, suppressions
 from dispatcher.masking import address_hash, mask_address
 
 _IN_CHUNK = 500
@@ -41,6 +40,7 @@ class AttemptOutcome:
     provider: str | None = None
     rule_id: str | None = None
     detail: str | None = None
+    duration_ms: int | None = None
 
 
 def _insert_ignoring_conflicts(engine: Engine, table: Table) -> Insert:
@@ -62,30 +62,6 @@ class Ledger:
 
     def _guard(self, what: str, exc: SQLAlchemyError) -> LedgerError:
         return LedgerError(f"ledger: cannot {what}: {exc}")
-
-    # runs -------------------------------------------------------------------------------
-    def start_run(self, name: str, fire_time: datetime, version: str, daemon_id: str, now: datetime) -> int | None:
-        """Record the start of run (name, fire_time); ``None`` if that run was already started."""
-        row = {"name": name, "fire_time": fire_time, "status": "running", "config_version": version,
-               "daemon_id": daemon_id, "started_at": now}
-        try:
-            with self.engine.begin() as connection:
-                found = connection.execute(
-                    _insert_ignoring_conflicts(self.engine, runs).returning(runs.c.id), [row]
-                ).all()
-        except SQLAlchemyError as exc:
-            raise self._guard("start a run", exc) from exc
-        return int(found[0].id) if found else None
-
-    def finish_run(self, run_id: int, status: str, counts: Mapping[str, int], now: datetime) -> None:
-        try:
-            with self.engine.begin() as connection:
-                connection.execute(
-                    update(runs).where(runs.c.id == run_id)
-                    .values(status=status, finished_at=now, counts=json.dumps(dict(counts), sort_keys=True))
-                )
-        except SQLAlchemyError as exc:
-            raise self._guard("finish a run", exc) from exc
 
     # history ----------------------------------------------------------------------------
     def load_history(self, accounts: Sequence[Account], contacts_since: datetime | None = None) -> BatchHistory:
@@ -262,13 +238,14 @@ class Ledger:
                     content_hash=func.coalesce(bindparam("b_hash"), attempts.c.content_hash),
                     provider=func.coalesce(bindparam("b_provider"), attempts.c.provider),
                     rule_id=func.coalesce(bindparam("b_rule"), attempts.c.rule_id),
-                    detail=func.coalesce(bindparam("b_detail"), attempts.c.detail))
+                    detail=func.coalesce(bindparam("b_detail"), attempts.c.detail),
+                    duration_ms=func.coalesce(bindparam("b_ms"), attempts.c.duration_ms))
         )
         params = [
             {"b_id": o.attempt_id, "b_status": o.status, "b_pmid": o.provider_message_id, "b_code": o.error_code,
              "b_class": o.error_class, "b_message": o.error_message, "b_now": now, "b_template": o.template,
              "b_version": o.template_version, "b_hash": o.content_hash, "b_provider": o.provider,
-             "b_rule": o.rule_id, "b_detail": o.detail}
+             "b_rule": o.rule_id, "b_detail": o.detail, "b_ms": o.duration_ms}
             for o in outcomes
         ]
         pmids = [o.provider_message_id for o in outcomes if o.provider_message_id]
@@ -290,6 +267,24 @@ class Ledger:
             params = [{"run_id": run_id, "account_id": r.account_id, "field": r.field, "reason": r.reason,
                        "created_at": now} for r in rows]
             self._execute("record rejected rows", rejects.insert(), params)
+
+    def pending_count(self, run_id: int) -> int:
+        """The run's attempts not settled yet (``planned`` or ``sending``)."""
+        query = select(func.count()).select_from(attempts).where(
+            attempts.c.run_id == run_id, attempts.c.status.in_(("planned", "sending")))
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def status_counts(self, run_id: int) -> dict[str, int]:
+        """The run's attempts by status (the final tries: failed tries that were retried are left out)."""
+        later = attempts.alias("later")
+        retried = exists().where(later.c.reminder_key == attempts.c.reminder_key,
+                                 later.c.channel == attempts.c.channel, later.c.try_no > attempts.c.try_no)
+        query = (select(attempts.c.status, func.count())
+                 .where(attempts.c.run_id == run_id, ~(retried & (attempts.c.try_no >= 1)))
+                 .group_by(attempts.c.status))
+        with self.engine.connect() as connection:
+            return {status: int(count) for status, count in connection.execute(query)}
 
     def _execute(self, what: str, statement: Any, params: Sequence[Mapping[str, Any]]) -> None:
         try:

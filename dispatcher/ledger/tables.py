@@ -72,6 +72,8 @@ runs = Table(
     Column("started_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
     Column("counts", Text),  # JSON: accounts, sent, deferred, suppressed, failed, rejected ...
+    Column("lease_until", UtcDateTime),  # the running daemon renews it; once past, another may take over
+    Column("takeovers", Integer, nullable=False, server_default="0"),
     UniqueConstraint("name", "fire_time"),
 )
 
@@ -117,6 +119,7 @@ attempts = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("attempted_at", UtcDateTime),
     Column("updated_at", UtcDateTime, nullable=False),
+    Column("duration_ms", Integer),  # how long the provider took to answer
     Index("ix_attempts_account_id", "account_id"),
     Index("ix_attempts_provider_message_id", "provider_message_id"),
     Index("ix_attempts_status", "status"),

@@ -240,6 +240,17 @@ class Compliance(Strict):
     retention: Duration | None = None
 
 
+ProviderName = Literal["twilio", "smtp", "fcm", "outbox"]
+
+
+class Delivery(Strict):
+    """How delivery is paced and retried (the environment says where it runs)."""
+
+    task_batch: int = Field(default=100, ge=1, le=5000)
+    max_tries: dict[ChannelKind, Annotated[int, Field(ge=1, le=20)]] = Field(default_factory=dict)
+    rate_limits: dict[ProviderName, Annotated[float, Field(gt=0, le=100_000)]] = Field(default_factory=dict)
+
+
 class Brand(Strict):
     """How the lender names itself in one locale, and how a borrower can check a message is genuine."""
 
@@ -273,6 +284,7 @@ class Schedule(Strict):
     locales: list[Locale] = Field(default_factory=lambda: ["zh-CN", "en-US"])
     profile: Literal["cn", "us", "none"] = "cn"
     compliance: Compliance = Field(default_factory=Compliance)
+    delivery: Delivery = Field(default_factory=Delivery)
     brand: dict[Locale, Brand]
     source: Source = Field(default_factory=Source)
     runs: list[Run] = Field(min_length=1)

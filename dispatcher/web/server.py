@@ -6,6 +6,7 @@ from aiohttp import web
 
 from dispatcher.app import App
 from dispatcher.channels.provider_settings import STATUS_CALLBACK_PATH
+from dispatcher.web.metrics import health_handler, metrics_handler
 from dispatcher.web.twilio_hooks import inbound_handler, status_handler
 from dispatcher.web.unsubscribe_page import confirm_handler, unsubscribe_handler
 
@@ -20,6 +21,8 @@ def build_web_app(app: App) -> web.Application:
     web_app.router.add_post(INBOUND_PATH, inbound_handler(app))
     web_app.router.add_get("/unsubscribe/{token}", confirm_handler(app))
     web_app.router.add_post("/unsubscribe/{token}", unsubscribe_handler(app))
+    web_app.router.add_get("/metrics", metrics_handler(app))
+    web_app.router.add_get("/healthz", health_handler(app))
     return web_app
 
 

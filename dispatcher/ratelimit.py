@@ -1,0 +1,103 @@
+"""Rate limits per provider, shared by every worker through Redis (or local to one process).
+
+``acquire(provider)`` waits until the provider may take one more message;
+``pause(provider, seconds)`` holds every sender back (a 429 with Retry-After slows
+that provider for all workers). Limits are messages per second from
+``delivery.rate_limits`` in schedules.yaml; a provider without one is not limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+# GCRA (generic cell rate algorithm): one key per provider holding its "theoretical arrival time".
+_GCRA = """
+local key, pause_key = KEYS[1], KEYS[2]
+local interval, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+local paused = redis.call('PTTL', pause_key)
+if paused > 0 then return paused end
+local tat = tonumber(redis.call('GET', key) or '0')
+if tat < now then tat = now end
+local wait = tat - now
+if wait > 0 then return wait end
+redis.call('SET', key, tat + interval, 'PX', math.max(1000, interval * 10))
+return 0
+"""
+
+
+class RateLimiter(Protocol):
+    """What the deliverer calls around each provider request."""
+
+    async def acquire(self, provider: str) -> None: ...
+
+    async def pause(self, provider: str, seconds: float) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class LocalRateLimiter:
+    """Limits within one process (in-process execution, no broker)."""
+
+    def __init__(self, limits: Mapping[str, float]) -> None:
+        self.limits = dict(limits)
+        self._next: dict[str, float] = {}
+        self._paused_until: dict[str, float] = {}
+
+    async def acquire(self, provider: str) -> None:
+        rate = self.limits.get(provider)
+        while True:
+            now = time.monotonic()
+            wait = self._paused_until.get(provider, 0.0) - now
+            if rate:
+                slot = max(self._next.get(provider, 0.0), now)
+                wait = max(wait, slot - now)
+                if wait <= 0:
+                    self._next[provider] = slot + 1.0 / rate
+                    return
+            elif wait <= 0:
+                return
+            await asyncio.sleep(wait)
+
+    async def pause(self, provider: str, seconds: float) -> None:
+        self._paused_until[provider] = max(self._paused_until.get(provider, 0.0), time.monotonic() + seconds)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RedisRateLimiter:
+    """Limits shared by every worker on every machine, kept in Redis."""
+
+    def __init__(self, url: str, limits: Mapping[str, float], prefix: str = "dispatcher:rate") -> None:
+        self.limits = dict(limits)
+        self.prefix = prefix
+        self._redis: Redis = Redis.from_url(url)
+        self._script = self._redis.register_script(_GCRA)
+
+    async def acquire(self, provider: str) -> None:
+        rate = self.limits.get(provider)
+        keys = [f"{self.prefix}:{provider}", f"{self.prefix}:{provider}:pause"]
+        interval_ms = int(1000 / rate) if rate else 0
+        while True:
+            if not rate:
+                wait_ms = int(await self._redis.pttl(keys[1]))
+            else:
+                wait_ms = int(await self._script(keys=keys, args=[interval_ms, int(time.time() * 1000)]))
+            if wait_ms <= 0:
+                return
+            await asyncio.sleep(wait_ms / 1000)
+
+    async def pause(self, provider: str, seconds: float) -> None:
+        millis = max(1, int(seconds * 1000))
+        key = f"{self.prefix}:{provider}:pause"
+        current = int(await self._redis.pttl(key))
+        if current < millis:
+            await self._redis.set(key, "1", px=millis)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

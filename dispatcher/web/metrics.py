@@ -1,0 +1,129 @@
+"""``GET /metrics`` (Prometheus text format) and ``GET /healthz``.
+
+Metrics are read from the ledger and the broker at scrape time, so they cover
+every worker on every machine without a push gateway: attempts by channel and
+status, retries, provider latency, batches waiting in the queue, the version of
+schedules.yaml in force.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from redis import Redis
+from sqlalchemy import func, select, text
+
+from dispatcher.app import App
+from dispatcher.executors import QUEUE
+from dispatcher.ledger.tables import attempts
+from dispatcher.masking import mask_url
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+"""Upper bounds of the provider latency histogram, in milliseconds."""
+
+LATENCY_WINDOW = timedelta(hours=1)
+"""Provider latency is measured over the attempts of this last stretch of time."""
+
+
+class LedgerCollector(Collector):
+    """Collects the dispatcher's metrics on each scrape."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._attempts()
+        yield from self._latency()
+        yield self._queue()
+        version = GaugeMetricFamily("dispatcher_config_info", "schedules.yaml version in force", labels=["version"])
+        version.add_metric([self.app.pipeline.loaded.version], 1)
+        yield version
+
+    def _attempts(self) -> Iterator[Any]:
+        by_status = GaugeMetricFamily("dispatcher_attempts", "Delivery attempts in the ledger",
+                                      labels=["channel", "status"])
+        retries = GaugeMetricFamily("dispatcher_retries", "Tries after the first, by channel", labels=["channel"])
+        with self.app.engine.connect() as connection:
+            for channel, status, count in connection.execute(
+                    select(attempts.c.channel, attempts.c.status, func.count())
+                    .group_by(attempts.c.channel, attempts.c.status)):
+                by_status.add_metric([channel, status], count)
+            for channel, count in connection.execute(
+                    select(attempts.c.channel, func.count()).where(attempts.c.try_no > 1)
+                    .group_by(attempts.c.channel)):
+                retries.add_metric([channel], count)
+        yield by_status
+        yield retries
+
+    def _latency(self) -> Iterator[Any]:
+        since = self.app.clock() - LATENCY_WINDOW
+        family = HistogramMetricFamily("dispatcher_provider_latency_seconds",
+                                       "Provider answer time over the last hour", labels=["provider"])
+        with self.app.engine.connect() as connection:
+            rows = connection.execute(
+                select(attempts.c.provider, attempts.c.duration_ms)
+                .where(attempts.c.duration_ms.is_not(None), attempts.c.updated_at >= since))
+            samples: dict[str, list[int]] = {}
+            for provider, duration in rows:
+                samples.setdefault(provider or "unknown", []).append(int(duration))
+        for provider, values in samples.items():
+            buckets = [(str(bound / 1000), sum(1 for v in values if v <= bound)) for bound in LATENCY_BUCKETS_MS]
+            buckets.append(("+Inf", len(values)))
+            family.add_metric([provider], buckets, sum(values) / 1000)
+        yield family
+
+    def _queue(self) -> GaugeMetricFamily:
+        gauge = GaugeMetricFamily("dispatcher_queue_batches", "Delivery batches waiting in the broker queue")
+        broker = self.app.settings.broker_url
+        if broker and broker.startswith("redis"):
+            try:
+                client: Redis = Redis.from_url(broker, socket_timeout=2)
+                gauge.add_metric([], int(client.llen(QUEUE)))
+                client.close()
+            except Exception as exc:  # the broker being down must not break the scrape
+                log.warning("cannot read the queue length from %s: %s", mask_url(broker), exc)
+        return gauge
+
+
+def metrics_handler(app: App) -> Any:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LedgerCollector(app))
+
+    async def handle(_request: web.Request) -> web.StreamResponse:
+        return web.Response(body=generate_latest(registry), content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type": "version=0.0.4"})
+
+    return handle
+
+
+def health_handler(app: App) -> Any:
+    async def handle(_request: web.Request) -> web.StreamResponse:
+        checks: dict[str, str] = {}
+        try:
+            with app.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        broker = app.settings.broker_url
+        if broker:
+            try:
+                client: Redis = Redis.from_url(broker, socket_timeout=2)
+                client.ping()
+                client.close()
+                checks["broker"] = "ok"
+            except Exception as exc:
+                checks["broker"] = f"unreachable: {type(exc).__name__}"
+        healthy = all(value == "ok" for value in checks.values())
+        return web.json_response({"status": "ok" if healthy else "unhealthy", **checks}, status=200 if healthy else 503)
+
+    return handle

@@ -1,0 +1,109 @@
+"""The Celery app and its one task, ``dispatcher.deliver_batch``: deliver a batch of booked jobs.
+
+Start workers with ``dispatcher worker`` or ``celery -A dispatcher.worker worker``
+(the broker is ``DISPATCHER_BROKER_URL``). Each worker process builds the app from
+the environment and schedules.yaml once, keeps one event loop and its provider
+connections across tasks, and sends up to ``DISPATCHER_CONCURRENCY`` messages at
+a time. Tasks are acknowledged late and rejected when their worker dies, so a
+killed worker's batch is delivered again; the ledger claim makes sure what already
+went out is not sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_shutdown
+
+from dispatcher.app import App, build_app, load
+from dispatcher.delivery import Deliverer
+from dispatcher.executors import QUEUE
+from dispatcher.jobs import DeliveryJob
+from dispatcher.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "dispatcher.deliver_batch"
+
+
+def configure(celery: Celery, settings: Settings) -> Celery:
+    """Broker and delivery guarantees: late acks, requeue on a lost worker, one task prefetched."""
+    celery.conf.update(
+        broker_url=settings.broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=QUEUE,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+    )
+    return celery
+
+
+app = Celery("dispatcher")
+configure(app, Settings.from_env())
+
+
+class _Runtime:
+    """One per worker process: the wired app, an event loop and a deliverer that outlive tasks."""
+
+    def __init__(self) -> None:
+        self.app: App = build_app(Settings.from_env(), migrate=False)
+        self.loop = asyncio.new_event_loop()
+        self.stopping = threading.Event()
+        self.deliverer: Deliverer = self.app.deliverer(self.app.pipeline, self.stopping)
+
+    def follow(self, version: str) -> None:
+        """Use the schedules.yaml version the daemon planned with, if this machine has it."""
+        if version == self.app.pipeline.loaded.version:
+            return
+        loaded = load(self.app.settings)
+        if loaded.version != version:
+            log.warning("planned with schedules.yaml %s but this worker has %s; using it", version,
+                        loaded.version)
+        self.loop.run_until_complete(self.deliverer.aclose())
+        self.app.pipeline = self.app.build_pipeline(loaded)
+        self.deliverer = self.app.deliverer(self.app.pipeline, self.stopping)
+
+    def deliver(self, payload: dict[str, Any]) -> dict[str, int]:
+        self.follow(str(payload.get("version", "")))
+        jobs = [DeliveryJob.from_dict(item) for item in payload["jobs"]]
+        return self.loop.run_until_complete(self.deliverer.deliver(jobs)).as_dict()
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.loop.run_until_complete(self.deliverer.aclose())
+        self.loop.close()
+
+
+_runtime: _Runtime | None = None
+
+
+def runtime() -> _Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = _Runtime()
+    return _runtime
+
+
+@app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)  # type: ignore[untyped-decorator]
+def deliver_batch(payload: dict[str, Any]) -> dict[str, int]:
+    """Claim, re-check, send and record one batch of jobs (see :mod:`dispatcher.delivery`)."""
+    counts = runtime().deliver(payload)
+    log.info("batch of %d delivered in pid %d: %s", len(payload["jobs"]), os.getpid(), counts)
+    return counts
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _close_runtime(**_kwargs: Any) -> None:
+    if _runtime is not None:
+        _runtime.close()
