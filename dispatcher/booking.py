@@ -89,6 +89,8 @@ class Booker:
                 (claim_rows if try_no else decision_rows).append(row)
         self.ledger.record_reminders(reminder_rows)
         self.ledger.record_decisions(decision_rows)
+        self.ledger.supersede([(d.reminder_key, d.channel, newer) for decision in decisions
+                               for d, newer in decision.superseded])
         claimed = self.ledger.book(claim_rows)
         jobs = self._jobs(decisions, claimed, run_id)
         counts.deferred = len(decision_rows)

@@ -25,6 +25,10 @@ MISFIRE_GRACE_SECONDS = 3600
 """A run whose time passed while the daemon was busy or down still fires within this many seconds."""
 
 _JOB_PREFIX = "run:"
+_FOLLOW_UP = "follow-up"
+
+FOLLOW_UP_HORIZON = timedelta(days=14)
+"""Deferrals older than this no longer schedule follow-up runs (scheduled runs still pick them up)."""
 
 
 def trigger_for(run: Run, default_zone: str) -> CronTrigger:
@@ -152,6 +156,10 @@ class Daemon:
                         fire_time.isoformat())
             self._carry_out(name, fire_time, self.pipeline)
 
+    def _fire_follow_up(self, due: datetime) -> None:
+        if not self.stopping.is_set():
+            self._carry_out(_FOLLOW_UP, due, self.pipeline)
+
     def _fire_now(self, name: str) -> None:
         if not self.stopping.is_set():
             self._carry_out(name, self.app.clock(), self.pipeline)
@@ -159,10 +167,28 @@ class Daemon:
     def _carry_out(self, name: str, fire_time: datetime, pipeline: Pipeline) -> None:
         try:
             self.runner.run(name, fire_time, pipeline)
+            self._follow_up()
         except DispatcherError as exc:
             log.error("run %s at %s failed: %s", name, fire_time.isoformat(), exc)
         except Exception:
             log.exception("run %s at %s failed unexpectedly", name, fire_time.isoformat())
+
+    def _follow_up(self) -> None:
+        """Schedule a run for the moment the earliest deferred reminder may go out.
+
+        A reminder deferred by the contact window, a holiday or a cap goes out in the
+        first run inside its allowed time, even when no scheduled run falls there (a
+        New York borrower is outside the window at both of the shipped Shanghai runs).
+        """
+        due = self.app.ledger.next_deferral(self.app.clock(), FOLLOW_UP_HORIZON)
+        if due is None or self.stopping.is_set():
+            return
+        current = self._scheduler.get_job(_FOLLOW_UP)
+        if current is not None and current.next_run_time is not None and current.next_run_time <= due:
+            return
+        self._scheduler.add_job(self._fire_follow_up, "date", run_date=due, args=[due], id=_FOLLOW_UP,
+                                replace_existing=True)
+        log.info("follow-up run for deferred reminders scheduled at %s", due.isoformat())
 
     def _changed(self, loaded: LoadedSchedule) -> None:
         try:

@@ -91,11 +91,17 @@ class Planner:
 
     @staticmethod
     def _pending(account: Account, history: BatchHistory) -> list[Deferred]:
-        """Deferred reminders of the current delinquency whose channel has not been claimed since."""
+        """Reminders of the current delinquency still waiting: deferred and not claimed since, or booked
+        (``planned``) but never sent, e.g. released at send time by the contact window."""
         claims = history.claims_of(account.account_id)
         prefix = f"{account.account_id}|{account.due_date.isoformat()}|"
-        return [d for d in history.deferred_of(account.account_id)
-                if d.reminder_key.startswith(prefix) and (d.reminder_key, d.channel) not in claims]
+        waiting = [d for d in history.deferred_of(account.account_id)
+                   if d.reminder_key.startswith(prefix) and (d.reminder_key, d.channel) not in claims]
+        for (key, channel), status in claims.items():
+            if status == "planned" and key.startswith(prefix):
+                step, occurrence = key.rsplit("|", 2)[1:]
+                waiting.append(Deferred(key, step, int(occurrence), channel))
+        return waiting
 
     def _channels(
         self, account: Account, due: DueStep, key: str, history: BatchHistory, now: datetime

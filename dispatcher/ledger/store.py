@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Insert, Table, bindparam, exists, func, select, update
@@ -154,13 +154,36 @@ class Ledger:
                 inserted = connection.execute(insert, list(rows)).all()
                 found = {(r.reminder_key, r.channel): (int(r.id), 1) for r in inserted if r.status == "planned"}
                 done = {(r.reminder_key, r.channel) for r in inserted}
-                existing = sorted({r["reminder_key"] for r in rows if (r["reminder_key"], r["channel"]) not in done})
+                wanted = {(r["reminder_key"], r["channel"]): r for r in rows if r["status"] == "planned"}
+                existing = sorted({key for key, channel in wanted if (key, channel) not in done})
+                refreshed: list[dict[str, Any]] = []
                 for chunk in _chunks(existing):
                     for row in connection.execute(query.where(attempts.c.reminder_key.in_(chunk))):
                         found[(row.reminder_key, row.channel)] = (int(row.id), int(row.try_no))
+                        given = wanted.get((row.reminder_key, row.channel))
+                        if given is not None:  # booked again: this run's address and run
+                            refreshed.append({"b_id": row.id, "b_address": given["address"],
+                                              "b_hash": given["address_hash"], "b_run": given["run_id"]})
+                if refreshed:
+                    connection.execute(
+                        update(attempts).where(attempts.c.id == bindparam("b_id"), attempts.c.status == "planned")
+                        .values(address=bindparam("b_address"), address_hash=bindparam("b_hash"),
+                                run_id=bindparam("b_run")), refreshed)
         except SQLAlchemyError as exc:
             raise self._guard("book attempts", exc) from exc
         return found
+
+    def supersede(self, waiting: Sequence[tuple[str, str, str]]) -> None:
+        """Booked but unsent attempts replaced by a newer reminder: ``planned → suppressed (superseded)``."""
+        if not waiting:
+            return
+        statement = (update(attempts)
+                     .where(attempts.c.reminder_key == bindparam("b_key"), attempts.c.channel == bindparam("b_channel"),
+                            attempts.c.status == "planned")
+                     .values(status="suppressed", rule_id="superseded", detail=bindparam("b_detail")))
+        params = [{"b_key": key, "b_channel": channel,
+                   "b_detail": f"booked, then replaced by the newer reminder {newer}"} for key, channel, newer in waiting]
+        self._execute("supersede attempts", statement, params)
 
     def start_sending(self, attempt_ids: Sequence[int], now: datetime) -> set[int]:
         """Claim: ``planned → sending`` for the given attempts; returns those this call moved."""
@@ -267,6 +290,15 @@ class Ledger:
             params = [{"run_id": run_id, "account_id": r.account_id, "field": r.field, "reason": r.reason,
                        "created_at": now} for r in rows]
             self._execute("record rejected rows", rejects.insert(), params)
+
+    def next_deferral(self, now: datetime, horizon: timedelta) -> datetime | None:
+        """The earliest moment after ``now`` at which a recently deferred reminder may go out."""
+        query = select(func.min(attempts.c.not_before)).where(
+            attempts.c.try_no == 0, attempts.c.status == "deferred", attempts.c.not_before > now,
+            attempts.c.created_at > now - horizon)
+        with self.engine.connect() as connection:
+            found = connection.execute(query).scalar_one()  # min() keeps the column type: an aware datetime
+        return found if isinstance(found, datetime) else None
 
     def pending_count(self, run_id: int) -> int:
         """The run's attempts not settled yet (``planned`` or ``sending``)."""
