@@ -44,12 +44,13 @@ def child_seed(count: int) -> None:
     seed_demo(app.engine, count, datetime.now(UTC).date(), replace=True)
 
 
-def child_run() -> None:
+def child_run(at: str) -> None:
     from dispatcher.app import build_app
     from dispatcher.runner import Runner
     from dispatcher.settings import Settings
 
-    app = build_app(Settings.from_env())
+    moment = datetime.fromisoformat(at)
+    app = build_app(Settings.from_env(), clock=lambda: moment)
     started_cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     report = Runner(app).run("bench", app.clock())
@@ -61,14 +62,14 @@ def child_run() -> None:
                       "peak_rss_mb": usage.ru_maxrss / 1024, **counts}))
 
 
-def measure(count: int) -> dict[str, float]:
+def measure(count: int, at: str) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-"))
     try:
         shutil.copy(ROOT / "schedules.yaml", workdir / "schedules.yaml")
         shutil.copytree(ROOT / "templates", workdir / "templates")
         env = _env(workdir)
         subprocess.run([sys.executable, __file__, "--child-seed", str(count)], env=env, check=True, cwd=workdir)
-        out = subprocess.run([sys.executable, __file__, "--child-run"], env=env, check=True, cwd=workdir,
+        out = subprocess.run([sys.executable, __file__, "--child-run", "--at", at], env=env, check=True, cwd=workdir,
                              capture_output=True, text=True).stdout
         return dict(json.loads(out.strip().splitlines()[-1]))
     finally:
@@ -78,6 +79,8 @@ def measure(count: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--at", default=datetime.now(UTC).replace(hour=2, minute=0, second=0, microsecond=0)
+                        .isoformat(), help="the run's moment (default: today 10:00 in Shanghai, inside its window)")
     parser.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -85,12 +88,12 @@ def main() -> int:
         child_seed(args.child_seed)
         return 0
     if args.child_run:
-        child_run()
+        child_run(args.at)
         return 0
     print(f"{'accounts':>9} {'seconds':>8} {'accounts/s':>11} {'cpu s':>7} {'acc/cpu-s':>10} {'messages':>9} "
           f"{'messages/s':>11} {'peak RSS':>9}")
     for count in args.accounts:
-        result = measure(count)
+        result = measure(count, args.at)
         seconds = result["seconds"]
         messages = result["sent"] + result["suppressed"] + result["failed"]
         cpu = result["cpu_seconds"]

@@ -62,7 +62,8 @@ def _reminder_row(decision: Decision, run_id: int | None, now: datetime) -> dict
             "occurrence": decision.occurrence, "run_id": run_id, "created_at": now}
 
 
-_ROW_FOR = {Verdict.SEND: ("planned", 1), Verdict.SUPPRESS: ("suppressed", 1), Verdict.DEFER: ("deferred", 0)}
+_ROW_FOR = {Verdict.SEND: ("planned", 1), Verdict.SUPPRESS: ("suppressed", 1), Verdict.DEFER: ("deferred", 0),
+            Verdict.HOLD: ("suppressed", 0)}
 
 
 class Booker:
@@ -93,8 +94,8 @@ class Booker:
                                for d, newer in decision.superseded])
         claimed = self.ledger.book(claim_rows)
         jobs = self._jobs(decisions, claimed, run_id)
-        counts.deferred = len(decision_rows)
-        counts.suppressed = sum(1 for r in claim_rows if r["status"] == "suppressed")
+        counts.deferred = sum(1 for r in decision_rows if r["status"] == "deferred")
+        counts.suppressed = sum(1 for r in [*claim_rows, *decision_rows] if r["status"] == "suppressed")
         counts.planned = len(jobs)
         return jobs, counts
 

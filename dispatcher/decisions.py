@@ -19,6 +19,7 @@ class Verdict(StrEnum):
     FALLBACK = "fallback"  # held back; sent only if an earlier channel of the step fails permanently
     DEFER = "defer"  # not now (rule); recorded, tried again by a later run
     SUPPRESS = "suppress"  # never for this occurrence (rule); recorded, consumes the claim
+    HOLD = "hold"  # paused (rule); recorded once, the claim stays free for when the pause ends
     DONE = "done"  # already claimed by an earlier run
 
 

@@ -59,6 +59,8 @@ class BatchHistory:
     by_account: dict[str, list[Contact]] = field(default_factory=dict)
     by_address: dict[str, list[Contact]] = field(default_factory=dict)
     deferred: dict[str, list[Deferred]] = field(default_factory=dict)
+    noted: dict[str, set[tuple[str, str, str]]] = field(default_factory=dict)
+    """Decisions already recorded without a claim: (reminder_key, channel, rule id), per account."""
 
     def add_contact(self, contact: Contact) -> None:
         self.by_account.setdefault(contact.account_id, []).append(contact)
@@ -67,6 +69,9 @@ class BatchHistory:
 
     def claims_of(self, account_id: str) -> Claims:
         return self.claims.get(account_id, {})
+
+    def noted_of(self, account_id: str) -> set[tuple[str, str, str]]:
+        return self.noted.get(account_id, set())
 
     def deferred_of(self, account_id: str) -> list[Deferred]:
         """Deferred reminder channels of the account, oldest first."""

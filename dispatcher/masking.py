@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from functools import lru_cache
 
 _PHONE_RE = re.compile(r"(?<![\w+])\+\d(?:[ \-().]{0,2}\d){7,14}\b")
 _EMAIL_RE = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
@@ -30,6 +31,7 @@ def mask_token(token: str) -> str:
     return "…" + token[-6:] if len(token) > 6 else "***"
 
 
+@lru_cache(maxsize=65536)
 def address_hash(address: str) -> str:
     """A stable pseudonym of a full address (sha256 hex), to match a number without storing it."""
     return hashlib.sha256(address.strip().lower().encode()).hexdigest()

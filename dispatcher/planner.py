@@ -72,8 +72,12 @@ class Planner:
         found = replace(base, step=due.step, occurrence=due.occurrence, days_overdue=days, reminder_key=key,
                         superseded=superseded)
         block = self.rules.check_account(account, today)
-        if block is not None:
-            return replace(found, reason=block.rule_id, detail=block.detail)
+        if block is not None:  # recorded once per reminder and channel, like any other decision not to contact
+            claims, noted = history.claims_of(account.account_id), history.noted_of(account.account_id)
+            paused = tuple(ChannelPlan(c, Verdict.HOLD, address_for(account, c), block.rule_id, block.detail)
+                           for c in due.step.channels
+                           if (key, c.value) not in claims and (key, c.value, block.rule_id) not in noted)
+            return replace(found, reason=block.rule_id, detail=block.detail, channels=paused)
         channels = self._channels(account, due, key, history, now)
         reason, detail = _summary(channels)
         return replace(found, reason=reason, detail=detail, channels=channels)

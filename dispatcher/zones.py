@@ -34,11 +34,16 @@ def candidate_zones(account: Account, default: str) -> tuple[str, ...]:
     follow (a borrower may have moved); with neither, the schedule's default.
     The contact window must hold in every one of them.
     """
+    return _candidates(account.timezone, account.phone, default)
+
+
+@lru_cache(maxsize=16384)
+def _candidates(own: str | None, phone: str | None, default: str) -> tuple[str, ...]:
     zones: list[str] = []
-    if account.timezone:
-        zones.append(account.timezone)
-    if account.phone:
-        zones.extend(z for z in _phone_zones(account.phone) if z not in zones)
+    if own:
+        zones.append(own)
+    if phone:
+        zones.extend(z for z in _phone_zones(phone) if z not in zones)
     return tuple(zones) if zones else (default,)
 
 

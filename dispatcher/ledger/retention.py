@@ -19,8 +19,9 @@ def purge(engine: Engine, older_than: timedelta, retention: timedelta, now: date
     Returns the rows deleted (or, with ``dry_run``, that would be) per table.
     """
     if older_than < retention:
-        raise ConfigError(f"refusing to purge rows younger than the retention period of {retention.days} days "
-                          f"(--older-than is {older_than.days} days)")
+        years = f"{retention.days / 365:g} years, " if retention.days % 365 == 0 else ""
+        raise ConfigError(f"refusing to purge rows younger than the retention period ({years}{retention.days} days); "
+                          f"--older-than is {older_than.days} days")
     cutoff = now - older_than
     targets = [
         (attempts, attempts.c.created_at < cutoff),

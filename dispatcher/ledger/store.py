@@ -83,15 +83,18 @@ class Ledger:
     def _load_claims(connection: Connection, ids: Sequence[str], history: BatchHistory) -> None:
         """Claimed tries (latest status per reminder and channel) and deferrals still waiting."""
         query = select(attempts.c.account_id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no,
-                       attempts.c.status, attempts.c.step, attempts.c.occurrence).order_by(attempts.c.id)
+                       attempts.c.status, attempts.c.step, attempts.c.occurrence,
+                       attempts.c.rule_id).order_by(attempts.c.id)
         latest: dict[tuple[str, str, str], int] = {}
         waiting: dict[tuple[str, str, str], Deferred] = {}
         for chunk in _chunks(ids):
-            for account_id, key, channel, try_no, status, step, occurrence in connection.execute(
+            for account_id, key, channel, try_no, status, step, occurrence, rule_id in connection.execute(
                     query.where(attempts.c.account_id.in_(chunk))):
                 if try_no == 0:
                     if status == "deferred":
                         waiting[(account_id, key, channel)] = Deferred(key, step, occurrence, channel)
+                    else:
+                        history.noted.setdefault(account_id, set()).add((key, channel, rule_id or ""))
                 elif latest.get((account_id, key, channel), 0) < try_no:
                     latest[(account_id, key, channel)] = try_no
                     history.claims.setdefault(account_id, {})[(key, channel)] = status
@@ -181,8 +184,8 @@ class Ledger:
                      .where(attempts.c.reminder_key == bindparam("b_key"), attempts.c.channel == bindparam("b_channel"),
                             attempts.c.status == "planned")
                      .values(status="suppressed", rule_id="superseded", detail=bindparam("b_detail")))
-        params = [{"b_key": key, "b_channel": channel,
-                   "b_detail": f"booked, then replaced by the newer reminder {newer}"} for key, channel, newer in waiting]
+        params = [{"b_key": key, "b_channel": channel, "b_detail": f"booked, then replaced by {newer}"}
+                  for key, channel, newer in waiting]
         self._execute("supersede attempts", statement, params)
 
     def start_sending(self, attempt_ids: Sequence[int], now: datetime) -> set[int]:

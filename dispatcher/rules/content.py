@@ -36,13 +36,34 @@ _DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d){7,}")
 _URL = re.compile(r"(?:https?://|mailto:)[^\s<>\"')]+", re.IGNORECASE)
 
 
-@lru_cache(maxsize=1024)
-def _phrase_pattern(phrase: str) -> re.Pattern[str]:
+
+
+def _phrase_regex(phrase: str) -> str:
     """Latin-script phrases match whole words ("jail", not "Jailyn"); others match anywhere."""
     escaped = re.escape(phrase)
     if phrase.isascii() and phrase[:1].isalnum() and phrase[-1:].isalnum():
         escaped = rf"\b{escaped}\b"
-    return re.compile(escaped, re.IGNORECASE)
+    return escaped
+
+
+@lru_cache(maxsize=64)
+def _blocklist_pattern(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One pattern for a whole list (one scan of the text, not one per phrase), longest phrases first."""
+    if not phrases:
+        return None
+    ordered = sorted(set(phrases), key=len, reverse=True)
+    return re.compile("|".join(_phrase_regex(p) for p in ordered), re.IGNORECASE)
+
+
+def _blocked(phrases: tuple[str, ...], texts: list[str]) -> list[str]:
+    """The listed phrases found in ``texts``, as listed."""
+    pattern = _blocklist_pattern(phrases)
+    if pattern is None:
+        return []
+    found = {m.group().lower() for text in texts for m in pattern.finditer(text)}
+    return [p for p in phrases if p.lower() in found]
+
+
 _EMAIL_UNSUBSCRIBE = ("unsubscribe", "退订")
 
 
@@ -62,9 +83,8 @@ def violations(rendered: Rendered, policy: Policy, brand: Brand,
     """(rule id, message, offending text) for every forbidden thing: blocklist, long numbers, push safety."""
     texts = _texts(rendered)
     words = [_URL.sub(" ", t) for t in texts]  # links (unsubscribe tokens, payment links) are not wording
-    for phrase in policy.blocked_phrases(rendered.locale):
-        if any(_phrase_pattern(phrase).search(t) for t in words):
-            yield "civil", f"the phrase {phrase!r} is not allowed (threat, insult, authority or third party)", phrase
+    for phrase in _blocked(policy.blocked_phrases(rendered.locale), words):
+        yield "civil", f"the phrase {phrase!r} is not allowed (threat, insult, authority or third party)", phrase
     allowed = (brand.hotline, brand.website, brand.help_email or "", mask(account.repayment_account),
                rendered.data.get("deadline", ""))
     for text in texts:

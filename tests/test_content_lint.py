@@ -1,0 +1,359 @@
+"""Content rules (civil, content, third-party): the template lint of ``dispatcher validate`` and the check at send."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+
+from dispatcher.accounts import Account
+from dispatcher.app import App
+from dispatcher.channels.base import ChannelKind
+from dispatcher.cli import main
+from dispatcher.compose.renderer import Composer, RenderContext, TemplateProblem
+from dispatcher.demo import demo_accounts, demo_metadata
+from dispatcher.ledger.tables import attempts
+from dispatcher.rules.content import ContentCheck, lint_templates
+from dispatcher.rules.policy import Policy, resolve_policy
+from dispatcher.runner import Runner
+from dispatcher.schedule.loader import load_schedule
+from dispatcher.schedule.models import Schedule
+
+REPO = Path(__file__).resolve().parent.parent
+PROBLEM = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<message>.+)$")
+
+Cli = Callable[..., tuple[int, str, str]]
+
+
+def load(folder: Path) -> tuple[Schedule, Policy]:
+    schedule = load_schedule(folder / "schedules.yaml", {}).schedule
+    return schedule, resolve_policy(schedule)
+
+
+def lint(folder: Path) -> list[TemplateProblem]:
+    schedule, policy = load(folder)
+    return lint_templates(schedule, folder / "templates", policy)
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    """A copy of the shipped schedules.yaml and templates/."""
+    shutil.copy(REPO / "schedules.yaml", tmp_path / "schedules.yaml")
+    shutil.copytree(REPO / "templates", tmp_path / "templates")
+    return tmp_path
+
+
+def edit(path: Path, change: Callable[[str], str]) -> None:
+    before = path.read_text(encoding="utf-8")
+    after = change(before)
+    assert after != before, f"{path} unchanged"
+    path.write_text(after, encoding="utf-8")
+
+
+def insert_line(number: int, text: str) -> Callable[[str], str]:
+    """Insert ``text`` so that it becomes line ``number``."""
+
+    def change(source: str) -> str:
+        lines = source.splitlines()
+        lines.insert(number - 1, text)
+        return "\n".join(lines) + "\n"
+
+    return change
+
+
+def replacing(*pairs: tuple[str, str]) -> Callable[[str], str]:
+    def change(source: str) -> str:
+        for old, new in pairs:
+            source = source.replace(old, new)
+        return source
+
+    return change
+
+
+# the shipped templates -------------------------------------------------------------------------------------------
+def test_every_shipped_template_passes_the_lint() -> None:
+    assert lint(REPO) == []
+
+
+def test_the_lint_covers_every_template_locale_and_channel() -> None:
+    """Sanity of the lint itself: a blocklist hit everywhere is reported for each template × locale × channel."""
+    schedule, policy = load(REPO)
+    every = replace(policy, blocklist={"zh": ("信用钱包",), "en": ("xinyong wallet",)})
+    found = {(p.template, p.locale, p.channel.value) for p in lint_templates(schedule, REPO / "templates", every)}
+    assert found == {(t, loc, c.value) for t in ("gentle", "firm", "final_notice") for loc in ("zh-CN", "en-US")
+                     for c in ChannelKind}
+
+
+# broken copies ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Breakage:
+    part: str
+    change: Callable[[str], str]
+    rule: str
+    line: int
+    words: str
+    files: tuple[str, ...] = ()
+    """Where the problem may be reported (default: ``part``)."""
+
+
+EMAIL_PARTS = ("email_subject.txt.j2", "email.txt.j2", "email.html.j2")
+WITHOUT_HOTLINE = replacing(("{{ brand.hotline }}", ""), ("{{ brand.help_email }}", ""))
+BREAKAGES = {
+    "zh-sms-third-party-contacts": Breakage(
+        "gentle/zh-CN/sms.txt.j2", insert_line(2, "我们将通知你的通讯录联系人"), "civil", 2, "通讯录"),
+    "en-email-employer": Breakage(
+        "firm/en-US/email.txt.j2", insert_line(4, "If you do not pay, we will contact your employer."), "civil", 4,
+        "your employer"),
+    "en-email-html-police": Breakage(
+        "firm/en-US/email.html.j2", insert_line(20, "<p>We have informed the police.</p>"), "civil", 20, "police"),
+    "unmasked-account-in-sms": Breakage(
+        "final_notice/zh-CN/sms.txt.j2", replacing(("{{ repayment_account|mask }}", "{{ repayment_account }}")),
+        "content", 1, "digits"),
+    "amount-in-push-title": Breakage(
+        "gentle/en-US/push_title.txt.j2", replacing(("{{ brand.name }}", "{{ brand.name }}: {{ amount|money }}")),
+        "third-party", 1, "the amount"),
+    "debt-word-in-push-body": Breakage(
+        "firm/zh-CN/push_body.txt.j2", insert_line(2, "您的借款已逾期"), "third-party", 2, "逾期"),
+    "sms-without-opt-out": Breakage(
+        "gentle/zh-CN/sms.txt.j2", replacing(("回复TD退订", "")), "content", 1, "opt-out wording"),
+    "en-sms-without-stop": Breakage(
+        "firm/en-US/sms.txt.j2", replacing((" Reply STOP to opt out", "")), "content", 1, "opt-out wording"),
+    "email-without-hotline": Breakage(
+        "firm/en-US/email.txt.j2", WITHOUT_HOTLINE, "content", 1, "help contact",
+        files=tuple(f"firm/en-US/{name}" for name in EMAIL_PARTS)),
+}
+
+
+def break_copy(copy: Path, breakage: Breakage) -> None:
+    edit(copy / "templates" / breakage.part, breakage.change)
+    if breakage is BREAKAGES["email-without-hotline"]:  # the other parts of the email too
+        for name in ("email.html.j2", "email_subject.txt.j2"):
+            path = copy / "templates" / "firm" / "en-US" / name
+            path.write_text(WITHOUT_HOTLINE(path.read_text(encoding="utf-8")), encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", sorted(BREAKAGES))
+def test_each_breakage_is_reported_at_its_file_and_line(copy: Path, name: str) -> None:
+    breakage = BREAKAGES[name]
+    break_copy(copy, breakage)
+    problems = lint(copy)
+    assert problems, "nothing reported"
+    template, locale, _ = breakage.part.split("/")
+    assert {(p.template, p.locale) for p in problems} == {(template, locale)}
+    expected_files = {str(copy / "templates" / f) for f in (breakage.files or (breakage.part,))}
+    matching = [p for p in problems if p.message.startswith(f"{breakage.rule}: ") and breakage.words in p.message]
+    assert matching, [p.message for p in problems]
+    for problem in matching:
+        assert problem.file in expected_files
+        assert problem.line == breakage.line, problem
+
+
+def test_an_unmasked_account_on_a_later_line_is_reported_at_that_line(copy: Path) -> None:
+    edit(copy / "templates/firm/zh-CN/email.txt.j2",
+         replacing(("官方还款账户：{{ repayment_account|mask }}", "官方还款账户：{{ repayment_account }}")))
+    problems = [p for p in lint(copy) if p.message.startswith("content: ")]
+    assert problems
+    for problem in problems:
+        assert problem.file is not None and problem.file.endswith("firm/zh-CN/email.txt.j2")
+        assert problem.line == 9, problem
+
+
+def test_an_unmasked_account_in_a_multiline_email_is_reported_once_as_content(copy: Path) -> None:
+    edit(copy / "templates/firm/zh-CN/email.txt.j2",
+         replacing(("官方还款账户：{{ repayment_account|mask }}", "官方还款账户：{{ repayment_account }}")))
+    problems = [p for p in lint(copy) if p.message.startswith("content: ")]
+    assert [p.channel for p in problems] == [ChannelKind.EMAIL]
+    assert "16 digits" in problems[0].message and "mask it" in problems[0].message
+
+
+# dispatcher validate ---------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def cli(workdir: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def problems_printed(text: str) -> list[dict[str, str]]:
+    return [m.groupdict() for m in map(PROBLEM.match, text.splitlines()) if m]
+
+
+def test_validate_passes_the_shipped_copy(cli: Cli) -> None:
+    code, out, err = cli("validate", "schedules.yaml")
+    assert code == 0, err
+    assert "valid" in out
+
+
+@pytest.mark.parametrize("name", ["zh-sms-third-party-contacts", "en-email-employer"])
+def test_validate_prints_a_civil_problem_at_the_template_line(cli: Cli, workdir: Path, name: str) -> None:
+    breakage = BREAKAGES[name]
+    break_copy(workdir, breakage)
+    code, _, err = cli("validate", "schedules.yaml")
+    assert code != 0
+    printed = problems_printed(err)
+    assert printed, err
+    assert {(p["file"], p["line"], p["col"]) for p in printed} == {(f"templates/{breakage.part}", str(breakage.line),
+                                                                    "1")}
+    assert all(p["message"].startswith("civil: ") and breakage.words in p["message"] for p in printed)
+    assert "Traceback" not in err
+
+
+def test_validate_json_reports_the_lint_problem(cli: Cli, workdir: Path) -> None:
+    break_copy(workdir, BREAKAGES["sms-without-opt-out"])
+    code, out, _ = cli("validate", "schedules.yaml", "--format", "json")
+    assert code != 0
+    report = json.loads(out)
+    assert report["valid"] is False
+    (problem,) = report["problems"]
+    assert (problem["file"], problem["line"]) == ("templates/gentle/zh-CN/sms.txt.j2", 1)
+    assert problem["message"].startswith("content: ")
+
+
+def test_validate_json_names_the_rule_of_a_lint_problem(cli: Cli, workdir: Path) -> None:
+    break_copy(workdir, BREAKAGES["sms-without-opt-out"])
+    _, out, _ = cli("validate", "schedules.yaml", "--format", "json")
+    (problem,) = json.loads(out)["problems"]
+    assert problem["rule"] == "content"
+
+
+# compliance.blocklist ----------------------------------------------------------------------------------------------
+def add_compliance(folder: Path, block: str) -> None:
+    edit(folder / "schedules.yaml", replacing(("\nprofile: cn\n", f"\nprofile: cn\ncompliance: {block}\n")))
+
+
+def test_a_blocklist_phrase_from_schedules_yaml_is_enforced(copy: Path) -> None:
+    add_compliance(copy, "{blocklist: {zh-CN: [温馨提示]}}")
+    _, policy = load(copy)
+    assert "温馨提示" in policy.blocked_phrases("zh-CN") and "通讯录" in policy.blocked_phrases("zh-CN")
+    assert "温馨提示" not in policy.blocked_phrases("en-US")
+    problems = lint(copy)
+    assert problems
+    assert {(p.template, p.locale, p.channel) for p in problems} == {("gentle", "zh-CN", ChannelKind.EMAIL)}
+    (problem,) = problems
+    assert problem.message.startswith("civil: ") and "温馨提示" in problem.message
+    assert (problem.file, problem.line) == (str(copy / "templates/gentle/zh-CN/email.txt.j2"), 3)
+
+
+def test_validate_refuses_a_template_with_a_configured_blocklist_phrase(cli: Cli, workdir: Path) -> None:
+    add_compliance(workdir, "{blocklist: {en-US: [options]}}")
+    code, _, err = cli("validate", "schedules.yaml")
+    assert code != 0
+    printed = problems_printed(err)
+    assert printed and all(p["message"].startswith("civil: ") and "'options'" in p["message"] for p in printed)
+    assert {p["file"] for p in printed} <= {f"templates/firm/en-US/{n}" for n in ("sms.txt.j2", *EMAIL_PARTS)}
+
+
+# ContentCheck at send ---------------------------------------------------------------------------------------------
+SAMPLE = Account(
+    account_id="L1", name="王伟", phone="+8613812345678", email="wang@example.cn", push_token="fcm:token",
+    locale="zh-CN", timezone="Asia/Shanghai", currency="CNY", overdue_amount=Decimal("500.00"),
+    due_date=date(2026, 3, 8), deadline=None, repayment_account="6222 0212 1234 5678",
+)
+
+
+def rendered_check(account: Account, channel: ChannelKind, blocklist: dict[str, tuple[str, ...]] | None = None
+                   ) -> Any:
+    schedule, policy = load(REPO)
+    if blocklist is not None:
+        policy = replace(policy, blocklist={**policy.blocklist, **blocklist})
+    composer = Composer(REPO / "templates", schedule)
+    step = schedule.ladder[0]
+    context = RenderContext(account, step, 0, 2, date(2026, 3, 13), date(2026, 3, 10))
+    return ContentCheck(policy, composer).check(composer.render(context, channel), account)
+
+
+@pytest.mark.parametrize(
+    ("changes", "channel", "rule", "words"),
+    [
+        pytest.param({"name": "老赖王伟"}, ChannelKind.SMS, "civil", "老赖", id="blocked-phrase-in-name"),
+        pytest.param({"name": "Deadbeat Smith", "locale": "en-US", "currency": "USD"}, ChannelKind.SMS, "civil",
+                     "deadbeat", id="blocked-phrase-in-english-name"),
+        pytest.param({"name": "王伟 6222021234567890"}, ChannelKind.SMS, "content", "16 digits",
+                     id="card-number-in-name"),
+        pytest.param({"name": "王伟 6222-0212-3456-7890"}, ChannelKind.EMAIL, "content", "16 digits",
+                     id="card-number-with-hyphens-in-email"),
+        pytest.param({}, ChannelKind.SMS, None, "", id="clean"),
+        pytest.param({"name": "老赖王伟"}, ChannelKind.PUSH, None, "", id="push-does-not-show-the-name"),
+    ],
+)
+def test_content_check_at_send(changes: dict[str, Any], channel: ChannelKind, rule: str | None, words: str) -> None:
+    block = rendered_check(replace(SAMPLE, **changes), channel)
+    if rule is None:
+        assert block is None
+        return
+    assert block is not None
+    assert (block.rule_id, block.defer, block.not_before) == (rule, False, None)
+    assert words in block.detail.lower() or words in block.detail
+
+
+def test_content_check_at_send_uses_the_configured_blocklist() -> None:
+    account = replace(SAMPLE, name="王大锤")
+    assert rendered_check(account, ChannelKind.SMS) is None
+    block = rendered_check(account, ChannelKind.SMS, {"zh": ("大锤",)})
+    assert block is not None and block.rule_id == "civil"
+
+
+def demo_row(account_id: str, **changes: Any) -> dict[str, Any]:
+    return {"account_id": account_id, "name": "王伟", "phone": f"+86138{account_id[-1]}2345678",
+            "email": "wang@example.cn", "push_token": f"fcm:{account_id}", "locale": "zh-CN",
+            "timezone": "Asia/Shanghai", "currency": "CNY", "overdue_amount": "100.00", "due_date": date(2026, 3, 8),
+            "deadline": None, "repayment_account": "6222 0212 1234 5678", "do_not_contact": None, "dispute": None,
+            "promise_to_pay_until": None, "opt_out_channels": None, **changes}
+
+
+def test_a_message_failing_the_content_check_is_recorded_suppressed_not_sent(app: App) -> None:
+    assert app.clock() == datetime(2026, 3, 10, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai: inside the window
+    demo_metadata.create_all(app.engine)
+    with app.engine.begin() as connection:
+        connection.execute(insert(demo_accounts), [demo_row("N1", name="老赖王伟"),
+                                                   demo_row("N2", name="王伟 6222021234567890"),
+                                                   demo_row("N3")])
+    report = Runner(app).run("morning", app.clock())
+    assert report.status == "completed"
+    with app.engine.connect() as connection:
+        rows = [dict(r) for r in connection.execute(select(attempts).order_by(attempts.c.id)).mappings()]
+    found = {(r["account_id"], r["channel"]): r for r in rows}
+    assert {k: (r["status"], r["rule_id"]) for k, r in found.items()} == {
+        ("N1", "push"): ("sent", None), ("N1", "sms"): ("suppressed", "civil"),
+        ("N2", "push"): ("sent", None), ("N2", "sms"): ("suppressed", "content"),
+        ("N3", "push"): ("sent", None), ("N3", "sms"): ("sent", None),
+    }
+    for key in (("N1", "sms"), ("N2", "sms")):
+        row = found[key]
+        assert row["provider_message_id"] is None and row["detail"]
+        assert row["template"] == "gentle" and row["content_hash"]  # what would have gone out is identified
+    sms_out = app.settings.outbox_dir / "sms.jsonl"
+    texts = [json.loads(line)["account_id"] for line in sms_out.read_text(encoding="utf-8").splitlines()]
+    assert texts == ["N3"]
+    assert report.counts.sent == 4
+
+
+def test_a_run_counts_the_suppressions_made_at_send_time(app: App) -> None:
+    demo_metadata.create_all(app.engine)
+    with app.engine.begin() as connection:
+        connection.execute(insert(demo_accounts), [demo_row("N1", name="老赖王伟")])
+    report = Runner(app).run("morning", app.clock())
+    assert (report.counts.sent, report.counts.suppressed) == (1, 1)

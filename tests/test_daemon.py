@@ -1,0 +1,96 @@
+"""The daemon as a process: first run, refusing a bad edit, reloading a good one, stopping on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from dispatcher.demo import seed_demo
+from dispatcher.schedule.loader import content_version
+
+START_TIMEOUT = 30.0
+RELOAD_TIMEOUT = 5.0
+STOP_TIMEOUT = 10.0
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout} s; daemon log:\n{log.read_text(encoding='utf-8')}")
+        time.sleep(0.05)
+
+
+def replace_file(path: Path, content: str) -> None:
+    """Save as editors do: write a temporary file, then rename it over the original."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(content, encoding="utf-8")
+    os.replace(temp, path)
+
+
+def line_col(content: str, needle: str) -> tuple[int, int]:
+    at = content.index(needle)
+    return content.count("\n", 0, at) + 1, at - (content.rfind("\n", 0, at) + 1) + 1
+
+
+@pytest.fixture
+def daemon(workdir: Path, anytime: Path,
+           clock: Callable[[], datetime]) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    engine = create_engine(f"sqlite:///{workdir / 'ledger.db'}")
+    seed_demo(engine, 100, clock().date())  # far overdue whatever today is; profile none: the first run sends
+    engine.dispose()
+    log = workdir / "daemon.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DISPATCHER_LOG_LEVEL": "INFO"}
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "dispatcher", "run", "--run-now"], cwd=workdir, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        yield process, log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(STOP_TIMEOUT)
+
+
+def test_the_daemon_runs_follows_edits_and_stops(daemon: tuple[subprocess.Popen[bytes], Path],
+                                                 workdir: Path) -> None:
+    process, log = daemon
+    schedules = workdir / "schedules.yaml"
+    sms = workdir / "outbox" / "sms.jsonl"
+    original = schedules.read_text(encoding="utf-8")
+
+    def logged(text: str) -> bool:
+        return text in log.read_text(encoding="utf-8")
+
+    wait_for(lambda: logged("daemon started") and sms.exists() and sms.stat().st_size > 0, START_TIMEOUT,
+             "first run", log)
+
+    invalid = original.replace("    channels: [push, sms]", "    chanels: [push, sms]", 1)
+    line, col = line_col(invalid, "chanels")
+    replace_file(schedules, invalid)
+    wait_for(lambda: logged(f"schedules.yaml:{line}:{col}: unknown key 'chanels'"), RELOAD_TIMEOUT,
+             "refusal", log)
+    assert logged("refused")
+    assert process.poll() is None
+
+    edited = original.replace('cron: "0 9 * * *"', 'cron: "5 9 * * *"', 1)
+    assert edited != original
+    version = content_version(edited.encode("utf-8"))
+    replace_file(schedules, edited)
+    wait_for(lambda: logged(f"reloaded: version {version} replaces {content_version(original.encode())}"),
+             RELOAD_TIMEOUT, "reload", log)
+    assert process.poll() is None
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(STOP_TIMEOUT) == 0
+    assert logged("daemon stopped")
+    assert "Traceback" not in log.read_text(encoding="utf-8")

@@ -1,0 +1,143 @@
+"""Source rows against the account contract: bad rows name their field, good rows become accounts."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from dispatcher.accounts import Account, RejectedRow
+from dispatcher.row_checks import parse_row
+
+GOOD: dict[str, Any] = {
+    "account_id": "L00000001",
+    "name": "王伟",
+    "phone": "+8613812345678",
+    "email": "wang.wei@example.cn",
+    "push_token": "fcm:abc",
+    "locale": "zh-CN",
+    "timezone": "Asia/Shanghai",
+    "currency": "CNY",
+    "overdue_amount": "1234.50",
+    "due_date": "2026-01-31",
+    "deadline": None,
+    "repayment_account": "6222 0212 1234 5678",
+    "do_not_contact": None,
+    "dispute": None,
+    "promise_to_pay_until": None,
+    "opt_out_channels": None,
+}
+
+
+def row(**changes: Any) -> dict[str, Any]:
+    return {**GOOD, **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "account_id", "field"),
+    [
+        ({"overdue_amount": "12,3O.00"}, "L00000001", "overdue_amount"),
+        ({"overdue_amount": "NaN"}, "L00000001", "overdue_amount"),
+        ({"overdue_amount": ""}, "L00000001", "overdue_amount"),
+        ({"overdue_amount": None}, "L00000001", "overdue_amount"),
+        ({"timezone": "Asia/Beijing"}, "L00000001", "timezone"),
+        ({"timezone": "../etc/passwd"}, "L00000001", "timezone"),
+        ({"phone": "+86 123"}, "L00000001", "phone"),
+        ({"phone": "13812345678"}, "L00000001", "phone"),
+        ({"phone": "call me"}, "L00000001", "phone"),
+        ({"email": "wang.at.example.com"}, "L00000001", "email"),
+        ({"email": "wang@localhost"}, "L00000001", "email"),
+        ({"account_id": None}, None, "account_id"),
+        ({"account_id": "   "}, None, "account_id"),
+        ({"due_date": None}, "L00000001", "due_date"),
+        ({"due_date": ""}, "L00000001", "due_date"),
+        ({"due_date": "2026-02-30"}, "L00000001", "due_date"),
+        ({"deadline": "soon"}, "L00000001", "deadline"),
+        ({"promise_to_pay_until": "next week"}, "L00000001", "promise_to_pay_until"),
+        ({"currency": "cny"}, "L00000001", "currency"),
+        ({"currency": "YUAN"}, "L00000001", "currency"),
+        ({"currency": None}, "L00000001", "currency"),
+        ({"opt_out_channels": "sms,fax"}, "L00000001", "opt_out_channels"),
+        ({"locale": "Chinese"}, "L00000001", "locale"),
+    ],
+)
+def test_bad_rows_are_rejected_with_field_and_reason(changes: dict[str, Any], account_id: str | None,
+                                                     field: str) -> None:
+    parsed = parse_row(row(**changes))
+    assert isinstance(parsed, RejectedRow)
+    assert (parsed.account_id, parsed.field) == (account_id, field)
+    assert parsed.reason.strip()
+
+
+@pytest.mark.parametrize(
+    "due",
+    ["2026-01-31", " 2026-01-31 ", "2026-01-31T23:59:00", date(2026, 1, 31), datetime(2026, 1, 31, 8, 0),
+     datetime(2026, 1, 31, 8, 0, tzinfo=UTC)],
+)
+def test_due_dates_as_text_date_or_datetime(due: object) -> None:
+    parsed = parse_row(row(due_date=due))
+    assert isinstance(parsed, Account)
+    assert parsed.due_date == date(2026, 1, 31)
+
+
+@pytest.mark.parametrize(
+    ("amount", "expected"),
+    [("1234.50", Decimal("1234.50")), (Decimal("99.99"), Decimal("99.99")), (" 0.00 ", Decimal(0)),
+     (12, Decimal(12)), ("-5", Decimal(-5))],
+)
+def test_amounts(amount: object, expected: Decimal) -> None:
+    parsed = parse_row(row(overdue_amount=amount))
+    assert isinstance(parsed, Account)
+    assert parsed.overdue_amount == expected
+    assert isinstance(parsed.overdue_amount, Decimal)
+
+
+def test_a_good_row_becomes_an_account() -> None:
+    parsed = parse_row(row(phone="+86 138-1234-5678", opt_out_channels="SMS; email", dispute="no",
+                           promise_to_pay_until=date(2026, 2, 5), deadline="2026-02-07"))
+    assert parsed == Account(
+        account_id="L00000001", name="王伟", phone="+8613812345678", email="wang.wei@example.cn",
+        push_token="fcm:abc", locale="zh-CN", timezone="Asia/Shanghai", currency="CNY",
+        overdue_amount=Decimal("1234.50"), due_date=date(2026, 1, 31), deadline=date(2026, 2, 7),
+        repayment_account="6222 0212 1234 5678", do_not_contact=None, dispute=False,
+        promise_to_pay_until=date(2026, 2, 5), opt_out_channels=frozenset({"sms", "email"}),
+    )
+
+
+@pytest.mark.parametrize("raw", ["+1 212-555-0123", "+12125550123", "+44 7911 123456", "+8613812345678"])
+def test_phones_come_out_in_e164(raw: str) -> None:
+    parsed = parse_row(row(phone=raw))
+    assert isinstance(parsed, Account)
+    assert parsed.phone == "+" + "".join(ch for ch in raw if ch.isdigit())
+
+
+def test_empty_strings_are_missing_values() -> None:
+    parsed = parse_row(row(name="", phone="", email=" ", push_token="", locale="", timezone="", deadline="",
+                           repayment_account="", do_not_contact="", dispute="", promise_to_pay_until="",
+                           opt_out_channels=""))
+    assert isinstance(parsed, Account)
+    assert (parsed.phone, parsed.email, parsed.push_token, parsed.locale, parsed.timezone) == (None,) * 5
+    assert (parsed.deadline, parsed.do_not_contact, parsed.promise_to_pay_until) == (None, None, None)
+    assert (parsed.name, parsed.repayment_account, parsed.dispute) == ("", "", False)
+    assert parsed.opt_out_channels == frozenset()
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("yes", True), ("1", True), ("TRUE", True), (True, True),
+                                               ("no", False), ("0", False), (None, False), (False, False)])
+def test_dispute_flag(raw: object, expected: bool) -> None:
+    parsed = parse_row(row(dispute=raw))
+    assert isinstance(parsed, Account)
+    assert parsed.dispute is expected
+
+
+def test_the_account_id_is_trimmed() -> None:
+    parsed = parse_row(row(account_id="  L7 "))
+    assert isinstance(parsed, Account) and parsed.account_id == "L7"
+
+
+def test_the_reason_of_a_bad_email_does_not_repeat_the_address() -> None:
+    parsed = parse_row(row(email="wang.wei@example"))
+    assert isinstance(parsed, RejectedRow) and parsed.field == "email"
+    assert "wang.wei@example" not in parsed.reason
