@@ -118,7 +118,7 @@ def test_a_reminder_due_at_2130_is_deferred_then_sent_once_the_next_morning(app:
 def capped(workdir: Path, clock: Any) -> Iterator[App]:
     """The shipped schedule with ``compliance: {caps: [{max: 3, per: 7d}]}``."""
     path = workdir / "schedules.yaml"
-    text, found = re.subn(r"(?m)^profile: cn$", "profile: cn\ncompliance: {caps: [{max: 3, per: 7d}]}",
+    text, found = re.subn(r"(?m)^compliance:$", "compliance:\n  caps: [{max: 3, per: 7d}]",
                           path.read_text(encoding="utf-8"))
     assert found == 1
     path.write_text(text, encoding="utf-8")

@@ -241,7 +241,11 @@ def test_validate_json_names_the_rule_of_a_lint_problem(cli: Cli, workdir: Path)
 
 # compliance.blocklist ----------------------------------------------------------------------------------------------
 def add_compliance(folder: Path, block: str) -> None:
-    edit(folder / "schedules.yaml", replacing(("\nprofile: cn\n", f"\nprofile: cn\ncompliance: {block}\n")))
+    """Replace the shipped ``compliance:`` section by ``block``."""
+    path = folder / "schedules.yaml"
+    text, found = re.subn(r"(?ms)^compliance:\n.*?\n\n", f"compliance: {block}\n\n", path.read_text(encoding="utf-8"))
+    assert found == 1
+    path.write_text(text, encoding="utf-8")
 
 
 def test_a_blocklist_phrase_from_schedules_yaml_is_enforced(copy: Path) -> None:
