@@ -29,7 +29,7 @@ def _say(text: str) -> None:
 
 def ensure_venv() -> None:
     """Create .venv and install the project with its dev extras unless already up to date."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (this script runs before any venv, on whatever python3 is)
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and (BIN / "dispatcher").exists():
