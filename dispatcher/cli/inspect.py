@@ -6,7 +6,6 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +21,7 @@ from dispatcher.ladder import days_overdue, local_date, occurrence_of
 from dispatcher.ledger.database import current_revision
 from dispatcher.masking import mask_address
 from dispatcher.output import to_json, write_rows
-from dispatcher.planner import rejected
+from dispatcher.planner import address_for, rejected
 from dispatcher.zones import home_zone
 
 PLAN_COLUMNS = ("account_id", "zone", "day", "step", "sms", "email", "push", "reason", "detail")
@@ -126,14 +125,13 @@ def preview_command(args: argparse.Namespace) -> int:
           f"step {step.step} (occurrence {occurrence}), deadline {deadline.isoformat()}")
     channels = [ChannelKind(args.channel)] if args.channel else step.channels
     for channel in channels:
-        _print_rendered(app, replace(context), channel, account)
+        _print_rendered(app, context, channel, account)
     return 0
 
 
 def _print_rendered(app: App, context: RenderContext, channel: ChannelKind, account: Account) -> None:
     rendered = app.pipeline.composer.render(context, channel)
-    address = {ChannelKind.SMS: account.phone, ChannelKind.EMAIL: account.email,
-               ChannelKind.PUSH: account.push_token}[channel]
+    address = address_for(account, channel)
     shown = mask_address(channel.value, address) if address else "(no address)"
     print(f"\n=== {channel.value} to {shown}: template {rendered.template}/{rendered.locale} "
           f"version {rendered.template_version}")
