@@ -15,18 +15,20 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
-# GCRA (generic cell rate algorithm): one key per provider holding its "theoretical arrival time".
+# GCRA (generic cell rate algorithm): one key per provider holding its "theoretical arrival time",
+# in integer microseconds (Redis truncates a Lua number it returns, so milliseconds would round
+# every rate above 1000/s to "unlimited"). Each call reserves the next slot, first come first
+# served, and returns -(wait until that slot) - 1; while the provider is paused it reserves
+# nothing and returns the pause left (positive): the caller asks again after it.
 _GCRA = """
 local key, pause_key = KEYS[1], KEYS[2]
 local interval, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local paused = redis.call('PTTL', pause_key)
-if paused > 0 then return paused end
+if paused > 0 then return paused * 1000 end
 local tat = tonumber(redis.call('GET', key) or '0')
 if tat < now then tat = now end
-local wait = tat - now
-if wait > 0 then return wait end
-redis.call('SET', key, tat + interval, 'PX', math.max(1000, interval * 10))
-return 0
+redis.call('SET', key, tat + interval, 'PX', math.ceil((tat + interval - now) / 1000) + 1000)
+return -(tat - now) - 1
 """
 
 
@@ -82,15 +84,19 @@ class RedisRateLimiter:
     async def acquire(self, provider: str) -> None:
         rate = self.limits.get(provider)
         keys = [f"{self.prefix}:{provider}", f"{self.prefix}:{provider}:pause"]
-        interval_ms = int(1000 / rate) if rate else 0
+        interval_us = max(1, round(1_000_000 / rate)) if rate else 0
         while True:
             if not rate:
-                wait_ms = int(await self._redis.pttl(keys[1]))
-            else:
-                wait_ms = int(await self._script(keys=keys, args=[interval_ms, int(time.time() * 1000)]))
-            if wait_ms <= 0:
+                paused_us = int(await self._redis.pttl(keys[1])) * 1000
+                if paused_us <= 0:
+                    return
+                await asyncio.sleep(paused_us / 1_000_000)
+                continue
+            answer = int(await self._script(keys=keys, args=[interval_us, int(time.time() * 1_000_000)]))
+            if answer < 0:  # a slot is reserved: wait for it
+                await asyncio.sleep((-answer - 1) / 1_000_000)
                 return
-            await asyncio.sleep(wait_ms / 1000)
+            await asyncio.sleep(answer / 1_000_000)
 
     async def pause(self, provider: str, seconds: float) -> None:
         millis = max(1, int(seconds * 1000))

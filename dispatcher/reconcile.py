@@ -69,6 +69,7 @@ class Reconciler:
         accounts = self._accounts(rows)
         known_sids: set[str] = set()
         for row in rows:
+            row["older_than"] = older_than
             status, sid = await self._settle(row, accounts.get(row["account_id"]), known_sids)
             self._set(row["id"], status, sid, now)
             if sid:
@@ -91,6 +92,8 @@ class Reconciler:
         phone = account.phone if account else None
         if row["channel"] == "sms" and self.twilio is not None and phone and \
                 address_hash(phone) == row["address_hash"]:
+            if self._in_flight_to(row):  # its message could be mistaken for this one's: decide next time
+                return "sending", None
             try:
                 sids = await self.twilio.find_sent(phone, row["attempted_at"] - LOOKUP_SLACK)
             except DeliveryError as exc:
@@ -99,6 +102,14 @@ class Reconciler:
             fresh = [sid for sid in sids if sid not in known and not self._recorded(sid)]
             return ("sent", fresh[0]) if fresh else ("planned", None)
         return ("planned", None) if self.unknown_outcome == "resend" else ("unknown", None)
+
+    def _in_flight_to(self, row: dict[str, Any]) -> bool:
+        """Whether another attempt to the same number is being sent right now (not stale)."""
+        query = select(attempts.c.id).where(
+            attempts.c.address_hash == row["address_hash"], attempts.c.status == "sending",
+            attempts.c.id != row["id"], attempts.c.attempted_at >= row["older_than"])
+        with self.engine.connect() as connection:
+            return connection.execute(query.limit(1)).first() is not None
 
     def _recorded(self, sid: str) -> bool:
         with self.engine.connect() as connection:

@@ -88,7 +88,8 @@ class Runner:
         finally:
             lease.done.set()
             lease.join()
-            app.runs.finish(run_id, status, counts.as_dict(), app.clock())
+            if not app.runs.finish(run_id, status, counts.as_dict(), app.clock(), app.settings.daemon_id):
+                status = "taken-over"
             log.info("run %s (#%s) %s: %s", name, run_id, status,
                      ", ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
         return RunReport(run_id, name, fire_time, status, counts)

@@ -51,11 +51,23 @@ def run(args: list[str]) -> int:
 
 
 def test(args: list[str]) -> int:
+    """ruff, mypy, the whole suite on a SQLite ledger, then every test that uses the ledger on PostgreSQL.
+
+    The second pass runs the tests marked ``ledger`` (tests/conftest.py marks every test using the
+    ``ledger_url`` fixture): the others do not depend on the ledger backend and would only run twice.
+    Extra arguments go to both pytest runs; with an explicit ``--ledger`` there is just that one run.
+    """
     os.chdir(ROOT)
+    pytest = [str(BIN / "python"), "-m", "pytest"]
+    chosen = any(a == "--ledger" or a.startswith("--ledger=") for a in args)
+    runs = [[*pytest, *args]] if chosen else [
+        [*pytest, "--ledger=sqlite", *args],
+        [*pytest, "--ledger=postgresql", "-m", "ledger", *args],
+    ]
     steps = [
         [str(BIN / "ruff"), "check", "dispatcher", "tests", "bench", "scripts"],
         [str(BIN / "mypy"), "--strict", "dispatcher"],
-        [str(BIN / "python"), "-m", "pytest", *args],
+        *runs,
     ]
     for step in steps:
         _say(" ".join(Path(step[0]).name if i == 0 else part for i, part in enumerate(step)))

@@ -72,6 +72,18 @@ def ledger_choice(config: pytest.Config) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     ledger_choice(config)  # a bad $DISPATCHER_TEST_LEDGER is a usage error, not 600 errored tests
+    config.addinivalue_line("markers", "ledger: uses the session's ledger database (set automatically for every "
+                                       "test that uses ledger_url or make_ledger_url, also through workdir or app)")
+
+
+LEDGER_FIXTURES = frozenset({"ledger_url", "make_ledger_url"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests that touch the ledger, so ``-m ledger`` selects what ``--ledger`` changes."""
+    for item in items:
+        if LEDGER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ledger)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -216,6 +228,40 @@ def redis_url() -> str:
     finally:
         client.close()
     return REDIS_URL
+
+
+REDIS_CLAIM_KEY = "dispatcher-tests:claimed"
+"""Marks a Redis database (1-15) as taken by one test, of this session or another one running beside it."""
+
+
+@pytest.fixture
+def broker_url_db(redis_url: str) -> Iterator[str]:
+    """``redis://127.0.0.1:6379/<n>``: an empty Redis database claimed for this test (a broker, a queue), emptied after.
+
+    Database 0 holds the rate limits of every test, so a broker gets one of 1-15 of its own.
+    """
+    import redis
+
+    base = redis_url.rsplit("/", 1)[0]
+    token = secrets.token_hex(8)
+    for number in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{base}/{number}", socket_timeout=2)
+        try:
+            if client.dbsize() == 0 and client.set(REDIS_CLAIM_KEY, token, nx=True, ex=900):
+                break
+        finally:
+            client.close()
+    else:
+        pytest.fail("no empty Redis database among 1-15")
+    url = f"{base}/{number}"
+    yield url
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    try:
+        mine = client.get(REDIS_CLAIM_KEY) == token.encode()
+        if mine:
+            client.flushdb()
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

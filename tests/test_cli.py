@@ -51,11 +51,11 @@ def cli(workdir: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
 
 
 @pytest.fixture
-def seeded(cli: Cli, workdir: Path, anytime: Path) -> Path:
+def seeded(cli: Cli, workdir: Path, anytime: Path, ledger_url: str) -> Path:
     """200 demo borrowers, plus one row with bad data, in the workdir's database; runs send at any hour."""
     code, out, _ = cli("seed-demo", "--accounts", "200")
     assert code == 0 and "200" in out
-    engine = create_engine(f"sqlite:///{workdir / 'ledger.db'}")
+    engine = create_engine(ledger_url)
     with engine.begin() as connection:
         connection.execute(insert(demo_accounts), [{
             "account_id": "BAD-ZONE", "name": "X", "phone": "+8613812345678", "currency": "CNY",
@@ -65,8 +65,8 @@ def seeded(cli: Cli, workdir: Path, anytime: Path) -> Path:
     return workdir
 
 
-def row_counts(database: Path) -> dict[str, int]:
-    engine = create_engine(f"sqlite:///{database}")
+def row_counts(database: str) -> dict[str, int]:
+    engine = create_engine(database)
     with engine.connect() as connection:
         counts = {t: int(connection.execute(select(func.count()).select_from(text(t))).scalar_one())
                   for t in LEDGER_TABLES}
@@ -74,15 +74,15 @@ def row_counts(database: Path) -> dict[str, int]:
     return counts
 
 
-def table_names(database: Path) -> set[str]:
-    engine = create_engine(f"sqlite:///{database}")
+def table_names(database: str) -> set[str]:
+    engine = create_engine(database)
     names = set(inspect(engine).get_table_names())
     engine.dispose()
     return names
 
 
-def demo_ids(database: Path) -> set[str]:
-    engine = create_engine(f"sqlite:///{database}")
+def demo_ids(database: str) -> set[str]:
+    engine = create_engine(database)
     with engine.connect() as connection:
         ids = {r[0] for r in connection.execute(select(demo_accounts.c.account_id))}
     engine.dispose()
@@ -161,9 +161,10 @@ def plan_rows(cli: Cli, *extra: str) -> list[dict[str, Any]]:
     return rows
 
 
-def test_plan_lists_every_account_with_a_reason_for_each_non_contact(cli: Cli, seeded: Path) -> None:
+def test_plan_lists_every_account_with_a_reason_for_each_non_contact(cli: Cli, seeded: Path,
+                                                                     ledger_url: str) -> None:
     rows = plan_rows(cli)
-    assert sorted(r["account_id"] for r in rows) == sorted(demo_ids(seeded / "ledger.db"))
+    assert sorted(r["account_id"] for r in rows) == sorted(demo_ids(ledger_url))
     assert len(rows) == 201
     (bad,) = (r for r in rows if r["account_id"] == "BAD-ZONE")
     assert (bad["reason"], bad["contacted"]) == ("bad_data", False)
@@ -181,21 +182,22 @@ def test_plan_for_one_account(cli: Cli, seeded: Path) -> None:
     assert [r["account_id"] for r in rows] == ["L00000002"]
 
 
-def test_plan_writes_nothing(cli: Cli, seeded: Path) -> None:
+def test_plan_writes_nothing(cli: Cli, seeded: Path, ledger_url: str) -> None:
     assert cli("run", "--once")[0] == 0
-    before = row_counts(seeded / "ledger.db")
+    before = row_counts(ledger_url)
     plan_rows(cli)
     assert cli("plan")[0] == 0
-    assert row_counts(seeded / "ledger.db") == before
+    assert row_counts(ledger_url) == before
 
 
 def test_plan_on_a_database_without_the_ledger_creates_no_table(cli: Cli, workdir: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    fresh = workdir / "fresh.db"
-    engine = create_engine(f"sqlite:///{fresh}")
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                make_ledger_url: Callable[..., str]) -> None:
+    fresh = make_ledger_url("fresh")
+    engine = create_engine(fresh)
     seed_demo(engine, 30, date(2026, 3, 10))
     engine.dispose()
-    monkeypatch.setenv("DISPATCHER_DATABASE_URL", f"sqlite:///{fresh}")
+    monkeypatch.setenv("DISPATCHER_DATABASE_URL", fresh)
     rows = plan_rows(cli, "--at", "2026-03-10T09:00+08:00")
     assert len(rows) == 30
     assert table_names(fresh) == {"demo_accounts"}
@@ -271,9 +273,9 @@ def test_a_bad_since_is_reported_without_a_traceback(cli: Cli, seeded: Path) -> 
     assert "yesterday" in err
 
 
-def test_plan_json_lists_deferrals_with_their_time(cli: Cli, workdir: Path) -> None:
+def test_plan_json_lists_deferrals_with_their_time(cli: Cli, workdir: Path, ledger_url: str) -> None:
     """Regression: a deferral's nested not_before (a datetime) once made plan --format json raise TypeError."""
-    engine = create_engine(f"sqlite:///{workdir / 'ledger.db'}")
+    engine = create_engine(ledger_url)
     seed_demo(engine, 30, date(2026, 3, 10))
     engine.dispose()
     rows = plan_rows(cli, "--at", "2026-03-10T05:00+08:00")  # before the shipped profile's 08:00 window

@@ -196,8 +196,9 @@ def cli(workdir: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
 
 
 # (d) plan at 22:00 Shanghai: Shanghai borrowers wait, New York borrowers (09:00 there) are contacted ----------------
-def test_plan_at_2200_shanghai_defers_shanghai_and_contacts_new_york(cli: Cli, workdir: Path) -> None:
-    engine = create_engine(f"sqlite:///{workdir / 'ledger.db'}")
+def test_plan_at_2200_shanghai_defers_shanghai_and_contacts_new_york(cli: Cli, workdir: Path,
+                                                                     ledger_url: str) -> None:
+    engine = create_engine(ledger_url)
     due = date(2026, 11, 29)
     seed_rows(engine, demo_row("SH1", due), demo_row("SH2", due, phone="+8613900001111", timezone=None),
               new_yorker("NY1", due), new_yorker("NY2", due, phone="+12125550143"))

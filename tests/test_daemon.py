@@ -43,9 +43,9 @@ def line_col(content: str, needle: str) -> tuple[int, int]:
 
 
 @pytest.fixture
-def daemon(workdir: Path, anytime: Path,
-           clock: Callable[[], datetime]) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    engine = create_engine(f"sqlite:///{workdir / 'ledger.db'}")
+def daemon(workdir: Path, anytime: Path, clock: Callable[[], datetime],
+           ledger_url: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    engine = create_engine(ledger_url)
     seed_demo(engine, 100, clock().date())  # far overdue whatever today is; profile none: the first run sends
     engine.dispose()
     log = workdir / "daemon.log"

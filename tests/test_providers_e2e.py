@@ -105,9 +105,9 @@ class World:
 
 
 def provider_env(tmp: Path, twilio: TwilioStandin | None, smtp: SmtpStandin | None,
-                 fcm: FcmStandin | None) -> dict[str, str]:
+                 fcm: FcmStandin | None, ledger_url: str) -> dict[str, str]:
     env = {
-        "DISPATCHER_DATABASE_URL": f"sqlite:///{tmp / 'ledger.db'}",
+        "DISPATCHER_DATABASE_URL": ledger_url,
         "DISPATCHER_OUTBOX_DIR": str(tmp / "outbox"),
         "DISPATCHER_PUBLIC_URL": PUBLIC_URL,
         "DISPATCHER_SECRET_KEY": SECRET,
@@ -127,7 +127,7 @@ def provider_env(tmp: Path, twilio: TwilioStandin | None, smtp: SmtpStandin | No
 
 
 @pytest.fixture
-def make_world(tmp_path: Path) -> Iterator[Callable[..., World]]:
+def make_world(tmp_path: Path, ledger_url: str) -> Iterator[Callable[..., World]]:
     """Builds a world with the given stand-ins configured (the others use the outbox)."""
     built: list[World] = []
 
@@ -135,7 +135,7 @@ def make_world(tmp_path: Path) -> Iterator[Callable[..., World]]:
              fcm: FcmStandin | None = None, **extra: str) -> World:
         shutil.copy(REPO / "schedules.yaml", tmp_path / "schedules.yaml")
         shutil.copytree(REPO / "templates", tmp_path / "templates")
-        env = {**provider_env(tmp_path, twilio, smtp, fcm), **extra}
+        env = {**provider_env(tmp_path, twilio, smtp, fcm, ledger_url), **extra}
         clock = Clock()
         app = build_app(Settings.from_env(env, schedules=str(tmp_path / "schedules.yaml")), clock=clock)
         world = World(tmp_path, env, app, clock)

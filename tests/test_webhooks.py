@@ -111,7 +111,7 @@ def smtp() -> Iterator[SmtpStandin]:
 
 
 @pytest.fixture
-def make_world(tmp_path: Path, twilio: TwilioStandin) -> Iterator[Callable[..., World]]:
+def make_world(tmp_path: Path, twilio: TwilioStandin, ledger_url: str) -> Iterator[Callable[..., World]]:
     """A world whose SMS goes to the Twilio stand-in; email to ``smtp`` when given; push to the outbox."""
     built: list[World] = []
 
@@ -119,7 +119,7 @@ def make_world(tmp_path: Path, twilio: TwilioStandin) -> Iterator[Callable[..., 
         shutil.copy(REPO / "schedules.yaml", tmp_path / "schedules.yaml")
         shutil.copytree(REPO / "templates", tmp_path / "templates")
         env = {
-            "DISPATCHER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+            "DISPATCHER_DATABASE_URL": ledger_url,
             "DISPATCHER_OUTBOX_DIR": str(tmp_path / "outbox"), "DISPATCHER_PUBLIC_URL": PUBLIC_URL,
             "DISPATCHER_SECRET_KEY": SECRET, "TWILIO_ACCOUNT_SID": twilio.account_sid,
             "TWILIO_AUTH_TOKEN": twilio.auth_token, "TWILIO_FROM_NUMBER": FROM_NUMBER,
@@ -346,12 +346,12 @@ EARLY_CALLBACKS = [
 
 @pytest.mark.parametrize(("callback", "expected"), EARLY_CALLBACKS)
 def test_status_callback_arriving_before_the_batch_is_recorded_is_not_lost(
-    tmp_path: Path, callback: tuple[str, str | None], expected: tuple[str, str | None]
+    tmp_path: Path, callback: tuple[str, str | None], expected: tuple[str, str | None], ledger_url: str
 ) -> None:
     with CallbackTwilio(callback) as twilio:
         shutil.copy(REPO / "schedules.yaml", tmp_path / "schedules.yaml")
         shutil.copytree(REPO / "templates", tmp_path / "templates")
-        env = {"DISPATCHER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+        env = {"DISPATCHER_DATABASE_URL": ledger_url,
                "DISPATCHER_OUTBOX_DIR": str(tmp_path / "outbox"), "DISPATCHER_PUBLIC_URL": PUBLIC_URL,
                "DISPATCHER_SECRET_KEY": SECRET, "DISPATCHER_CONCURRENCY": "1",
                "TWILIO_ACCOUNT_SID": twilio.account_sid, "TWILIO_AUTH_TOKEN": twilio.auth_token,

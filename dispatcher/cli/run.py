@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Any
 
 from dispatcher.cli import common
@@ -68,6 +69,9 @@ def worker_command(args: argparse.Namespace) -> int:
     settings = common.settings(args)
     if not settings.broker_url:
         raise ConfigError("DISPATCHER_BROKER_URL is not set: without a broker, `dispatcher run` delivers in-process")
+    # the worker builds its settings from the environment, in every process of its pool
+    os.environ["DISPATCHER_SCHEDULES"] = str(settings.schedules_path.resolve())
+    os.environ["DISPATCHER_LOG_LEVEL"] = args.log_level
     from dispatcher.worker import app as celery_app
 
     argv = ["worker", f"--loglevel={args.log_level}", f"--pool={args.pool}"]

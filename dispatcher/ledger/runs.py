@@ -61,15 +61,22 @@ class RunLedger:
             raise LedgerError(f"ledger: cannot renew run {run_id}: {exc}") from exc
         return bool(moved)
 
-    def finish(self, run_id: int, status: str, counts: Mapping[str, int], now: datetime) -> None:
+    def finish(self, run_id: int, status: str, counts: Mapping[str, int], now: datetime,
+               daemon_id: str | None = None) -> bool:
+        """Record the run's end; False (and nothing written) when another daemon has taken it over.
+
+        ``daemon_id`` None finishes the run whoever holds it (tools, tests).
+        """
+        owner = runs.c.daemon_id == daemon_id if daemon_id is not None else runs.c.id == run_id
         try:
             with self.engine.begin() as connection:
-                connection.execute(
-                    update(runs).where(runs.c.id == run_id)
+                moved = connection.execute(
+                    update(runs).where(runs.c.id == run_id, owner)
                     .values(status=status, finished_at=now, lease_until=None,
-                            counts=json.dumps(dict(counts), sort_keys=True)))
+                            counts=json.dumps(dict(counts), sort_keys=True))).rowcount
         except SQLAlchemyError as exc:
             raise LedgerError(f"ledger: cannot finish run {run_id}: {exc}") from exc
+        return bool(moved)
 
     def happened(self, name: str, fire_time: datetime) -> bool:
         """Whether run (name, fire_time) was started by any daemon."""

@@ -8,13 +8,14 @@ schedules.yaml in force.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
@@ -99,31 +100,37 @@ def metrics_handler(app: App) -> Any:
     registry.register(LedgerCollector(app))
 
     async def handle(_request: web.Request) -> web.StreamResponse:
-        return web.Response(body=generate_latest(registry), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type": "version=0.0.4"})
+        body = await asyncio.to_thread(generate_latest, registry)  # ledger and broker reads off the event loop
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return handle
 
 
 def health_handler(app: App) -> Any:
     async def handle(_request: web.Request) -> web.StreamResponse:
-        checks: dict[str, str] = {}
-        try:
-            with app.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"unreachable: {type(exc).__name__}"
-        broker = app.settings.broker_url
-        if broker:
-            try:
-                client: Redis = Redis.from_url(broker, socket_timeout=2)
-                client.ping()
-                client.close()
-                checks["broker"] = "ok"
-            except Exception as exc:
-                checks["broker"] = f"unreachable: {type(exc).__name__}"
+        checks = await asyncio.to_thread(_health, app)
         healthy = all(value == "ok" for value in checks.values())
         return web.json_response({"status": "ok" if healthy else "unhealthy", **checks}, status=200 if healthy else 503)
 
     return handle
+
+
+def _health(app: App) -> dict[str, str]:
+    """Whether the database and the broker answer (run in a thread: both are blocking calls)."""
+    checks: dict[str, str] = {}
+    try:
+        with app.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    broker = app.settings.broker_url
+    if broker:
+        try:
+            client: Redis = Redis.from_url(broker, socket_timeout=2)
+            client.ping()
+            client.close()
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = f"unreachable: {type(exc).__name__}"
+    return checks
