@@ -20,6 +20,7 @@ from typing import Any
 from dispatcher.channels.base import Channel, ChannelKind, DeliveryResult, Effect, Message, Outcome
 from dispatcher.compose.renderer import Composer, RenderContext, Rendered
 from dispatcher.errors import TemplateError
+from dispatcher.history import borrower_key
 from dispatcher.jobs import DeliveryJob, RunCounts
 from dispatcher.ledger.store import AttemptOutcome, Ledger
 from dispatcher.ledger.suppressions import suppress
@@ -278,6 +279,7 @@ def _deferral(job: DeliveryJob, channel: ChannelKind, block: Block, now: datetim
         "reminder_key": job.reminder_key, "account_id": job.account.account_id, "step": job.step,
         "occurrence": job.occurrence, "channel": channel.value, "try_no": 0, "status": "deferred",
         "address": mask_address(channel.value, job.address), "address_hash": address_hash(job.address),
+        "borrower_hash": borrower_key(job.account),
         "rule_id": block.rule_id, "detail": block.detail, "not_before": block.not_before, "run_id": job.run_id,
         "created_at": now, "updated_at": now,
     }

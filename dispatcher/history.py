@@ -28,6 +28,7 @@ class Contact:
     channel: str
     address_hash: str | None
     at: datetime
+    borrower_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +65,9 @@ class BatchHistory:
 
     def add_contact(self, contact: Contact) -> None:
         self.by_account.setdefault(contact.account_id, []).append(contact)
-        if contact.address_hash:
-            self.by_address.setdefault(contact.address_hash, []).append(contact)
+        for digest in {contact.address_hash, contact.borrower_hash} - {None}:
+            assert digest is not None
+            self.by_address.setdefault(digest, []).append(contact)
 
     def claims_of(self, account_id: str) -> Claims:
         return self.claims.get(account_id, {})
@@ -100,3 +102,8 @@ def borrower_hashes(account: Account) -> Iterable[str]:
     for address in (account.phone, account.email, account.push_token):
         if address:
             yield address_hash(address)
+
+
+def borrower_key(account: Account) -> str | None:
+    """The key recorded on each contact to tie the loans of one person: the primary address's hash."""
+    return next(iter(borrower_hashes(account)), None)

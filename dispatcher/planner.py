@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channels.base import ChannelKind
 from dispatcher.decisions import ChannelPlan, Decision, Reason, Verdict
-from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred
+from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred, borrower_key
 from dispatcher.ladder import DueStep, days_overdue, due_step, local_date, reminder_key
 from dispatcher.masking import address_hash
 from dispatcher.rules.engine import RuleEngine
@@ -137,7 +137,7 @@ class Planner:
         block = self.rules.check_channel(account, channel, address, now, history)
         if block is None:
             history.add_contact(Contact(next(self._provisional), account.account_id, channel.value,
-                                        address_hash(address), now))
+                                        address_hash(address), now, borrower_key(account)))
             return ChannelPlan(channel, Verdict.SEND, address)
         verdict = Verdict.DEFER if block.defer else Verdict.SUPPRESS
         return ChannelPlan(channel, verdict, address, block.rule_id, block.detail, block.not_before)

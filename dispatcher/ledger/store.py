@@ -14,7 +14,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channels.base import ChannelKind
 from dispatcher.errors import LedgerError
-from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred, Suppression, borrower_hashes
+from dispatcher.history import (
+    CONTACT_STATUSES,
+    BatchHistory,
+    Contact,
+    Deferred,
+    Suppression,
+    borrower_hashes,
+    borrower_key,
+)
 from dispatcher.jobs import DeliveryJob
 from dispatcher.ledger.callbacks import apply_parked
 from dispatcher.ledger.tables import attempts, early_callbacks, rejects, reminders, suppressions
@@ -105,7 +113,7 @@ class Ledger:
     def _load_contacts(connection: Connection, ids: Sequence[str], hashes: Sequence[str], since: datetime,
                        history: BatchHistory) -> None:
         query = select(attempts.c.id, attempts.c.account_id, attempts.c.channel, attempts.c.address_hash,
-                       attempts.c.attempted_at).where(
+                       attempts.c.attempted_at, attempts.c.borrower_hash).where(
             attempts.c.status.in_(sorted(CONTACT_STATUSES)), attempts.c.attempted_at >= since)
         seen: set[int] = set()
         linked: set[str] = set()  # other accounts of the same borrower: they share an address
@@ -117,10 +125,11 @@ class Ledger:
                         seen.add(row.id)
                         linked.add(row.account_id)
                         history.add_contact(Contact(row.id, row.account_id, row.channel, row.address_hash,
-                                                    row.attempted_at))
+                                                    row.attempted_at, row.borrower_hash))
 
         collect(attempts.c.account_id, ids)
         collect(attempts.c.address_hash, hashes)
+        collect(attempts.c.borrower_hash, hashes)
         collect(attempts.c.account_id, sorted(linked - set(ids)))
 
     @staticmethod
@@ -232,6 +241,7 @@ class Ledger:
             "occurrence": job.occurrence, "channel": channel.value, "try_no": try_no, "status": status,
             "address": mask_address(channel.value, address or job.address),
             "address_hash": address_hash(address or job.address),
+            "borrower_hash": borrower_key(job.account),
             "parent_id": parent_id, "run_id": job.run_id, "created_at": now,
             "attempted_at": now if status == "sending" else None,
             "updated_at": now,

@@ -103,6 +103,7 @@ attempts = Table(
     Column("status", String(16), nullable=False),
     Column("address", String(255)),  # masked
     Column("address_hash", String(64)),  # sha256 of the full address: caps and suppressions per number
+    Column("borrower_hash", String(64)),  # the borrower's key: caps per borrower across their loans
     Column("provider", String(32)),
     Column("template", String(64)),
     Column("template_version", String(32)),
@@ -125,6 +126,7 @@ attempts = Table(
     Index("ix_attempts_status", "status"),
     Index("ix_attempts_created_at", "created_at"),
     Index("ix_attempts_address_hash", "address_hash"),
+    Index("ix_attempts_borrower_hash", "borrower_hash"),
     Index(
         "uq_attempts_claim",
         "reminder_key",
