@@ -9,6 +9,7 @@ database); none builds a ``sqlite:///`` URL itself.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -23,6 +24,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from dispatcher.app import App, build_app
+from dispatcher.cli import main
 from dispatcher.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -278,3 +280,30 @@ def postgres_url() -> str:
     finally:
         engine.dispose()
     return POSTGRES_URL
+
+
+Cli = Callable[..., tuple[int, str, str]]
+"""Runs one ``dispatcher`` command in-process; returns (exit code, stdout, stderr)."""
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``dispatcher.cli.main`` configures the root logger for a process; put it back after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def cli(workdir: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """The command line, run in the workdir's environment."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -5,11 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, func, insert, inspect, select, text
 
-from dispatcher.cli import main
 from dispatcher.demo import demo_accounts, seed_demo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,29 +23,6 @@ LEDGER_TABLES = ("runs", "reminders", "attempts", "rejects", "suppressions")
 PROBLEM = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<message>.+)$")
 
 Cli = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``main`` configures the root logger for a process; put it back after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def cli(workdir: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
-    """Runs one command; returns (exit code, stdout, stderr)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture

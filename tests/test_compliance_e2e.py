@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,7 +16,6 @@ from sqlalchemy import Engine, create_engine, func, insert, select
 
 from dispatcher import daemon
 from dispatcher.app import App, build_app
-from dispatcher.cli import main
 from dispatcher.cli.inspect import decisions_at
 from dispatcher.cli.parser import build_parser
 from dispatcher.daemon import trigger_for
@@ -172,29 +170,6 @@ def test_a_promise_to_pay_pauses_and_a_broken_promise_resumes_the_ladder(app: Ap
 
 
 # command line -----------------------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``main`` configures the root logger for a process; put it back after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def cli(workdir: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
-    """Runs one command in the workdir's environment; returns (exit code, stdout, stderr)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 # (d) plan at 22:00 Shanghai: Shanghai borrowers wait, New York borrowers (09:00 there) are contacted ----------------
 def test_plan_at_2200_shanghai_defers_shanghai_and_contacts_new_york(cli: Cli, workdir: Path,
                                                                      ledger_url: str) -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -19,7 +18,6 @@ from sqlalchemy import insert, select
 from dispatcher.accounts import Account
 from dispatcher.app import App
 from dispatcher.channels.base import ChannelKind
-from dispatcher.cli import main
 from dispatcher.compose.renderer import Composer, RenderContext, TemplateProblem
 from dispatcher.demo import demo_accounts, demo_metadata
 from dispatcher.ledger.tables import attempts
@@ -177,26 +175,6 @@ def test_an_unmasked_account_in_a_multiline_email_is_reported_once_as_content(co
 
 
 # dispatcher validate ---------------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def cli(workdir: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 def problems_printed(text: str) -> list[dict[str, str]]:
     return [m.groupdict() for m in map(PROBLEM.match, text.splitlines()) if m]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -39,16 +38,6 @@ RECEIVED, NEVER, RECENT = "+8613800138001", "+8613800138002", "+8613800138003"
 SHARED = "+8613800138004"
 OLD = timedelta(seconds=DEFAULT_RECONCILE_AFTER + 60)
 """How long before the reconciliation a crashed attempt was claimed: past the threshold."""
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``dispatcher.cli.main`` configures the root logger; put it back after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
