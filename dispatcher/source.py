@@ -1,11 +1,18 @@
-"""The account source: the lender's query, streamed in batches, rows validated one by one."""
+"""The account source: the lender's query, read in batches, rows validated one by one.
+
+Batches are read by keyset pagination on ``account_id`` (``WHERE account_id > last ORDER
+BY account_id LIMIT n`` around the configured query), each in its own short statement:
+a cursor held open for a whole run would pin a database snapshot for its length (on
+SQLite it stops WAL checkpoints, and the ledger written meanwhile slows down as the WAL
+grows). Rows without an id are read once, first, to be rejected with their reason.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, RowMapping, bindparam, create_engine, text
+from sqlalchemy import Engine, RowMapping, TextClause, bindparam, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.accounts import Account, RejectedRow
@@ -26,7 +33,13 @@ class AccountSource:
 
     def __init__(self, engine: Engine, query: str, batch_size: int, recheck_query: str | None = None) -> None:
         self._engine = engine
-        self._query = text(query)
+        inner = query.strip().rstrip(";")
+        self._page = text(f"SELECT * FROM ({inner}) AS source_rows WHERE account_id > :after "
+                          "ORDER BY account_id LIMIT :limit")
+        self._first_page = text(f"SELECT * FROM ({inner}) AS source_rows WHERE account_id <> '' "
+                                "ORDER BY account_id LIMIT :limit")
+        self._without_id = text(f"SELECT * FROM ({inner}) AS source_rows WHERE account_id IS NULL "
+                                "OR account_id = ''")
         self._recheck = text(recheck_query).bindparams(bindparam("ids", expanding=True)) if recheck_query else None
         self._batch_size = batch_size
 
@@ -35,16 +48,23 @@ class AccountSource:
         return cls(create_engine(url), query, batch_size, recheck_query)
 
     def batches(self) -> Iterator[SourceBatch]:
-        """Stream the query's rows as validated batches of at most ``batch_size``."""
+        """The query's rows as validated batches of at most ``batch_size``, in account id order."""
         try:
-            with self._engine.connect() as connection:
-                result = connection.execution_options(stream_results=True, yield_per=self._batch_size).execute(
-                    self._query
-                )
-                for rows in result.mappings().partitions(self._batch_size):
-                    yield self._validate(rows)
+            missing = self._read(self._without_id, {})
+            if missing:
+                yield self._validate(missing)
+            rows = self._read(self._first_page, {"limit": self._batch_size})
+            while rows:
+                yield self._validate(rows)
+                if len(rows) < self._batch_size:
+                    return
+                rows = self._read(self._page, {"after": rows[-1]["account_id"], "limit": self._batch_size})
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot read accounts from {self._engine.url!r}: {exc}") from exc
+
+    def _read(self, statement: TextClause, params: dict[str, object]) -> list[RowMapping]:
+        with self._engine.connect() as connection:
+            return list(connection.execute(statement, params).mappings())
 
     def fetch(self, account_ids: Sequence[str]) -> dict[str, Account | RejectedRow]:
         """Re-read ``account_ids`` with the recheck query (one query per 500 ids)."""
