@@ -17,9 +17,18 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from dispatcher.channels.base import Channel, ChannelKind, DeliveryResult, Effect, Message, Outcome
+from dispatcher.channels.base import (
+    AMBIGUOUS_ERRORS,
+    Channel,
+    ChannelKind,
+    DeliveryResult,
+    Effect,
+    Message,
+    Outcome,
+    SentLookup,
+)
 from dispatcher.compose.renderer import Composer, RenderContext, Rendered
-from dispatcher.errors import TemplateError
+from dispatcher.errors import DeliveryError, TemplateError
 from dispatcher.history import borrower_key
 from dispatcher.jobs import DeliveryJob, RunCounts
 from dispatcher.ledger.store import AttemptOutcome, Ledger
@@ -36,6 +45,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BACKOFF_BASE = 1.0
 """Seconds before the second try; doubled for each further try, with jitter."""
+
+LOOKUP_SLACK = timedelta(minutes=1)
+"""How far before a timed-out try the provider's message list is searched (clock skew)."""
 
 DEFAULT_BACKOFF_CAP = 60.0
 """The longest wait between two tries of one message inside a run."""
@@ -78,6 +90,7 @@ class _Batch:
     released: list[int] = field(default_factory=list)
     deferrals: list[dict[str, Any]] = field(default_factory=list)
     counts: RunCounts = field(default_factory=RunCounts)
+    touched: set[int] = field(default_factory=set)  # attempts handed to a provider: never released
 
 
 class Deliverer:
@@ -109,9 +122,22 @@ class Deliverer:
         facts = self.send_check.facts(mine, self.clock()) if self.send_check and mine else None
         ready = [job for job in mine if self._blocked(job, job.channel, job.address, facts, batch) is None]
         limit = asyncio.Semaphore(self.policy.concurrency)
-        await asyncio.gather(*(self._deliver_job(job, limit, batch, facts) for job in ready))
-        self._record(batch)
+        try:
+            await asyncio.gather(*(self._guarded(job, limit, batch, facts) for job in ready))
+        finally:  # whatever happened, what was sent is recorded and what was not is given back
+            self._record(batch)
         return batch.counts
+
+    async def _guarded(self, job: DeliveryJob, limit: asyncio.Semaphore, batch: _Batch,
+                       facts: BatchFacts | None) -> None:
+        """One job; an unexpected error gives its claim back unless a provider already had the message."""
+        try:
+            await self._deliver_job(job, limit, batch, facts)
+        except Exception:
+            log.exception("attempt %s (%s, %s) failed unexpectedly", job.attempt_id, job.account.account_id,
+                          job.channel.value)
+            if job.attempt_id not in batch.touched:
+                batch.released.append(job.attempt_id)
 
     async def aclose(self) -> None:
         for channel in self.channels.values():
@@ -163,11 +189,18 @@ class Deliverer:
             if rendered is None:
                 return DeliveryResult.permanent("template_error", "the template failed to render")
             channel = self.channels[job.channel]
+            message = self._message(job, rendered)
             async with limit:
                 await self.limiter.acquire(channel.provider)
-                started = time.monotonic()
-                result = await channel.send(self._message(job, rendered))
+                started, began = time.monotonic(), self.clock()
+                batch.touched.add(job.attempt_id)
+                result = await channel.send(message)
                 elapsed_ms = int((time.monotonic() - started) * 1000)
+            if result.outcome is Outcome.TRANSIENT and result.error_code in AMBIGUOUS_ERRORS:
+                settled = await self._look_up(channel, job, message, began, result)
+                if settled is None:  # cannot tell: leave it 'sending' for the reconciler, never resend blindly
+                    return result
+                result = settled
             if result.outcome is Outcome.TRANSIENT and result.retry_after:
                 await self.limiter.pause(channel.provider, result.retry_after)
             final = result.outcome is not Outcome.TRANSIENT or job.try_no >= self.policy.tries_for(job.channel)
@@ -187,6 +220,28 @@ class Deliverer:
             if retry is None:
                 return result
             job = retry
+
+    async def _look_up(self, channel: Channel, job: DeliveryJob, message: Message, began: datetime,
+                       result: DeliveryResult) -> DeliveryResult | None:
+        """After a timeout the provider may have taken the message: ask it before any retry.
+
+        Returns ``sent`` with the SID found, the original (retryable) result when the
+        provider has no such message, or ``None`` when it cannot be asked.
+        """
+        if not isinstance(channel, SentLookup):
+            return result
+        try:
+            sids = await channel.find_sent(message.to, began - LOOKUP_SLACK, message.body)
+        except DeliveryError as exc:
+            log.warning("attempt %s: timed out and the provider cannot be asked (%s); left for reconciliation",
+                        job.attempt_id, exc)
+            return None
+        fresh = [sid for sid in sids if not self.ledger.has_provider_id(sid)]
+        if fresh:
+            log.info("attempt %s: timed out but the provider had taken it (%s); not resent", job.attempt_id,
+                     fresh[0])
+            return DeliveryResult.sent(fresh[0])
+        return result
 
     def _render(self, job: DeliveryJob, batch: _Batch) -> Rendered | None:
         step = self.schedule.step_named(job.step)

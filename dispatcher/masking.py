@@ -31,7 +31,7 @@ def mask_token(token: str) -> str:
     return "…" + token[-6:] if len(token) > 6 else "***"
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)
 def address_hash(address: str) -> str:
     """A stable pseudonym of a full address (sha256 hex), to match a number without storing it."""
     return hashlib.sha256(address.strip().lower().encode()).hexdigest()

@@ -9,11 +9,18 @@ that provider for all workers). Limits are messages per second from
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+WARN_EVERY = 30.0
+"""Seconds between two warnings that Redis is unavailable."""
 
 # GCRA (generic cell rate algorithm): one key per provider holding its "theoretical arrival time",
 # in integer microseconds (Redis truncates a Lua number it returns, so milliseconds would round
@@ -78,10 +85,29 @@ class RedisRateLimiter:
     def __init__(self, url: str, limits: Mapping[str, float], prefix: str = "dispatcher:rate") -> None:
         self.limits = dict(limits)
         self.prefix = prefix
-        self._redis: Redis = Redis.from_url(url)
+        self._redis: Redis = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._script = self._redis.register_script(_GCRA)
+        self._warned = 0.0
 
     async def acquire(self, provider: str) -> None:
+        try:
+            await self._acquire(provider)
+        except RedisError as exc:  # Redis away (restarting): send unthrottled rather than not at all
+            self._warn(exc)
+
+    async def pause(self, provider: str, seconds: float) -> None:
+        try:
+            await self._pause(provider, seconds)
+        except RedisError as exc:
+            self._warn(exc)
+
+    def _warn(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned > WARN_EVERY:
+            self._warned = now
+            log.warning("shared rate limits unavailable (%s); sending without them until Redis is back", exc)
+
+    async def _acquire(self, provider: str) -> None:
         rate = self.limits.get(provider)
         keys = [f"{self.prefix}:{provider}", f"{self.prefix}:{provider}:pause"]
         interval_us = max(1, round(1_000_000 / rate)) if rate else 0
@@ -98,7 +124,7 @@ class RedisRateLimiter:
                 return
             await asyncio.sleep(answer / 1_000_000)
 
-    async def pause(self, provider: str, seconds: float) -> None:
+    async def _pause(self, provider: str, seconds: float) -> None:
         millis = max(1, int(seconds * 1000))
         key = f"{self.prefix}:{provider}:pause"
         current = int(await self._redis.pttl(key))

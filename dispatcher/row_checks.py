@@ -45,7 +45,7 @@ def _text(row: Mapping[str, Any], name: str) -> str | None:
     return text or None
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=8192)
 def _phone(raw: str) -> str:
     try:
         number = phonenumbers.parse(raw, None)

@@ -37,7 +37,7 @@ def candidate_zones(account: Account, default: str) -> tuple[str, ...]:
     return _candidates(account.timezone, account.phone, default)
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=8192)
 def _candidates(own: str | None, phone: str | None, default: str) -> tuple[str, ...]:
     zones: list[str] = []
     if own:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -86,6 +87,17 @@ class DeliveryResult:
     @classmethod
     def permanent(cls, code: str | None, message: str, effect: Effect = Effect.NONE) -> DeliveryResult:
         return cls(Outcome.PERMANENT, error_code=code, error_message=message, effect=effect)
+
+
+AMBIGUOUS_ERRORS = frozenset({"timeout", "connection"})
+"""Transient error codes after which the provider may or may not have taken the message."""
+
+
+@runtime_checkable
+class SentLookup(Protocol):
+    """A channel whose provider can be asked which messages it took (Twilio's message list)."""
+
+    async def find_sent(self, to: str, since: datetime, body: str | None = None) -> list[str]: ...
 
 
 @runtime_checkable

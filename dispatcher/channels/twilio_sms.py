@@ -132,8 +132,9 @@ class TwilioSmsChannel:
             _response_headers.reset(token)
         return DeliveryResult.sent(str(created.sid))
 
-    async def find_sent(self, to: str, since: datetime) -> list[str]:
-        """SIDs of messages to ``to`` created at or after ``since`` (naive means UTC), oldest pages first.
+    async def find_sent(self, to: str, since: datetime, body: str | None = None) -> list[str]:
+        """SIDs of messages to ``to`` created at or after ``since`` (naive means UTC), oldest pages first;
+        with ``body``, only messages with exactly that text.
 
         Used to reconcile a send that crashed after Twilio accepted it. Raises
         :class:`TransientDeliveryError` when Twilio cannot be asked now and
@@ -147,7 +148,7 @@ class TwilioSmsChannel:
             raise _lookup_error(exc) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise TransientDeliveryError(f"Twilio message lookup failed: {exc!r}", code="connection") from exc
-        return [str(m.sid) for m in found if _created_since(m, since)]
+        return [str(m.sid) for m in found if _created_since(m, since) and (body is None or m.body == body)]
 
     async def aclose(self) -> None:
         """Close the aiohttp session; the next send opens a new one."""

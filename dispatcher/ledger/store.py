@@ -112,16 +112,18 @@ class Ledger:
     @staticmethod
     def _load_contacts(connection: Connection, ids: Sequence[str], hashes: Sequence[str], since: datetime,
                        history: BatchHistory) -> None:
+        # the status is checked here, not in SQL: with a long IN list SQLite would otherwise walk the
+        # status index over every contact ever made instead of looking the batch's keys up
         query = select(attempts.c.id, attempts.c.account_id, attempts.c.channel, attempts.c.address_hash,
-                       attempts.c.attempted_at, attempts.c.borrower_hash).where(
-            attempts.c.status.in_(sorted(CONTACT_STATUSES)), attempts.c.attempted_at >= since)
+                       attempts.c.attempted_at, attempts.c.borrower_hash, attempts.c.status).where(
+            attempts.c.attempted_at >= since)
         seen: set[int] = set()
         linked: set[str] = set()  # other accounts of the same borrower: they share an address
 
         def collect(column: Any, values: Sequence[str]) -> None:
             for chunk in _chunks(values):
                 for row in connection.execute(query.where(column.in_(chunk))):
-                    if row.id not in seen:
+                    if row.id not in seen and row.status in CONTACT_STATUSES:
                         seen.add(row.id)
                         linked.add(row.account_id)
                         history.add_contact(Contact(row.id, row.account_id, row.channel, row.address_hash,
@@ -313,6 +315,12 @@ class Ledger:
             found = connection.execute(query).scalar_one()  # min() keeps the column type: an aware datetime
         return found if isinstance(found, datetime) else None
 
+    def has_provider_id(self, provider_message_id: str) -> bool:
+        """Whether an attempt already records this provider message id."""
+        query = select(attempts.c.id).where(attempts.c.provider_message_id == provider_message_id).limit(1)
+        with self.engine.connect() as connection:
+            return connection.execute(query).first() is not None
+
     def pending_count(self, run_id: int) -> int:
         """The run's attempts not settled yet (``planned`` or ``sending``)."""
         query = select(func.count()).select_from(attempts).where(
@@ -323,8 +331,9 @@ class Ledger:
     def status_counts(self, run_id: int) -> dict[str, int]:
         """The run's attempts by status (the final tries: failed tries that were retried are left out)."""
         later = attempts.alias("later")
-        retried = exists().where(later.c.reminder_key == attempts.c.reminder_key,
-                                 later.c.channel == attempts.c.channel, later.c.try_no > attempts.c.try_no)
+        retried = exists().where(later.c.reminder_key == attempts.c.reminder_key,  # try_no >= 1: the claim index
+                                 later.c.channel == attempts.c.channel, later.c.try_no >= 1,
+                                 later.c.try_no > attempts.c.try_no)
         query = (select(attempts.c.status, func.count())
                  .where(attempts.c.run_id == run_id, ~(retried & (attempts.c.try_no >= 1)))
                  .group_by(attempts.c.status))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 
 import phonenumbers
 
@@ -48,6 +49,15 @@ def next_allowed(now: datetime, zones: Sequence[str], window: ClockRange,
     return None
 
 
+@lru_cache(maxsize=8192)
+def _phone_region(phone: str) -> str | None:
+    try:
+        region = phonenumbers.region_code_for_number(phonenumbers.parse(phone, None))
+    except phonenumbers.NumberParseException:
+        return None
+    return str(region) if region else None
+
+
 class Holidays:
     """Public holidays by region; a borrower's region is the phone number's, else the default."""
 
@@ -57,12 +67,7 @@ class Holidays:
 
     def region_of(self, account: Account) -> str | None:
         if self.days and account.phone:
-            try:
-                region = phonenumbers.region_code_for_number(phonenumbers.parse(account.phone, None))
-            except phonenumbers.NumberParseException:
-                region = None
-            if region:
-                return str(region)
+            return _phone_region(account.phone) or self.default_region
         return self.default_region
 
     def predicate(self, region: str | None, zones: Sequence[str]) -> Callable[[datetime], bool] | None:
