@@ -42,7 +42,6 @@ from typing import Any
 import pytest
 from faultkit import (
     CI,
-    DuplicateSends,
     FaultyTwilio,
     Proc,
     RedisServer,
