@@ -19,6 +19,10 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
+PAUSE_CHECK_EVERY = 0.25
+"""Seconds between two looks at a provider's shared pause when it has no rate limit (one per message
+would cost a Redis round trip each)."""
+
 WARN_EVERY = 30.0
 """Seconds between two warnings that Redis is unavailable."""
 
@@ -88,6 +92,7 @@ class RedisRateLimiter:
         self._redis: Redis = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._script = self._redis.register_script(_GCRA)
         self._warned = 0.0
+        self._pause_seen: dict[str, tuple[float, float]] = {}
 
     async def acquire(self, provider: str) -> None:
         try:
@@ -113,7 +118,7 @@ class RedisRateLimiter:
         interval_us = max(1, round(1_000_000 / rate)) if rate else 0
         while True:
             if not rate:
-                paused_us = int(await self._redis.pttl(keys[1])) * 1000
+                paused_us = await self._paused_us(provider, keys[1])
                 if paused_us <= 0:
                     return
                 await asyncio.sleep(paused_us / 1_000_000)
@@ -124,9 +129,20 @@ class RedisRateLimiter:
                 return
             await asyncio.sleep(answer / 1_000_000)
 
+    async def _paused_us(self, provider: str, key: str) -> int:
+        """The pause left on an unlimited provider, asked of Redis at most every PAUSE_CHECK_EVERY seconds."""
+        now = time.monotonic()
+        checked_at, until = self._pause_seen.get(provider, (-PAUSE_CHECK_EVERY, 0.0))
+        if now - checked_at >= PAUSE_CHECK_EVERY:
+            left_ms = int(await self._redis.pttl(key))
+            until = now + left_ms / 1000 if left_ms > 0 else 0.0
+            self._pause_seen[provider] = (now, until)
+        return int(max(0.0, until - now) * 1_000_000)
+
     async def _pause(self, provider: str, seconds: float) -> None:
         millis = max(1, int(seconds * 1000))
         key = f"{self.prefix}:{provider}:pause"
+        self._pause_seen[provider] = (time.monotonic(), time.monotonic() + seconds)
         current = int(await self._redis.pttl(key))
         if current < millis:
             await self._redis.set(key, "1", px=millis)
