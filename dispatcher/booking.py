@@ -81,7 +81,9 @@ class Booker:
         decision_rows: list[dict[str, Any]] = []
         for decision in decisions:
             claim_rows.extend(_superseded_row(decision, d, newer, run_id, now) for d, newer in decision.superseded)
-            rows = [(plan, _ROW_FOR[plan.verdict]) for plan in decision.channels if plan.verdict in _ROW_FOR]
+            counts.deferred += sum(1 for plan in decision.channels if plan.verdict is Verdict.DEFER)
+            rows = [(plan, _ROW_FOR[plan.verdict]) for plan in decision.channels
+                    if plan.verdict in _ROW_FOR and not plan.recorded]
             if not rows:
                 counts.skipped += 1
                 continue
@@ -95,7 +97,6 @@ class Booker:
                                for d, newer in decision.superseded])
         claimed = self.ledger.book(claim_rows)
         jobs = self._jobs(decisions, claimed, run_id)
-        counts.deferred = sum(1 for r in decision_rows if r["status"] == "deferred")
         counts.suppressed = sum(1 for r in [*claim_rows, *decision_rows] if r["status"] == "suppressed")
         counts.planned = len(jobs)
         return jobs, counts

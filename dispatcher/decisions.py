@@ -50,6 +50,7 @@ class ChannelPlan:
     detail: str | None = None
     not_before: datetime | None = None
     status: str | None = None  # DONE: the ledger status of the earlier try
+    recorded: bool = False  # DEFER: the same deferral (rule and time) is in the ledger already
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,6 +97,11 @@ class BatchHistory:
         return list(found.values())
 
 
+def deferral_note(rule_id: str | None, not_before: datetime | None) -> str:
+    """How a deferral is remembered in ``noted``: its rule and the moment it waits for."""
+    return f"{rule_id or ''}@{not_before.isoformat() if not_before else ''}"
+
+
 def borrower_hashes(account: Account) -> Iterable[str]:
     """Hashes of the borrower's own addresses (phone, email, push token)."""
     for address in (account.phone, account.email, account.push_token):

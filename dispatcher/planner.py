@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channels.base import ChannelKind
 from dispatcher.decisions import ChannelPlan, Decision, Reason, Verdict
-from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred, borrower_key
+from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred, borrower_key, deferral_note
 from dispatcher.ladder import DueStep, days_overdue, due_step, local_date, reminder_key
 from dispatcher.masking import address_hash
 from dispatcher.rules.engine import RuleEngine
@@ -126,6 +126,9 @@ class Planner:
                 plans.append(ChannelPlan(channel, Verdict.FALLBACK, address))
                 continue
             plan = self._channel(account, channel, address, now, history)
+            if plan.verdict is Verdict.DEFER and (key, channel.value, deferral_note(plan.rule_id, plan.not_before)) \
+                    in history.noted_of(account.account_id):
+                plan = replace(plan, recorded=True)  # the same deferral is in the ledger: not written again
             plans.append(plan)
             chosen = chosen or plan.verdict in (Verdict.SEND, Verdict.DEFER)
         return tuple(plans)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -47,7 +48,11 @@ def ensure_venv() -> None:
 def run(args: list[str]) -> int:
     os.chdir(ROOT)
     _say("starting the daemon on the embedded default (SQLite ledger, outbox in ./outbox); Ctrl-C stops it")
-    return subprocess.call([str(BIN / "dispatcher"), "run", "--demo", *args])
+    daemon = subprocess.Popen([str(BIN / "dispatcher"), "run", "--demo", *args])
+    # Ctrl-C reaches the daemon too (same process group): let it finish cleanly; pass SIGTERM on
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, _frame: daemon.send_signal(signum))
+    return daemon.wait()
 
 
 def test(args: list[str]) -> int:

@@ -22,6 +22,7 @@ from dispatcher.history import (
     Suppression,
     borrower_hashes,
     borrower_key,
+    deferral_note,
 )
 from dispatcher.jobs import DeliveryJob
 from dispatcher.ledger.callbacks import apply_parked
@@ -92,17 +93,17 @@ class Ledger:
         """Claimed tries (latest status per reminder and channel) and deferrals still waiting."""
         query = select(attempts.c.account_id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no,
                        attempts.c.status, attempts.c.step, attempts.c.occurrence,
-                       attempts.c.rule_id).order_by(attempts.c.id)
+                       attempts.c.rule_id, attempts.c.not_before).order_by(attempts.c.id)
         latest: dict[tuple[str, str, str], int] = {}
         waiting: dict[tuple[str, str, str], Deferred] = {}
         for chunk in _chunks(ids):
-            for account_id, key, channel, try_no, status, step, occurrence, rule_id in connection.execute(
+            for account_id, key, channel, try_no, status, step, occurrence, rule_id, not_before in connection.execute(
                     query.where(attempts.c.account_id.in_(chunk))):
                 if try_no == 0:
+                    note = deferral_note(rule_id, not_before) if status == "deferred" else rule_id or ""
+                    history.noted.setdefault(account_id, set()).add((key, channel, note))
                     if status == "deferred":
                         waiting[(account_id, key, channel)] = Deferred(key, step, occurrence, channel)
-                    else:
-                        history.noted.setdefault(account_id, set()).add((key, channel, rule_id or ""))
                 elif latest.get((account_id, key, channel), 0) < try_no:
                     latest[(account_id, key, channel)] = try_no
                     history.claims.setdefault(account_id, {})[(key, channel)] = status
