@@ -34,8 +34,6 @@ class Reason(StrEnum):
     ALREADY_TRIED = "already_tried"  # every channel of this occurrence was tried and none reached the borrower
     NO_ADDRESS = "no_address"
     PAUSED = "pause"
-    OPTED_OUT = "opt_out"
-    DEFERRED = "deferred"
     SUPERSEDED = "superseded"
 
 

@@ -119,11 +119,14 @@ class Deliverer:
         claimed = self.ledger.start_sending([job.attempt_id for job in jobs], self.clock())
         mine = [job for job in jobs if job.attempt_id in claimed]
         batch.counts.skipped = len(jobs) - len(mine)
-        facts = self.send_check.facts(mine, self.clock()) if self.send_check and mine else None
-        ready = [job for job in mine if self._blocked(job, job.channel, job.address, facts, batch) is None]
         limit = asyncio.Semaphore(self.policy.concurrency)
         try:
+            facts = self.send_check.facts(mine, self.clock()) if self.send_check and mine else None
+            ready = [job for job in mine if self._blocked(job, job.channel, job.address, facts, batch) is None]
             await asyncio.gather(*(self._guarded(job, limit, batch, facts) for job in ready))
+        except BaseException:  # e.g. the source cannot be re-read: give back every claim no provider saw
+            batch.released.extend(job.attempt_id for job in mine if job.attempt_id not in batch.touched)
+            raise
         finally:  # whatever happened, what was sent is recorded and what was not is given back
             self._record(batch)
         return batch.counts

@@ -55,14 +55,12 @@ class CeleryExecutor:
         self.task = task
         self.task_batch = task_batch
         self.config_version = config_version
-        self.enqueued = 0
 
     async def submit(self, jobs: Sequence[DeliveryJob]) -> RunCounts:
         for start in range(0, len(jobs), self.task_batch):
             chunk = jobs[start : start + self.task_batch]
             payload = {"version": self.config_version, "jobs": [job.to_dict() for job in chunk]}
             self.task.apply_async(args=[payload], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
-            self.enqueued += 1
         return RunCounts()
 
     async def aclose(self) -> None:
