@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
+from standins.fcm_server import FcmStandin
+from standins.smtp_server import SmtpStandin
+from standins.twilio_server import TwilioStandin
 
 from dispatcher.app import App, build_app
 from dispatcher.cli import main
@@ -307,3 +310,24 @@ def cli(workdir: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def twilio() -> Iterator[TwilioStandin]:
+    """A Twilio-like REST server on loopback (tests/standins/twilio_server.py)."""
+    with TwilioStandin() as server:
+        yield server
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpStandin]:
+    """A real SMTP server (aiosmtpd) on loopback."""
+    with SmtpStandin() as server:
+        yield server
+
+
+@pytest.fixture
+def fcm() -> Iterator[FcmStandin]:
+    """An FCM HTTP v1 server and OAuth2 token endpoint on loopback."""
+    with FcmStandin() as server:
+        yield server

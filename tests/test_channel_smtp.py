@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any, TypeVar
@@ -23,12 +23,6 @@ SENDER = "ACME Collections <reminders@acme.example>"
 UNSUBSCRIBE = ("<https://reminders.acme.example/unsubscribe/TOKEN>, "
                "<mailto:unsubscribe@acme.example?subject=unsubscribe>")
 ONE_CLICK = "List-Unsubscribe=One-Click"
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpStandin]:
-    with SmtpStandin() as server:
-        yield server
 
 
 def settings_for(server: SmtpStandin, security: str = "none", **env: str) -> SmtpSettings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -18,12 +18,6 @@ from dispatcher.errors import ConfigError, DeliveryError, TransientDeliveryError
 
 T = TypeVar("T")
 TO = "+14155550100"
-
-
-@pytest.fixture
-def twilio() -> Iterator[TwilioStandin]:
-    with TwilioStandin() as server:
-        yield server
 
 
 def settings_for(server: TwilioStandin, **env: str) -> TwilioSettings:

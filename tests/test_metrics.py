@@ -32,12 +32,6 @@ from dispatcher.settings import Settings
 from dispatcher.web.server import build_web_app
 
 
-@pytest.fixture
-def twilio() -> Iterator[TwilioStandin]:
-    with TwilioStandin() as server:
-        yield server
-
-
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

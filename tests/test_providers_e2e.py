@@ -148,24 +148,6 @@ def make_world(tmp_path: Path, ledger_url: str) -> Iterator[Callable[..., World]
         world.app.engine.dispose()
 
 
-@pytest.fixture
-def twilio() -> Iterator[TwilioStandin]:
-    with TwilioStandin() as server:
-        yield server
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpStandin]:
-    with SmtpStandin() as server:
-        yield server
-
-
-@pytest.fixture
-def fcm() -> Iterator[FcmStandin]:
-    with FcmStandin() as server:
-        yield server
-
-
 def borrower(account_id: str, days_overdue: int, n: int, **overrides: Any) -> dict[str, Any]:
     """A zh-CN borrower in Shanghai with all three addresses, ``days_overdue`` days late today."""
     row: dict[str, Any] = {

@@ -40,12 +40,6 @@ OLD = timedelta(seconds=DEFAULT_RECONCILE_AFTER + 60)
 """How long before the reconciliation a crashed attempt was claimed: past the threshold."""
 
 
-@pytest.fixture
-def twilio() -> Iterator[TwilioStandin]:
-    with TwilioStandin() as server:
-        yield server
-
-
 def borrower(account_id: str, *, phone: str = "", email: str = "", push_token: str = "",
              days_overdue: int = 2, today: date) -> dict[str, Any]:
     return {

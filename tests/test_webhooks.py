@@ -99,18 +99,6 @@ def borrower(account_id: str, days_overdue: int, phone: str, email: str) -> dict
 
 
 @pytest.fixture
-def twilio() -> Iterator[TwilioStandin]:
-    with TwilioStandin() as server:
-        yield server
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpStandin]:
-    with SmtpStandin() as server:
-        yield server
-
-
-@pytest.fixture
 def make_world(tmp_path: Path, twilio: TwilioStandin, ledger_url: str) -> Iterator[Callable[..., World]]:
     """A world whose SMS goes to the Twilio stand-in; email to ``smtp`` when given; push to the outbox."""
     built: list[World] = []
