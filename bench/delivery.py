@@ -6,14 +6,15 @@ SMS-only borrowers (a one-step ladder ``channels: [sms]`` on profile ``none``, s
 every account is one SMS):
 
 * ``ceiling``: a bare aiohttp client posting the same Twilio form requests (To,
-  From, Body, Basic auth) to the same stand-in, ``DISPATCHER_CONCURRENCY`` in flight;
+  From, Body, Basic auth) to the same stand-in, ``DISPATCHER_CONCURRENCY`` in flight,
+  on the event loop the dispatcher uses (uvloop);
 * ``in-process``: ``Runner.run`` without a broker (what ``dispatcher run --once`` does);
 * ``celery``: the same run with ``DISPATCHER_BROKER_URL`` and ``dispatcher worker
   --pool prefork --concurrency N`` (N = 1 and 2 pool processes), ``delivery.task_batch``
   1, 100 and 500.
 
-The stand-in is a lean stdlib ``ThreadingHTTPServer`` (HTTP/1.1 keep-alive,
-``disable_nagle_algorithm = True``, listen backlog 1024) in a process of its own, so
+The stand-in is aiohttp's low-level HTTP server on one event loop (HTTP/1.1
+keep-alive, TCP_NODELAY, listen backlog 1024) in a process of its own, so
 it does not share a GIL with the client. It answers 201 with a Twilio message
 resource and counts what it received: ``delivered/s`` is messages / (last - first
 arrival), i.e. the rate at which messages reached the stand-in; ``end-to-end/s``
@@ -53,13 +54,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -87,7 +86,6 @@ def phone(n: int) -> str:
 
 class _Stats:
     def __init__(self) -> None:
-        self.lock = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
@@ -102,66 +100,52 @@ _EXPECTED_AUTH = "Basic " + base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encod
 _MESSAGES_PATH = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+async def _handle(request: Any) -> Any:
+    """One request to the stand-in: a Twilio create, ``POST /reset`` or ``GET /stats``."""
+    from aiohttp import web
 
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path == "/reset":
-            with _STATS.lock:
-                _STATS.reset()
-            return self._reply(200, b"{}")
-        if self.path != _MESSAGES_PATH or self.headers.get("Authorization") != _EXPECTED_AUTH:
-            return self._reply(401, b'{"code": 20003, "message": "Authenticate", "status": 401}')
-        form = parse_qs(body.decode("utf-8"))
-        to, sender = form.get("To", [""])[0], form.get("From", [""])[0]
-        if not to or not form.get("Body"):
-            return self._reply(400, b'{"code": 21604, "message": "A \'To\' phone number is required.", '
-                                    b'"status": 400}')
-        now = time.time()
-        with _STATS.lock:
-            _STATS.count += 1
-            _STATS.first = _STATS.first or now
-            _STATS.last = now
-            _STATS.per_to[to] = _STATS.per_to.get(to, 0) + 1
-        sid = "SM" + secrets.token_hex(16)
-        stamp = format_datetime(datetime.now(UTC)).replace("GMT", "+0000")
-        resource_ = {"account_sid": ACCOUNT_SID, "api_version": "2010-04-01", "body": form["Body"][0],
-                     "date_created": stamp, "date_sent": None, "date_updated": stamp, "direction": "outbound-api",
-                     "error_code": None, "error_message": None, "from": sender, "num_media": "0",
-                     "num_segments": "1", "price": None, "price_unit": "USD", "sid": sid, "status": "queued",
-                     "to": to, "uri": f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{sid}.json"}
-        return self._reply(201, json.dumps(resource_).encode())
-
-    def do_GET(self) -> None:
-        with _STATS.lock:
-            stats = {"count": _STATS.count, "first": _STATS.first, "last": _STATS.last,
-                     "distinct": len(_STATS.per_to), "max_per_to": max(_STATS.per_to.values(), default=0)}
+    if request.method == "GET":
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        stats["cpu"] = usage.ru_utime + usage.ru_stime
-        self._reply(200, json.dumps(stats).encode())
-
-    def _reply(self, status: int, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024
+        return web.json_response({"count": _STATS.count, "first": _STATS.first, "last": _STATS.last,
+                                  "distinct": len(_STATS.per_to), "max_per_to": max(_STATS.per_to.values(), default=0),
+                                  "cpu": usage.ru_utime + usage.ru_stime})
+    form = parse_qs((await request.read()).decode("utf-8"))
+    if request.path == "/reset":
+        _STATS.reset()
+        return web.json_response({})
+    if request.path != _MESSAGES_PATH or request.headers.get("Authorization") != _EXPECTED_AUTH:
+        return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
+    to, sender = form.get("To", [""])[0], form.get("From", [""])[0]
+    if not to or not form.get("Body"):
+        return web.json_response({"code": 21604, "message": "A 'To' phone number is required.", "status": 400},
+                                 status=400)
+    now = time.time()
+    _STATS.count += 1
+    _STATS.first = _STATS.first or now
+    _STATS.last = now
+    _STATS.per_to[to] = _STATS.per_to.get(to, 0) + 1
+    sid = "SM" + secrets.token_hex(16)
+    stamp = format_datetime(datetime.now(UTC)).replace("GMT", "+0000")
+    return web.json_response(
+        {"account_sid": ACCOUNT_SID, "api_version": "2010-04-01", "body": form["Body"][0], "date_created": stamp,
+         "date_sent": None, "date_updated": stamp, "direction": "outbound-api", "error_code": None,
+         "error_message": None, "from": sender, "num_media": "0", "num_segments": "1", "price": None,
+         "price_unit": "USD", "sid": sid, "status": "queued", "to": to,
+         "uri": f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{sid}.json"}, status=201)
 
 
 def child_standin() -> None:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    print(server.server_address[1], flush=True)
-    server.serve_forever(0.1)
+    """aiohttp's low-level server on one event loop: cheap per request, no GIL contention between threads."""
+    from aiohttp import web
+
+    async def serve() -> None:
+        server = web.Server(_handle, access_log=None)
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(server, "127.0.0.1", 0, backlog=1024)
+        print(listener.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
 
 
 class Standin:
@@ -226,8 +210,11 @@ def child_ceiling(url: str, count: int, concurrency: int) -> None:
             await asyncio.gather(*(sender() for _ in range(concurrency)))
             return time.perf_counter() - started
 
+    from dispatcher.loops import loop_factory
+
     started_at, cpu_before = time.time(), _cpu()
-    seconds = asyncio.run(go())
+    with asyncio.Runner(loop_factory=loop_factory("uvloop")) as runner:  # the loop the dispatcher runs on
+        seconds = runner.run(go())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": seconds, "started_at": started_at, "cpu": _cpu() - cpu_before,
                       "peak_rss_mb": usage.ru_maxrss / 1024}))
@@ -456,6 +443,12 @@ def measure_run(standin: Standin, reminders: int, concurrency: int, *, task_batc
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _worker_ready(log: Path, workers: int) -> bool:
+    """The consumer is ready and every pool process has wired its delivery."""
+    text = log.read_bytes()
+    return b" ready." in text and text.count(b"delivery ready in pid") >= workers
+
+
 def _celery_run(workdir: Path, env: dict[str, str], workers: int) -> tuple[dict[str, Any], float]:
     log = (workdir / "worker.log").open("wb")
     worker = subprocess.Popen(
@@ -465,7 +458,7 @@ def _celery_run(workdir: Path, env: dict[str, str], workers: int) -> tuple[dict[
         start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while b" ready." not in (workdir / "worker.log").read_bytes():
+        while not _worker_ready(workdir / "worker.log", workers):
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the worker did not start:\n{(workdir / 'worker.log').read_text()[-3000:]}")
             time.sleep(0.1)

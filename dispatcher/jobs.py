@@ -34,17 +34,25 @@ class DeliveryJob:
     run_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        account = data["account"]
-        account["overdue_amount"] = str(self.account.overdue_amount)
-        account["opt_out_channels"] = sorted(self.account.opt_out_channels)
-        account["pause_flags"] = sorted(self.account.pause_flags)
-        for key in ("due_date", "deadline", "promise_to_pay_until"):
-            account[key] = account[key].isoformat() if account[key] else None
-        data["local_today"] = self.local_today.isoformat()
-        data["channel"] = self.channel.value
-        data["fallbacks"] = [c.value for c in self.fallbacks]
-        return data
+        """Plain JSON-able values, built field by field (``dataclasses.asdict`` deep-copies: a tenth of a
+        planning daemon's CPU with a broker)."""
+        a = self.account
+        account = {
+            "account_id": a.account_id, "name": a.name, "phone": a.phone, "email": a.email,
+            "push_token": a.push_token, "locale": a.locale, "timezone": a.timezone, "currency": a.currency,
+            "overdue_amount": str(a.overdue_amount), "due_date": a.due_date.isoformat(),
+            "deadline": _iso(a.deadline), "repayment_account": a.repayment_account,
+            "do_not_contact": a.do_not_contact, "dispute": a.dispute,
+            "promise_to_pay_until": _iso(a.promise_to_pay_until),
+            "opt_out_channels": sorted(a.opt_out_channels), "pause_flags": sorted(a.pause_flags),
+        }
+        return {
+            "attempt_id": self.attempt_id, "try_no": self.try_no, "reminder_key": self.reminder_key,
+            "account": account, "step": self.step, "occurrence": self.occurrence,
+            "days_overdue": self.days_overdue, "local_today": self.local_today.isoformat(),
+            "channel": self.channel.value, "address": self.address,
+            "fallbacks": [c.value for c in self.fallbacks], "parent_id": self.parent_id, "run_id": self.run_id,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeliveryJob:
@@ -60,6 +68,10 @@ class DeliveryJob:
         values["channel"] = ChannelKind(data["channel"])
         values["fallbacks"] = tuple(ChannelKind(c) for c in data["fallbacks"])
         return cls(**values)
+
+
+def _iso(day: date | None) -> str | None:
+    return day.isoformat() if day else None
 
 
 @dataclass(slots=True)

@@ -134,6 +134,7 @@ class RedisRateLimiter:
         now = time.monotonic()
         checked_at, until = self._pause_seen.get(provider, (-PAUSE_CHECK_EVERY, 0.0))
         if now - checked_at >= PAUSE_CHECK_EVERY:
+            self._pause_seen[provider] = (now, until)  # before the await: the sends meanwhile do not ask too
             left_ms = int(await self._redis.pttl(key))
             until = now + left_ms / 1000 if left_ms > 0 else 0.0
             self._pause_seen[provider] = (now, until)

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
+from dispatcher import phones
 from dispatcher.accounts import Account, RejectedRow
 
 _EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -45,12 +46,11 @@ def _text(row: Mapping[str, Any], name: str) -> str | None:
     return text or None
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=16384)
 def _phone(raw: str) -> str:
-    try:
-        number = phonenumbers.parse(raw, None)
-    except phonenumbers.NumberParseException as exc:
-        raise BadField("phone", f"not an E.164 phone number: {exc}") from None
+    number = phones.parse(raw)
+    if isinstance(number, str):
+        raise BadField("phone", f"not an E.164 phone number: {number}")
     if not phonenumbers.is_valid_number(number):
         raise BadField("phone", "not a valid phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from dispatcher import loops
 from dispatcher.app import App, Pipeline
 from dispatcher.executors import Executor
 from dispatcher.jobs import RunCounts
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 SWEEP_AFTER = 30.0
 """Seconds without progress on a run's attempts after which the run is booked again."""
 
-POLL_INTERVAL = 1.0
+POLL_INTERVAL = 0.25
 """Seconds between two looks at the ledger while workers deliver."""
 
 
@@ -83,7 +84,7 @@ class Runner:
         lease.start()
         status = "failed"
         try:
-            finished = asyncio.run(self._execute(run_id, pipeline, counts, lease.halt))
+            finished = loops.run(self._execute(run_id, pipeline, counts, lease.halt), app.settings.event_loop)
             status = "completed" if finished else "interrupted"
         finally:
             lease.done.set()

@@ -37,6 +37,9 @@ DEFAULT_RUN_LEASE = 60
 DEFAULT_RUN_TIMEOUT = 7200
 """Seconds a daemon waits for the workers to finish a run's deliveries before it gives up on it."""
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+"""The event loop delivery runs on: uvloop (libuv, where installed) or the standard library's."""
+
 UNKNOWN_OUTCOME_POLICIES = ("mark-unknown", "resend")
 """What to do with a crashed send the provider cannot be asked about."""
 
@@ -81,6 +84,7 @@ class Settings:
     run_timeout: int
     run_lease: int
     unknown_outcome: str
+    event_loop: str
     env: Mapping[str, str] = field(repr=False, compare=False)
 
     @classmethod
@@ -108,5 +112,6 @@ class Settings:
             run_timeout=_int(env, "DISPATCHER_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT),
             run_lease=_int(env, "DISPATCHER_RUN_LEASE", DEFAULT_RUN_LEASE),
             unknown_outcome=_choice(env, "DISPATCHER_UNKNOWN_OUTCOME", UNKNOWN_OUTCOME_POLICIES),
+            event_loop=_choice(env, "DISPATCHER_EVENT_LOOP", EVENT_LOOPS),
             env=env,
         )

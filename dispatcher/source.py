@@ -76,7 +76,7 @@ class AccountSource:
                 for start in range(0, len(account_ids), 500):
                     chunk = list(account_ids[start : start + 500])
                     for row in connection.execute(self._recheck, {"ids": chunk}).mappings():
-                        parsed = parse_row(row)
+                        parsed = parse_row(dict(row))  # a dict: a missing optional column is cheap
                         found[parsed.account_id or ""] = parsed
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot re-read accounts from {self._engine.url!r}: {exc}") from exc
@@ -90,7 +90,7 @@ class AccountSource:
     def _validate(rows: Sequence[RowMapping]) -> SourceBatch:
         batch = SourceBatch()
         for row in rows:
-            parsed = parse_row(row)
+            parsed = parse_row(dict(row))  # a dict: a missing optional column is cheap
             if isinstance(parsed, Account):
                 batch.accounts.append(parsed)
             else:

@@ -2,7 +2,7 @@
 
 Start workers with ``dispatcher worker`` or ``celery -A dispatcher.worker worker``
 (the broker is ``DISPATCHER_BROKER_URL``). Each worker process builds the app from
-the environment and schedules.yaml once, keeps one event loop and its provider
+the environment and schedules.yaml once, when it starts, keeps one event loop and its provider
 connections across tasks, and sends up to ``DISPATCHER_CONCURRENCY`` messages at
 a time. Tasks are acknowledged late and rejected when their worker dies, so a
 killed worker's batch is delivered again; the ledger claim makes sure what already
@@ -11,15 +11,15 @@ went out is not sent twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown
 
+from dispatcher import loops
 from dispatcher.app import App, build_app, load
 from dispatcher.delivery import Deliverer
 from dispatcher.executors import QUEUE
@@ -58,7 +58,7 @@ class _Runtime:
 
     def __init__(self) -> None:
         self.app: App = build_app(Settings.from_env(), migrate=False)
-        self.loop = asyncio.new_event_loop()
+        self.loop = loops.loop_factory(self.app.settings.event_loop)()
         self.stopping = threading.Event()
         self.deliverer: Deliverer = self.app.deliverer(self.app.pipeline, self.stopping)
 
@@ -101,6 +101,17 @@ def deliver_batch(payload: dict[str, Any]) -> dict[str, int]:
     counts = runtime().deliver(payload)
     log.info("batch of %d delivered in pid %d: %s", len(payload["jobs"]), os.getpid(), counts)
     return counts
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _build_runtime(**_kwargs: Any) -> None:
+    """Each pool process wires the app when it starts, not while its first task waits."""
+    try:
+        runtime()
+    except Exception:  # the first task reports it again, with the task's error handling
+        log.exception("cannot set up delivery in pid %d", os.getpid())
+    else:
+        log.info("delivery ready in pid %d", os.getpid())
 
 
 @worker_process_shutdown.connect  # type: ignore[untyped-decorator]

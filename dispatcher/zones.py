@@ -5,17 +5,16 @@ from __future__ import annotations
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-import phonenumbers
 from phonenumbers import timezone as phone_timezone
 
+from dispatcher import phones
 from dispatcher.accounts import Account
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=16384)
 def _phone_zones(phone: str) -> tuple[str, ...]:
-    try:
-        number = phonenumbers.parse(phone, None)
-    except phonenumbers.NumberParseException:
+    number = phones.parse(phone)
+    if isinstance(number, str):
         return ()
     zones = phone_timezone.time_zones_for_number(number)
     return tuple(z for z in zones if z != "Etc/Unknown")
@@ -37,7 +36,7 @@ def candidate_zones(account: Account, default: str) -> tuple[str, ...]:
     return _candidates(account.timezone, account.phone, default)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=16384)
 def _candidates(own: str | None, phone: str | None, default: str) -> tuple[str, ...]:
     zones: list[str] = []
     if own:

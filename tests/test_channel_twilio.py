@@ -7,13 +7,16 @@ import base64
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from standins.twilio_server import TwilioStandin
 
 from dispatcher.channels.base import Channel, ChannelKind, Effect, Message, Outcome
 from dispatcher.channels.provider_settings import TwilioSettings
-from dispatcher.channels.twilio_sms import TwilioSmsChannel
+from dispatcher.channels.twilio_sms import TwilioSmsChannel, form_encode
 from dispatcher.errors import ConfigError, DeliveryError, TransientDeliveryError
 
 T = TypeVar("T")
@@ -202,3 +205,9 @@ def test_settings_defaults_and_secret_hidden() -> None:
     assert (settings.api_base_url, settings.timeout, settings.status_callback) == (
         "https://api.twilio.com", 10.0, None)
     assert "s3cret" not in repr(settings)
+
+
+@given(st.lists(st.tuples(st.text(), st.text()), max_size=5))
+def test_form_encode_matches_urlencode(fields: list[tuple[str, str]]) -> None:
+    clean = [(k, v) for k, v in fields if not any(0xD800 <= ord(c) <= 0xDFFF for c in k + v)]  # unencodable
+    assert form_encode(clean) == urlencode(clean).encode("ascii")

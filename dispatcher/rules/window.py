@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import phonenumbers
 
+from dispatcher import phones
 from dispatcher.accounts import Account
 from dispatcher.channels.base import ChannelKind
 from dispatcher.history import BatchHistory
@@ -25,6 +26,8 @@ SEARCH_STEP = timedelta(minutes=15)
 
 SEARCH_LIMIT = timedelta(days=14)
 """How far ahead the search for the next allowed moment looks."""
+
+MINUTES_PER_DAY = 24 * 60
 
 
 def allowed(now: datetime, zones: Sequence[str], window: ClockRange) -> bool:
@@ -49,12 +52,12 @@ def next_allowed(now: datetime, zones: Sequence[str], window: ClockRange,
     return None
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=16384)
 def _phone_region(phone: str) -> str | None:
-    try:
-        region = phonenumbers.region_code_for_number(phonenumbers.parse(phone, None))
-    except phonenumbers.NumberParseException:
+    number = phones.parse(phone)
+    if isinstance(number, str):
         return None
+    region = phonenumbers.region_code_for_number(number)
     return str(region) if region else None
 
 
@@ -91,6 +94,8 @@ class WindowRule:
 
     def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
               history: BatchHistory) -> Block | None:
+        if self.window.start == 0 and self.window.end == MINUTES_PER_DAY:  # any time of day, in any zone
+            return None
         zones = candidate_zones(account, self.default_zone)
         key = (now, zones, self.holidays.region_of(account))
         if key not in self._cache:
