@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -124,29 +124,34 @@ def _optional(parse: Callable[[str], str], value: str | None) -> str | None:
     return None if value is None else parse(value)
 
 
-def parse_row(row: Mapping[Any, Any]) -> Account | RejectedRow:
-    """Validate one row of the account contract; never raises for bad data."""
+def parse_row(row: Mapping[Any, Any], known_phones: Container[str] = ()) -> Account | RejectedRow:
+    """Validate one row of the account contract; never raises for bad data.
+
+    A phone in ``known_phones`` (E.164 numbers this process validated or was handed
+    validated, e.g. by the planner of a job) is taken as is instead of parsed again.
+    """
     account_id = _text(row, "account_id")
     if account_id is None:
         return RejectedRow(None, "account_id", "missing")
     if len(account_id) > MAX_ACCOUNT_ID:
         return RejectedRow(account_id[:MAX_ACCOUNT_ID], "account_id", f"longer than {MAX_ACCOUNT_ID} characters")
     try:
-        return _account(account_id, row)
+        return _account(account_id, row, known_phones)
     except BadField as bad:
         return RejectedRow(account_id, bad.field, bad.reason)
 
 
-def _account(account_id: str, row: Mapping[str, Any]) -> Account:
+def _account(account_id: str, row: Mapping[str, Any], known_phones: Container[str]) -> Account:
     currency = _matching(row, "currency", _CURRENCY_RE, "an ISO 4217 currency code")
     if currency is None:
         raise BadField("currency", "missing")
     due_date = _date(row, "due_date", required=True)
     assert due_date is not None
+    phone = _text(row, "phone")
     return Account(
         account_id=account_id,
         name=_text(row, "name") or "",
-        phone=_optional(_phone, _text(row, "phone")),
+        phone=phone if phone in known_phones else _optional(_phone, phone),
         email=_matching(row, "email", _EMAIL_RE, "an email address", personal=True),
         push_token=_text(row, "push_token"),
         locale=_matching(row, "locale", _LOCALE_RE, "a locale like zh-CN"),

@@ -80,6 +80,7 @@ class Runner:
             log.info("run %s at %s already happened or is running elsewhere; skipped", name, fire_time.isoformat())
             return RunReport(None, name, fire_time, "skipped", counts)
         log.info("run %s (#%s) started with schedules.yaml version %s", name, run_id, pipeline.loaded.version)
+        loops.settle_heap()
         lease = _Lease(app, run_id, self.stopping)
         lease.start()
         status = "failed"

@@ -9,7 +9,7 @@ grows). Rows without an id are read once, first, to be rejected with their reaso
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, RowMapping, TextClause, bindparam, create_engine, text
@@ -66,8 +66,9 @@ class AccountSource:
         with self._engine.connect() as connection:
             return list(connection.execute(statement, params).mappings())
 
-    def fetch(self, account_ids: Sequence[str]) -> dict[str, Account | RejectedRow]:
-        """Re-read ``account_ids`` with the recheck query (one query per 500 ids)."""
+    def fetch(self, account_ids: Sequence[str], known_phones: Container[str] = ()) -> dict[str, Account | RejectedRow]:
+        """Re-read ``account_ids`` with the recheck query (one query per 500 ids); see :func:`parse_row`
+        for ``known_phones``."""
         if self._recheck is None or not account_ids:
             return {}
         found: dict[str, Account | RejectedRow] = {}
@@ -76,7 +77,7 @@ class AccountSource:
                 for start in range(0, len(account_ids), 500):
                     chunk = list(account_ids[start : start + 500])
                     for row in connection.execute(self._recheck, {"ids": chunk}).mappings():
-                        parsed = parse_row(dict(row))  # a dict: a missing optional column is cheap
+                        parsed = parse_row(dict(row), known_phones)  # a dict: a missing column is cheap
                         found[parsed.account_id or ""] = parsed
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot re-read accounts from {self._engine.url!r}: {exc}") from exc

@@ -61,6 +61,7 @@ class _Runtime:
         self.loop = loops.loop_factory(self.app.settings.event_loop)()
         self.stopping = threading.Event()
         self.deliverer: Deliverer = self.app.deliverer(self.app.pipeline, self.stopping)
+        loops.settle_heap()
 
     def follow(self, version: str) -> None:
         """Use the schedules.yaml version the daemon planned with, if this machine has it."""
@@ -73,6 +74,7 @@ class _Runtime:
         self.loop.run_until_complete(self.deliverer.aclose())
         self.app.pipeline = self.app.build_pipeline(loaded)
         self.deliverer = self.app.deliverer(self.app.pipeline, self.stopping)
+        loops.settle_heap()
 
     def deliver(self, payload: dict[str, Any]) -> dict[str, int]:
         self.follow(str(payload.get("version", "")))

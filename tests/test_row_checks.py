@@ -141,3 +141,14 @@ def test_the_reason_of_a_bad_email_does_not_repeat_the_address() -> None:
     parsed = parse_row(row(email="wang.wei@example"))
     assert isinstance(parsed, RejectedRow) and parsed.field == "email"
     assert "wang.wei@example" not in parsed.reason
+
+
+def test_a_phone_validated_when_planned_is_not_parsed_again_but_any_other_is() -> None:
+    unassigned = "+10000000000"  # E.164 in form, but no valid number: parsing rejects it
+    rejected = parse_row(row(phone=unassigned))
+    assert isinstance(rejected, RejectedRow) and rejected.field == "phone"
+
+    trusted = parse_row(row(phone=unassigned), known_phones={unassigned})
+    assert isinstance(trusted, Account) and trusted.phone == unassigned
+    other = parse_row(row(phone="+86 138 0013 8000"), known_phones={unassigned})
+    assert isinstance(other, Account) and other.phone == "+8613800138000"

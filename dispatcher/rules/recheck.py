@@ -47,7 +47,8 @@ class SendCheck:
 
     def facts(self, jobs: Sequence[DeliveryJob], now: datetime) -> BatchFacts:
         ids = sorted({job.account.account_id for job in jobs})
-        fresh = self.source.fetch(ids) if self.source.can_recheck else {}
+        planned = {job.account.phone for job in jobs if job.account.phone}  # validated when planned
+        fresh = self.source.fetch(ids, planned) if self.source.can_recheck else {}
         accounts = {i: a for i, a in fresh.items() if isinstance(a, Account)}
         known = list(accounts.values()) or [job.account for job in jobs]
         history = self.ledger.load_history(known, self.contacts_since(now))
