@@ -42,6 +42,7 @@ class AccountSource:
                                 "OR account_id = ''")
         self._recheck = text(recheck_query).bindparams(bindparam("ids", expanding=True)) if recheck_query else None
         self._batch_size = batch_size
+        self._last: dict[str, tuple[dict[str, object], Account]] = {}  # the last batch: raw row and account
 
     @classmethod
     def from_url(cls, url: str, query: str, batch_size: int, recheck_query: str | None = None) -> AccountSource:
@@ -61,6 +62,8 @@ class AccountSource:
                 rows = self._read(self._page, {"after": rows[-1]["account_id"], "limit": self._batch_size})
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot read accounts from {self._engine.url!r}: {exc}") from exc
+        finally:
+            self._last = {}
 
     def _read(self, statement: TextClause, params: dict[str, object]) -> list[RowMapping]:
         with self._engine.connect() as connection:
@@ -77,7 +80,9 @@ class AccountSource:
                 for start in range(0, len(account_ids), 500):
                     chunk = list(account_ids[start : start + 500])
                     for row in connection.execute(self._recheck, {"ids": chunk}).mappings():
-                        parsed = parse_row(dict(row), known_phones)  # a dict: a missing column is cheap
+                        raw = dict(row)  # a dict: a missing optional column is cheap
+                        last = self._last.get(str(raw.get("account_id")))
+                        parsed = last[1] if last and last[0] == raw else parse_row(raw, known_phones)
                         found[parsed.account_id or ""] = parsed
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot re-read accounts from {self._engine.url!r}: {exc}") from exc
@@ -87,13 +92,17 @@ class AccountSource:
     def can_recheck(self) -> bool:
         return self._recheck is not None
 
-    @staticmethod
-    def _validate(rows: Sequence[RowMapping]) -> SourceBatch:
+    def _validate(self, rows: Sequence[RowMapping]) -> SourceBatch:
+        """Parse a batch; its rows are kept until the next so that a re-read row that did not change is
+        not validated again (delivery in this process re-reads the batch just before sending it)."""
         batch = SourceBatch()
+        self._last = {}
         for row in rows:
-            parsed = parse_row(dict(row))  # a dict: a missing optional column is cheap
+            raw = dict(row)  # a dict: a missing optional column is cheap
+            parsed = parse_row(raw)
             if isinstance(parsed, Account):
                 batch.accounts.append(parsed)
+                self._last[parsed.account_id] = (raw, parsed)
             else:
                 batch.rejects.append(parsed)
         return batch

@@ -598,6 +598,25 @@ def test_send_check_settled_between_plan_and_send_is_paid(app: App) -> None:
     assert [r["status"] for r in attempt_rows(app, account_id="P2")] == ["sent", "sent"]
 
 
+def test_send_check_rereads_the_batch_being_planned_and_sees_a_change(app: App) -> None:
+    """Delivery inside the source loop, as in a run without a broker: the unchanged row is the planned
+    account again, the changed one is validated afresh."""
+    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)), demo_row("P2", TODAY - timedelta(days=2),
+                                                                      phone="+8613900001111"))
+    now, pipeline = app.clock(), app.pipeline
+    counts = RunCounts()
+    for batch in pipeline.source.batches():
+        history = app.ledger.load_history(batch.accounts, pipeline.policy.contacts_since(now))
+        jobs = app.booker().book(pipeline.planner.plan(batch.accounts, history, now), None, now)[0]
+        with app.engine.begin() as connection:
+            connection.execute(update(demo_accounts).where(demo_accounts.c.account_id == "P1")
+                               .values(overdue_amount="0.00"))
+        counts.add(deliver(app, jobs))
+    assert (counts.sent, counts.suppressed) == (2, 2)
+    assert {(r["status"], r["rule_id"]) for r in attempt_rows(app, account_id="P1")} == {("suppressed", "paid")}
+    assert [r["status"] for r in attempt_rows(app, account_id="P2")] == ["sent", "sent"]
+
+
 def test_send_check_account_gone_from_the_source_is_paid(app: App) -> None:
     seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)))
     jobs = book_all(app)
