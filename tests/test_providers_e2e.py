@@ -16,7 +16,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from twilio.request_validator import RequestValidator
 from dispatcher.app import App, build_app
 from dispatcher.cli import main
 from dispatcher.demo import demo_accounts, demo_metadata, seed_demo
+from dispatcher.jobs import RunCounts
 from dispatcher.ledger.tables import attempts, suppressions
 from dispatcher.masking import address_hash
 from dispatcher.runner import Runner, RunReport
@@ -484,3 +485,37 @@ def test_an_email_whose_unsubscribe_token_spells_a_blocked_word_is_still_sent(
     (received,) = smtp.messages
     link, _ = unsubscribe_links(received)
     assert "jail" in link.lower()  # the "phrase" the blocklist saw
+
+
+def test_sends_in_flight_stay_within_the_bound_and_a_retry_wait_holds_up_no_other_message(
+    make_world: Callable[..., World], twilio: TwilioStandin
+) -> None:
+    world = make_world(twilio, DISPATCHER_CONCURRENCY="2")
+    world.add(*(borrower(f"A-{n}", 2, n, email=None, push_token=None) for n in range(10)))  # SMS only
+    twilio.delay = 0.05
+    twilio.fail_next(503, 20503)  # the first send fails transiently: its retry waits 2-4 s (below)
+    app, now = world.app, world.clock.now
+    jobs = []
+    for batch in app.pipeline.source.batches():
+        history = app.ledger.load_history(batch.accounts, app.pipeline.policy.contacts_since(now))
+        jobs += app.booker().book(app.pipeline.planner.plan(batch.accounts, history, now), None, now)[0]
+    deliverer = app.deliverer(app.pipeline)
+    deliverer.policy = replace(deliverer.policy, backoff_base=4.0)
+
+    async def go() -> RunCounts:
+        try:
+            return await deliverer.deliver(jobs)
+        finally:
+            await deliverer.aclose()
+
+    counts = asyncio.run(go())
+
+    assert (counts.sent, counts.failed) == (10, 0)
+    creates = twilio.creates
+    failed_to = creates[0].form["To"]
+    assert [c.form["To"] for c in creates].count(failed_to) == 2 and creates[-1].form["To"] == failed_to
+    assert sorted(c.form["To"] for c in creates[:-1]) == sorted(r["phone"] for r in
+                                                               [borrower(f"A-{n}", 2, n) for n in range(10)])
+    assert twilio.peak_in_flight == 2
+    # while the first message waited for its retry, the other nine still went out two at a time
+    assert max(c.in_flight for c in creates[2:-1]) == 2

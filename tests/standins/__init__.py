@@ -27,6 +27,8 @@ class Recorded:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    in_flight: int = 0
+    """Requests being answered when this one arrived, itself included."""
 
     @property
     def form(self) -> dict[str, str]:
@@ -63,11 +65,18 @@ class _Handler(BaseHTTPRequestHandler):
         request = Recorded(self.command, url.path, parse_qs(url.query), dict(self.headers.items()), body)
         standin = self.server.standin
         with standin.lock:
+            standin.in_flight += 1
+            standin.peak_in_flight = max(standin.peak_in_flight, standin.in_flight)
+            request.in_flight = standin.in_flight
             standin.requests.append(request)
             reply = standin.respond(request)
-        if standin.delay and standin.stopped.wait(standin.delay):
-            return
-        self._write(reply)
+        try:
+            if standin.delay and standin.stopped.wait(standin.delay):
+                return
+            self._write(reply)
+        finally:
+            with standin.lock:
+                standin.in_flight -= 1
 
     def _write(self, reply: Reply) -> None:
         data = json.dumps(reply.body).encode("utf-8")
@@ -99,6 +108,9 @@ class HttpStandin:
         self.lock = threading.RLock()
         self.delay = 0.0
         """Seconds to wait before answering, to make a client time out."""
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        """The most requests answered at once."""
         self.stopped = threading.Event()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.standin = self
