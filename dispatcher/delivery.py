@@ -122,7 +122,8 @@ class Deliverer:
         limit = asyncio.Semaphore(self.policy.concurrency)
         try:
             facts = self.send_check.facts(mine, self.clock()) if self.send_check and mine else None
-            ready = [job for job in mine if self._blocked(job, job.channel, job.address, facts, batch) is None]
+            ready = [_as_reread(job, facts) for job in mine
+                     if self._blocked(job, job.channel, job.address, facts, batch) is None]
             await asyncio.gather(*(self._guarded(job, limit, batch, facts) for job in ready))
         except BaseException:  # e.g. the source cannot be re-read: give back every claim no provider saw
             batch.released.extend(job.attempt_id for job in mine if job.attempt_id not in batch.touched)
@@ -329,6 +330,14 @@ class Deliverer:
             counts.sent += 1
         elif final:
             counts.failed += 1
+
+
+def _as_reread(job: DeliveryJob, facts: BatchFacts | None) -> DeliveryJob:
+    """``job`` with its account as re-read just now: a message states today's balance, not the planned one."""
+    fresh = facts.accounts.get(job.account.account_id) if facts is not None and facts.rechecked else None
+    if fresh is None or fresh is job.account or fresh == job.account:
+        return job
+    return replace(job, account=fresh)
 
 
 def _deferral(job: DeliveryJob, channel: ChannelKind, block: Block, now: datetime) -> dict[str, Any]:

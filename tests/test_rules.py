@@ -617,6 +617,16 @@ def test_send_check_rereads_the_batch_being_planned_and_sees_a_change(app: App) 
     assert [r["status"] for r in attempt_rows(app, account_id="P2")] == ["sent", "sent"]
 
 
+def test_a_partial_payment_between_plan_and_send_is_the_amount_the_message_states(app: App) -> None:
+    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2), overdue_amount="1234.50"))
+    jobs = book_all(app)
+    with app.engine.begin() as connection:
+        connection.execute(update(demo_accounts).values(overdue_amount="600.00"))
+    assert deliver(app, jobs).sent == 2
+    (sms,) = [json.loads(line) for line in (app.settings.outbox_dir / "sms.jsonl").read_text("utf-8").splitlines()]
+    assert "¥600.00" in sms["text"] and "1,234.50" not in sms["text"]
+
+
 def test_send_check_account_gone_from_the_source_is_paid(app: App) -> None:
     seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)))
     jobs = book_all(app)
