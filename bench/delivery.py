@@ -7,7 +7,7 @@ every account is one SMS):
 
 * ``ceiling``: a bare aiohttp client posting the same Twilio form requests (To,
   From, Body, Basic auth) to the same stand-in, ``DISPATCHER_CONCURRENCY`` in flight,
-  on the event loop the dispatcher uses (uvloop);
+  on the event loop the dispatcher uses (uvloop), and again on asyncio's own loop;
 * ``in-process``: ``Runner.run`` without a broker (what ``dispatcher run --once`` does);
 * ``celery``: the same run with ``DISPATCHER_BROKER_URL`` and ``dispatcher worker
   --pool prefork --concurrency N`` (N = 1 and 2 pool processes), ``delivery.task_batch``
@@ -189,7 +189,7 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child_ceiling(url: str, count: int, concurrency: int) -> None:
+def child_ceiling(url: str, count: int, concurrency: int, loop: str) -> None:
     import aiohttp
 
     async def go() -> float:
@@ -213,7 +213,7 @@ def child_ceiling(url: str, count: int, concurrency: int) -> None:
     from dispatcher.loops import loop_factory
 
     started_at, cpu_before = time.time(), _cpu()
-    with asyncio.Runner(loop_factory=loop_factory("uvloop")) as runner:  # the loop the dispatcher runs on
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         seconds = runner.run(go())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": seconds, "started_at": started_at, "cpu": _cpu() - cpu_before,
@@ -404,13 +404,13 @@ def _rate(stats: dict[str, Any]) -> float:
     return float(stats["count"] / span) if span > 0 else float("inf")
 
 
-def measure_ceiling(standin: Standin, reminders: int, concurrency: int) -> Result:
+def measure_ceiling(standin: Standin, reminders: int, concurrency: int, loop: str) -> Result:
     standin.reset()
     cpu_before = standin.stats()["cpu"]
-    out = _json_out([sys.executable, __file__, "--child-ceiling", standin.url, str(reminders), str(concurrency)],
-                    dict(os.environ), ROOT, 600)
+    out = _json_out([sys.executable, __file__, "--child-ceiling", standin.url, str(reminders), str(concurrency),
+                     loop], dict(os.environ), ROOT, 600)
     stats = _check(standin, reminders, "ceiling", cpu_before)
-    return Result("ceiling: bare aiohttp", reminders, _rate(stats), reminders / out["seconds"], out["peak_rss_mb"],
+    return Result(f"ceiling: bare aiohttp on {loop}", reminders, _rate(stats), reminders / out["seconds"], out["peak_rss_mb"],
                   stats["first"] - out["started_at"], stats["busy"], 1000 * out["cpu"] / reminders)
 
 
@@ -482,16 +482,17 @@ def main() -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is shown (3)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
-                        help="ceiling in-process c1-b100 c2-b1 c2-b100 c2-b500 (default: all)")
+                        help="ceiling ceiling-asyncio in-process c1-b100 c2-b1 c2-b100 c2-b500 (default: all)")
     parser.add_argument("--child-standin", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--child-ceiling", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child-ceiling", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_standin:
         child_standin()
         return 0
     if args.child_ceiling:
-        child_ceiling(args.child_ceiling[0], int(args.child_ceiling[1]), int(args.child_ceiling[2]))
+        child_ceiling(args.child_ceiling[0], int(args.child_ceiling[1]), int(args.child_ceiling[2]),
+                      args.child_ceiling[3])
         return 0
     if args.child_run:
         child_run()
@@ -499,7 +500,8 @@ def main() -> int:
 
     n, c = args.reminders, args.concurrency
     plan = {
-        "ceiling": lambda s: measure_ceiling(s, n, c),
+        "ceiling": lambda s: measure_ceiling(s, n, c, "uvloop"),
+        "ceiling-asyncio": lambda s: measure_ceiling(s, n, c, "asyncio"),
         "in-process": lambda s: measure_run(s, n, c),
         "c1-b100": lambda s: measure_run(s, n, c, task_batch=100, workers=1, redis_url=args.redis_url),
         "c2-b100": lambda s: measure_run(s, n, c, task_batch=100, workers=2, redis_url=args.redis_url),
@@ -562,7 +564,8 @@ def _print_table(results: dict[str, Result]) -> None:
             verdict = "met" if value >= target else "MISSED"
             print(f"{label:<44} {shown:>7} (end-to-end {shown_e2e}; target >= {goal}: {verdict})")
 
-    ratio("in-process / ceiling", "in-process", "ceiling", 0.5, "%")
+    ratio("in-process / ceiling (uvloop client)", "in-process", "ceiling", 0.5, "%")
+    ratio("in-process / ceiling (asyncio client)", "in-process", "ceiling-asyncio", 0.5, "%")
     ratio("celery (2 workers, batch 100) / in-process", "c2-b100", "in-process", 0.7, "%")
     ratio("batch 100 / batch 1 (2 workers)", "c2-b100", "c2-b1", 10, "x")
 
