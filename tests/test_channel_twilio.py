@@ -211,3 +211,12 @@ def test_settings_defaults_and_secret_hidden() -> None:
 def test_form_encode_matches_urlencode(fields: list[tuple[str, str]]) -> None:
     clean = [(k, v) for k, v in fields if not any(0xD800 <= ord(c) <= 0xDFFF for c in k + v)]  # unencodable
     assert form_encode(clean) == urlencode(clean).encode("ascii")
+
+
+def test_an_error_answer_that_is_not_twilio_json_is_classified_by_its_status() -> None:
+    from dispatcher.channels.twilio_sms import _error_parts, classify_twilio_error
+
+    code, text = _error_parts(502, b"<html><body>Bad Gateway</body></html>")  # a proxy in front of the API
+    assert (code, text) == (None, "HTTP 502: <html><body>Bad Gateway</body></html>")
+    assert classify_twilio_error(502, code, text).outcome is Outcome.TRANSIENT
+    assert _error_parts(400, b'{"code": 21211, "message": "Invalid To", "status": 400}') == (21211, "Invalid To")

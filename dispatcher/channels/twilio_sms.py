@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +45,8 @@ OPTED_OUT_CODES = frozenset({21610})
 BAD_ADDRESS_CODES = frozenset({21211, 21614})
 """Invalid number, number is not a mobile: the address is useless for SMS."""
 TOO_MANY_REQUESTS_CODE = 20429
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = f"overdue-dispatcher twilio-python/{twilio.__version__}"
 
@@ -158,6 +161,8 @@ class TwilioSmsChannel:
         try:
             sid = json.loads(raw)["sid"]
         except (ValueError, KeyError, TypeError):  # accepted (2xx) but unreadable: sent, SID unknown
+            log.warning("Twilio accepted message %s (HTTP %d) but its answer has no readable SID",
+                        message.attempt_id, status)
             return DeliveryResult.sent(None)
         return DeliveryResult.sent(str(sid))
 
