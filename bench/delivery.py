@@ -410,8 +410,8 @@ def measure_ceiling(standin: Standin, reminders: int, concurrency: int, loop: st
     out = _json_out([sys.executable, __file__, "--child-ceiling", standin.url, str(reminders), str(concurrency),
                      loop], dict(os.environ), ROOT, 600)
     stats = _check(standin, reminders, "ceiling", cpu_before)
-    return Result(f"ceiling: bare aiohttp on {loop}", reminders, _rate(stats), reminders / out["seconds"], out["peak_rss_mb"],
-                  stats["first"] - out["started_at"], stats["busy"], 1000 * out["cpu"] / reminders)
+    return Result(f"ceiling: bare aiohttp on {loop}", reminders, _rate(stats), reminders / out["seconds"],
+                  out["peak_rss_mb"], stats["first"] - out["started_at"], stats["busy"], 1000 * out["cpu"] / reminders)
 
 
 def measure_run(standin: Standin, reminders: int, concurrency: int, *, task_batch: int = 100,
