@@ -91,11 +91,10 @@ class Booker:
             for plan, (status, try_no) in rows:
                 row = _attempt_row(decision, plan, status, try_no, run_id, now)
                 (claim_rows if try_no else decision_rows).append(row)
-        self.ledger.record_reminders(reminder_rows)
+        claimed = self.ledger.book(claim_rows, reminder_rows)  # the reminders first: decisions refer to them
         self.ledger.record_decisions(decision_rows)
         self.ledger.supersede([(d.reminder_key, d.channel, newer) for decision in decisions
                                for d, newer in decision.superseded])
-        claimed = self.ledger.book(claim_rows)
         jobs = self._jobs(decisions, claimed, run_id)
         counts.suppressed = sum(1 for r in [*claim_rows, *decision_rows] if r["status"] == "suppressed")
         counts.planned = len(jobs)
