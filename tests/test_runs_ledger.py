@@ -357,3 +357,36 @@ def test_catch_up_leaves_a_run_another_daemon_is_carrying_out(daemon_a: App, mak
     rows = {r["name"]: r for r in run_rows(daemon_a.engine)}
     assert rows["morning"]["daemon_id"] == "daemon-b" and rows["morning"]["status"] == "running"
     assert rows["evening"]["status"] == "completed"
+
+
+def test_outcomes_of_a_batch_land_on_their_rows_whatever_their_kind(engine: Engine) -> None:
+    """Plain sends take the narrow update, the others the general one: each row gets exactly its facts."""
+    from sqlalchemy import insert
+
+    from dispatcher.ledger.store import AttemptOutcome, Ledger
+
+    now = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+    base = {"account_id": "A", "step": "gentle", "occurrence": 0, "channel": "sms", "try_no": 1,
+            "status": "sending", "template": "gentle", "created_at": now, "updated_at": now}
+    with engine.begin() as connection:
+        connection.execute(insert(attempts), [{**base, "reminder_key": f"K{n}"} for n in range(3)])
+        ids = [r.id for r in connection.execute(select(attempts.c.id).order_by(attempts.c.id))]
+    sent = AttemptOutcome(ids[0], "sent", provider_message_id="SM1", template="gentle", template_version="v1",
+                          content_hash="h1", provider="twilio", duration_ms=12)
+    failed = AttemptOutcome(ids[1], "failed", error_code="21610", error_class="permanent",
+                            error_message="unsubscribed", template="gentle", template_version="v1",
+                            content_hash="h2", provider="twilio", duration_ms=7)
+    suppressed = AttemptOutcome(ids[2], "suppressed", rule_id="civil", detail="blocked phrase")
+    later = now + timedelta(minutes=1)
+    Ledger(engine).finish_attempts([suppressed, sent, failed], later)
+
+    columns = ("status", "provider_message_id", "error_code", "error_class", "error_message", "template",
+               "template_version", "content_hash", "provider", "rule_id", "detail", "duration_ms")
+    with engine.connect() as connection:
+        rows = [tuple(r) for r in connection.execute(
+            select(*(attempts.c[c] for c in columns), attempts.c.updated_at).order_by(attempts.c.id))]
+    assert rows == [
+        ("sent", "SM1", None, None, None, "gentle", "v1", "h1", "twilio", None, None, 12, later),
+        ("failed", None, "21610", "permanent", "unsubscribed", "gentle", "v1", "h2", "twilio", None, None, 7, later),
+        ("suppressed", None, None, None, None, "gentle", None, None, None, "civil", "blocked phrase", None, later),
+    ]

@@ -54,10 +54,10 @@ class AttemptOutcome:
 
 def _plain_send(outcome: AttemptOutcome) -> bool:
     """A try the provider accepted, with every fact of the send and nothing else (nearly all of them)."""
-    return (outcome.status == "sent" and outcome.error_code is None and outcome.rule_id is None
-            and outcome.detail is None and outcome.template is not None and outcome.template_version is not None
-            and outcome.content_hash is not None and outcome.provider is not None
-            and outcome.duration_ms is not None)
+    nothing_else = (outcome.error_code, outcome.error_class, outcome.error_message, outcome.rule_id, outcome.detail)
+    every_fact = (outcome.template, outcome.template_version, outcome.content_hash, outcome.provider,
+                  outcome.duration_ms)
+    return outcome.status == "sent" and all(v is None for v in nothing_else) and None not in every_fact
 
 
 _SENT = (update(attempts).where(attempts.c.id == bindparam("b_id"))
