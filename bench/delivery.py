@@ -21,7 +21,7 @@ arrival), i.e. the rate at which messages reached the stand-in; ``end-to-end/s``
 divides by the whole run (``Runner.run``: planning, booking, enqueueing, following
 the ledger, the final count) instead; ``1st message after`` is the time from the
 start of the run to the first message; ``stand-in CPU`` is the stand-in process's
-CPU time over the delivery span (near 100 %: the stand-in is the bottleneck);
+CPU time over the delivery span (80-90 % at the ceiling, which it nearly limits);
 ``CPU ms/reminder`` is the CPU time of the client, or of the run (runner from the
 start of ``Runner.run``) plus the workers' processes during the run, per reminder
 (the stand-in's not included).
