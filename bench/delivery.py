@@ -55,14 +55,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from io import StringIO
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +69,6 @@ ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "bench-auth-token"
 FROM_NUMBER = "+14155550999"
 ZONE = "Asia/Shanghai"
-CLAIM_KEY = "dispatcher-tests:claimed"
 SAMPLE_BODY = ("【信用钱包】王伟您好，您的借款已逾期5天，待还金额¥1,234.50，请于2026年12月1日前还至官方还款账户"
                "****7890。如已还款请忽略。客服及核实短信真伪请致电400-820-1234。回复TD退订")
 """A rendered ``gentle`` SMS: the ceiling client posts bodies of the same size and script."""
@@ -281,37 +279,12 @@ def seed(database_url: str, count: int) -> None:
 # Redis database for the Celery runs
 
 
-def with_db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+def claimed_database(redis_url: str) -> contextlib.AbstractContextManager[str]:
+    """An empty Redis database claimed the tests' way (tests/redisdb.py), database 12 preferred."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from redisdb import claimed_database as claim
 
-
-@contextlib.contextmanager
-def claimed_database(redis_url: str, preferred: int = 12) -> Iterator[str]:
-    import redis
-
-    token = secrets.token_hex(8)
-    for number in [preferred, *(n for n in range(15, 0, -1) if n != preferred)]:
-        client = redis.Redis.from_url(with_db(redis_url, number), socket_timeout=2)
-        try:
-            if number == preferred and not client.exists(CLAIM_KEY):
-                client.flushdb()
-            if client.dbsize() == 0 and client.set(CLAIM_KEY, token, nx=True, ex=900):
-                break
-        finally:
-            client.close()
-    else:
-        raise SystemExit("no free Redis database among 1-15")
-    url = with_db(redis_url, number)
-    try:
-        yield url
-    finally:
-        client = redis.Redis.from_url(url, socket_timeout=2)
-        try:
-            if client.get(CLAIM_KEY) == token.encode():
-                client.flushdb()
-        finally:
-            client.close()
+    return claim(redis_url, preferred=12)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from redisdb import claimed_database
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from standins.fcm_server import FcmStandin
@@ -235,38 +236,14 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-REDIS_CLAIM_KEY = "dispatcher-tests:claimed"
-"""Marks a Redis database (1-15) as taken by one test, of this session or another one running beside it."""
-
-
 @pytest.fixture
 def broker_url_db(redis_url: str) -> Iterator[str]:
     """``redis://127.0.0.1:6379/<n>``: an empty Redis database claimed for this test (a broker, a queue), emptied after.
 
     Database 0 holds the rate limits of every test, so a broker gets one of 1-15 of its own.
     """
-    import redis
-
-    base = redis_url.rsplit("/", 1)[0]
-    token = secrets.token_hex(8)
-    for number in range(15, 0, -1):
-        client = redis.Redis.from_url(f"{base}/{number}", socket_timeout=2)
-        try:
-            if client.dbsize() == 0 and client.set(REDIS_CLAIM_KEY, token, nx=True, ex=900):
-                break
-        finally:
-            client.close()
-    else:
-        pytest.fail("no empty Redis database among 1-15")
-    url = f"{base}/{number}"
-    yield url
-    client = redis.Redis.from_url(url, socket_timeout=2)
-    try:
-        mine = client.get(REDIS_CLAIM_KEY) == token.encode()
-        if mine:
-            client.flushdb()
-    finally:
-        client.close()
+    with claimed_database(redis_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

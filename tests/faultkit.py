@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import secrets
 import shutil
 import signal
 import socket
@@ -28,12 +27,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 import redis
@@ -281,47 +280,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
-
-
-CLAIM_KEY = "dispatcher-tests:claimed"
-"""Marks a Redis database as taken by one test (the conftest's protocol), so parallel sessions never share one."""
-
-
-@contextlib.contextmanager
-def claimed_database(redis_url: str, preferred: int) -> Iterator[str]:
-    """An empty Redis database for one test: ``preferred`` (flushed first unless someone holds it), else a free one.
-
-    Another pytest session may run these tests (or other broker tests) at the same
-    time; a claimed database is never flushed by anyone else.
-    """
-    token = secrets.token_hex(8)
-    for number in [preferred, *(n for n in range(15, 0, -1) if n != preferred)]:
-        client = redis.Redis.from_url(with_db(redis_url, number), socket_timeout=2)
-        try:
-            if number == preferred and not client.exists(CLAIM_KEY):
-                client.flushdb()  # our dedicated database: leftovers of an interrupted run
-            if client.dbsize() == 0 and client.set(CLAIM_KEY, token, nx=True, ex=900):
-                break
-        finally:
-            client.close()
-    else:
-        raise AssertionError("no free Redis database among 1-15")
-    url = with_db(redis_url, number)
-    try:
-        yield url
-    finally:
-        client = redis.Redis.from_url(url, socket_timeout=2)
-        try:
-            if client.get(CLAIM_KEY) == token.encode():
-                client.flushdb()
-        finally:
-            client.close()
-
-
-def with_db(url: str, db: int) -> str:
-    """The same Redis server, database ``db``."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
 
 
 class RedisServer:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rows import attempt_rows, demo_row, seed_rows
 from sqlalchemy import Engine, create_engine, func, insert, select
 
 from dispatcher import daemon
@@ -19,7 +20,6 @@ from dispatcher.app import App, build_app
 from dispatcher.cli.inspect import decisions_at
 from dispatcher.cli.parser import build_parser
 from dispatcher.daemon import trigger_for
-from dispatcher.demo import demo_accounts, demo_metadata
 from dispatcher.ledger.store import Ledger
 from dispatcher.ledger.tables import attempts, reminders, runs
 from dispatcher.runner import Runner
@@ -35,33 +35,11 @@ def shanghai(year: int, month: int, day: int, hour: int = 0, minute: int = 0) ->
     return datetime(year, month, day, hour, minute, tzinfo=UTC) - SHANGHAI
 
 
-def demo_row(account_id: str, due_date: date, **changes: Any) -> dict[str, Any]:
-    return {"account_id": account_id, "name": "王伟", "phone": "+8613812345678", "email": "wang@example.cn",
-            "push_token": f"fcm:{account_id}", "locale": "zh-CN", "timezone": "Asia/Shanghai", "currency": "CNY",
-            "overdue_amount": "100.00", "due_date": due_date, "deadline": None,
-            "repayment_account": "6222 0212 1234 5678", "do_not_contact": None, "dispute": None,
-            "promise_to_pay_until": None, "opt_out_channels": None, **changes}
-
-
 def new_yorker(account_id: str, due_date: date, **changes: Any) -> dict[str, Any]:
     values: dict[str, Any] = {"name": "Mary Smith", "phone": "+12125550142", "email": "mary@example.com",
                               "locale": "en-US", "timezone": "America/New_York", "currency": "USD",
                               "repayment_account": "https://pay.xinyongqianbao.example.cn/r/abc123"}
     return demo_row(account_id, due_date, **{**values, **changes})
-
-
-def seed_rows(engine: Engine, *rows: dict[str, Any]) -> None:
-    demo_metadata.create_all(engine)
-    with engine.begin() as connection:
-        connection.execute(insert(demo_accounts), list(rows))
-
-
-def attempt_rows(app: App, **where: Any) -> list[dict[str, Any]]:
-    query = select(attempts).order_by(attempts.c.id)
-    for name, value in where.items():
-        query = query.where(attempts.c[name] == value)
-    with app.engine.connect() as connection:
-        return [dict(r) for r in connection.execute(query).mappings()]
 
 
 def outbox_lines(app: App, kind: str) -> list[dict[str, Any]]:

@@ -46,7 +46,6 @@ from faultkit import (
     Proc,
     RedisServer,
     Rig,
-    claimed_database,
     first_try_faults,
     free_port,
     late,
@@ -55,6 +54,7 @@ from faultkit import (
     unavailable,
     wait_for,
 )
+from redisdb import claimed_database
 from sqlalchemy import event
 
 from dispatcher.ledger.database import create_ledger_engine, upgrade

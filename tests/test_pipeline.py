@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rows import attempt_rows
 from sqlalchemy import insert, select
 
 from dispatcher.accounts import Account, RejectedRow
@@ -25,7 +26,7 @@ from dispatcher.delivery import Deliverer, DeliveryPolicy
 from dispatcher.demo import demo_accounts, seed_demo
 from dispatcher.jobs import DeliveryJob
 from dispatcher.ledger.suppressions import suppress
-from dispatcher.ledger.tables import attempts, rejects, runs
+from dispatcher.ledger.tables import rejects, runs
 from dispatcher.masking import mask_address
 from dispatcher.row_checks import parse_row
 from dispatcher.runner import Runner
@@ -58,14 +59,6 @@ def seed(app: App, count: int = 300) -> None:
     with app.engine.begin() as connection:
         connection.execute(insert(demo_accounts), [demo_row(k, today, **changes)
                                                     for k, (changes, _) in BAD_ROWS.items()])
-
-
-def attempt_rows(app: App, **where: Any) -> list[dict[str, Any]]:
-    query = select(attempts).order_by(attempts.c.id)
-    for name, value in where.items():
-        query = query.where(attempts.c[name] == value)
-    with app.engine.connect() as connection:
-        return [dict(r) for r in connection.execute(query).mappings()]
 
 
 def lines(outbox: Path, kind: str) -> list[dict[str, Any]]:

@@ -16,14 +16,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import insert, select, update
+from rows import attempt_rows, demo_row, seed_rows
+from sqlalchemy import insert, update
 
 from dispatcher.accounts import Account
 from dispatcher.app import App
 from dispatcher.channels.base import ChannelKind, DeliveryResult, Message
 from dispatcher.decisions import Decision, Reason, Verdict
 from dispatcher.delivery import Deliverer, DeliveryPolicy
-from dispatcher.demo import demo_accounts, demo_metadata
+from dispatcher.demo import demo_accounts
 from dispatcher.history import BatchHistory, Contact, Suppression, borrower_key
 from dispatcher.jobs import DeliveryJob, RunCounts
 from dispatcher.ladder import reminder_key
@@ -479,14 +480,6 @@ def plan_and_book(app: App, chosen: Planner, accounts: Sequence[Account], now: d
     return decisions
 
 
-def attempt_rows(app: App, **where: Any) -> list[dict[str, Any]]:
-    query = select(attempts).order_by(attempts.c.id)
-    for name, value in where.items():
-        query = query.where(attempts.c[name] == value)
-    with app.engine.connect() as connection:
-        return [dict(r) for r in connection.execute(query).mappings()]
-
-
 def test_superseded_a_deferred_reminder_is_replaced_by_the_newer_step(app: App) -> None:
     """Deferred at 22:00 on day 3 (gentle); on day 4 the firm step is due: gentle is suppressed as superseded."""
     chosen = planner("cn")
@@ -543,20 +536,6 @@ def test_superseded_deferred_reminder_of_an_earlier_delinquency_is_ignored(app: 
 
 
 # send-time re-check (SendCheck) ----------------------------------------------------------------------------------
-def demo_row(account_id: str, due_date: date, **changes: Any) -> dict[str, Any]:
-    return {"account_id": account_id, "name": "王伟", "phone": "+8613812345678", "email": "wang@example.cn",
-            "push_token": f"fcm:{account_id}", "locale": "zh-CN", "timezone": "Asia/Shanghai", "currency": "CNY",
-            "overdue_amount": "100.00", "due_date": due_date, "deadline": None,
-            "repayment_account": "6222 0212 1234 5678", "do_not_contact": None, "dispute": None,
-            "promise_to_pay_until": None, "opt_out_channels": None, **changes}
-
-
-def seed_rows(app: App, *rows: dict[str, Any]) -> None:
-    demo_metadata.create_all(app.engine)
-    with app.engine.begin() as connection:
-        connection.execute(insert(demo_accounts), list(rows))
-
-
 def book_all(app: App) -> list[DeliveryJob]:
     """Plan and book every account with the app's pipeline at the clock's time (a run killed before delivery)."""
     now = app.clock()
@@ -581,8 +560,8 @@ def deliver(app: App, jobs: Sequence[DeliveryJob]) -> RunCounts:
 
 
 def test_send_check_settled_between_plan_and_send_is_paid(app: App) -> None:
-    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)), demo_row("P2", TODAY - timedelta(days=2),
-                                                                      phone="+8613900001111"))
+    seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=2)),
+              demo_row("P2", TODAY - timedelta(days=2), phone="+8613900001111"))
     jobs = book_all(app)
     assert sorted((j.account.account_id, j.channel.value) for j in jobs) == [
         ("P1", "push"), ("P1", "sms"), ("P2", "push"), ("P2", "sms")]
@@ -601,8 +580,8 @@ def test_send_check_settled_between_plan_and_send_is_paid(app: App) -> None:
 def test_send_check_rereads_the_batch_being_planned_and_sees_a_change(app: App) -> None:
     """Delivery inside the source loop, as in a run without a broker: the unchanged row is the planned
     account again, the changed one is validated afresh."""
-    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)), demo_row("P2", TODAY - timedelta(days=2),
-                                                                      phone="+8613900001111"))
+    seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=2)),
+              demo_row("P2", TODAY - timedelta(days=2), phone="+8613900001111"))
     now, pipeline = app.clock(), app.pipeline
     counts = RunCounts()
     for batch in pipeline.source.batches():
@@ -618,7 +597,7 @@ def test_send_check_rereads_the_batch_being_planned_and_sees_a_change(app: App) 
 
 
 def test_a_partial_payment_between_plan_and_send_is_the_amount_the_message_states(app: App) -> None:
-    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2), overdue_amount="1234.50"))
+    seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=2), overdue_amount="1234.50"))
     jobs = book_all(app)
     with app.engine.begin() as connection:
         connection.execute(update(demo_accounts).values(overdue_amount="600.00"))
@@ -628,7 +607,7 @@ def test_a_partial_payment_between_plan_and_send_is_the_amount_the_message_state
 
 
 def test_send_check_account_gone_from_the_source_is_paid(app: App) -> None:
-    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)))
+    seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=2)))
     jobs = book_all(app)
     with app.engine.begin() as connection:
         connection.execute(demo_accounts.delete())
@@ -637,7 +616,7 @@ def test_send_check_account_gone_from_the_source_is_paid(app: App) -> None:
 
 
 def test_send_check_pause_set_between_plan_and_send(app: App) -> None:
-    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)))
+    seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=2)))
     jobs = book_all(app)
     with app.engine.begin() as connection:
         connection.execute(update(demo_accounts).values(dispute="yes"))
@@ -646,7 +625,7 @@ def test_send_check_pause_set_between_plan_and_send(app: App) -> None:
 
 
 def test_send_check_stop_between_plan_and_send_suppresses_that_channel(app: App) -> None:
-    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)))
+    seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=2)))
     jobs = book_all(app)
     suppress(app.engine, "sms", "+8613812345678", "inbound_stop", app.clock(), account_id="P1", detail="TD")
     counts = deliver(app, jobs)
@@ -656,7 +635,7 @@ def test_send_check_stop_between_plan_and_send_suppresses_that_channel(app: App)
 
 
 def test_send_check_dead_token_between_plan_and_send_is_bad_address(app: App) -> None:
-    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)))
+    seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=2)))
     jobs = book_all(app)
     suppress(app.engine, "push", "fcm:P1", "dead_token", app.clock(), account_id="P1")
     deliver(app, jobs)
@@ -667,7 +646,7 @@ def test_send_check_dead_token_between_plan_and_send_is_bad_address(app: App) ->
 def test_send_check_outside_the_window_at_send_is_deferred_and_released(app: App, clock: Any) -> None:
     """Planned at 20:59 Shanghai, sent at 21:30: deferred at send, the claim given back for a later run."""
     clock.now = shanghai(2026, 3, 10, 20, 59)
-    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)))
+    seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=2)))
     jobs = book_all(app)
     assert len(jobs) == 2
     clock.now = shanghai(2026, 3, 10, 21, 30)
@@ -693,7 +672,7 @@ def test_send_check_outside_the_window_at_send_is_deferred_and_released(app: App
 def test_send_check_released_claim_overtaken_by_a_newer_step_is_superseded(app: App, clock: Any) -> None:
     """Released at 21:30 on day 3 (gentle); on day 4 firm is due: the gentle claim must not stay 'planned' forever."""
     clock.now = shanghai(2026, 3, 10, 20, 59)
-    seed_rows(app, demo_row("P1", TODAY - timedelta(days=3)))
+    seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=3)))
     jobs = book_all(app)
     clock.now = shanghai(2026, 3, 10, 21, 30)
     deliver(app, jobs)
@@ -706,7 +685,7 @@ def test_send_check_released_claim_overtaken_by_a_newer_step_is_superseded(app: 
 
 def test_send_check_address_changed_between_plan_and_send_is_not_used(app: App) -> None:
     """The number was replaced on the account after planning: the old one may belong to someone else now."""
-    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)))
+    seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=2)))
     jobs = book_all(app)
     with app.engine.begin() as connection:
         connection.execute(update(demo_accounts).values(phone="+8613900002222"))
@@ -720,7 +699,7 @@ def test_send_check_address_changed_between_plan_and_send_is_not_used(app: App) 
 
 
 def test_send_check_address_changed_the_next_run_records_the_address_actually_used(app: App, clock: Any) -> None:
-    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)))
+    seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=2)))
     jobs = book_all(app)
     with app.engine.begin() as connection:
         connection.execute(update(demo_accounts).values(phone="+8613900002222"))
@@ -750,7 +729,7 @@ class BouncingEmail:
 
 def test_send_check_fallback_after_a_bounce_respects_the_sms_cap(app: App, clock: Any) -> None:
     """cn: 1 SMS a day per borrower. The first loan got its SMS at 09:00; the second loan's email bounces at 10:00."""
-    seed_rows(app, demo_row("P1", TODAY - timedelta(days=2)),
+    seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=2)),
               demo_row("P2", TODAY - timedelta(days=5), push_token=None))
     deliver(app, [j for j in book_all(app) if j.account.account_id == "P1"])
     assert [r["status"] for r in attempt_rows(app, account_id="P1", channel="sms")] == ["sent"]

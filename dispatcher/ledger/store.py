@@ -300,13 +300,16 @@ class Ledger:
                     detail=func.coalesce(bindparam("b_detail"), attempts.c.detail),
                     duration_ms=func.coalesce(bindparam("b_ms"), attempts.c.duration_ms))
         )
-        plain = [o for o in outcomes if _plain_send(o)]
+        plain: list[AttemptOutcome] = []
+        other: list[AttemptOutcome] = []
+        for outcome in outcomes:
+            (plain if _plain_send(outcome) else other).append(outcome)
         params = [
             {"b_id": o.attempt_id, "b_status": o.status, "b_pmid": o.provider_message_id, "b_code": o.error_code,
              "b_class": o.error_class, "b_message": o.error_message, "b_now": now, "b_template": o.template,
              "b_version": o.template_version, "b_hash": o.content_hash, "b_provider": o.provider,
              "b_rule": o.rule_id, "b_detail": o.detail, "b_ms": o.duration_ms}
-            for o in outcomes if not _plain_send(o)
+            for o in other
         ]
         sent = [
             {"b_id": o.attempt_id, "b_pmid": o.provider_message_id, "b_now": now, "b_template": o.template,
