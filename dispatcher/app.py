@@ -7,17 +7,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import Engine
 
 from dispatcher.booking import Booker
 from dispatcher.channels.base import Channel, ChannelKind
 from dispatcher.channels.registry import Providers
-from dispatcher.channels.twilio_sms import TwilioSmsChannel
+from dispatcher.compose.layout import TemplateSet
 from dispatcher.compose.renderer import Composer, TemplateProblem, check_templates
 from dispatcher.delivery import DEFAULT_BACKOFF_CAP, Deliverer, DeliveryPolicy
 from dispatcher.executors import CeleryExecutor, Executor, InProcessExecutor
+from dispatcher.job_loader import JobLoader
 from dispatcher.ledger.database import create_ledger_engine, upgrade
 from dispatcher.ledger.runs import RunLedger
 from dispatcher.ledger.store import Ledger
@@ -44,10 +44,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def template_checks(schedule: Schedule, templates_dir: Path) -> list[TemplateProblem]:
-    """Every template exists and renders with sample data, and passes the content rules of the policy."""
-    return check_templates(schedule, templates_dir) + lint_templates(schedule, templates_dir,
-                                                                     resolve_policy(schedule))
+def template_checks(schedule: Schedule, templates: TemplateSet) -> list[TemplateProblem]:
+    """Every template of the snapshot exists and renders with sample data, and passes the policy's content rules."""
+    return check_templates(schedule, templates) + lint_templates(schedule, templates, resolve_policy(schedule))
 
 
 def load(settings: Settings) -> LoadedSchedule:
@@ -111,19 +110,28 @@ class App:
             backoff_cap=min(DEFAULT_BACKOFF_CAP, settings.visibility_timeout / 2),
         )
 
-    def executor(self, pipeline: Pipeline, stopping: threading.Event | None = None) -> Executor:
+    def executor(self, pipeline: Pipeline, stopping: threading.Event | None = None,
+                 run_id: int | None = None) -> Executor:
         """Celery workers when a broker is configured, else this process."""
         if self.settings.broker_url:
             from dispatcher.worker import deliver_batch
 
             return CeleryExecutor(deliver_batch, pipeline.loaded.schedule.delivery.task_batch,
-                                  pipeline.loaded.version)
-        return InProcessExecutor(self.deliverer(pipeline, stopping))
+                                  pipeline.loaded.version, run_id, float(self.settings.run_timeout))
+        return InProcessExecutor(self.deliverer(pipeline, stopping), self.job_loader(pipeline), self.clock)
+
+    def job_loader(self, pipeline: Pipeline) -> JobLoader:
+        """Rebuilds jobs from attempt ids (workers, ``retry``, lost tasks)."""
+        return JobLoader(self.engine, pipeline.source, pipeline.loaded.schedule)
 
     def reconciler(self, pipeline: Pipeline) -> Reconciler:
-        """Settles crashed sends; asks Twilio when it is configured (close the returned channel's client)."""
-        twilio = TwilioSmsChannel(self.providers.twilio) if self.providers.twilio else None
-        return Reconciler(self.engine, pipeline.source, twilio, self.settings.unknown_outcome)
+        """Settles crashed sends, asking each channel that can tell (close it with ``aclose()``)."""
+        return Reconciler(self.engine, pipeline.source, self.channels(), self.settings.unknown_outcome)
+
+    def send_check(self, pipeline: Pipeline) -> SendCheck:
+        """The rules re-checked just before sending, on a fresh read of the accounts."""
+        return SendCheck(pipeline.source, self.ledger, pipeline.rules, pipeline.loaded.schedule.timezone,
+                         pipeline.policy.contacts_since)
 
     def deliverer(self, pipeline: Pipeline, stopping: threading.Event | None = None) -> Deliverer:
         """A deliverer with fresh channels; close it with ``aclose()`` when the run ends."""
@@ -131,8 +139,7 @@ class App:
             self.ledger, pipeline.composer, pipeline.loaded.schedule, self.channels(),
             policy=self.delivery_policy(pipeline), limiter=self.limiter(pipeline),
             clock=self.clock, headers_for=self.unsubscribe_links(), stopping=stopping,
-            send_check=SendCheck(pipeline.source, self.ledger, pipeline.rules, pipeline.loaded.schedule.timezone,
-                                 pipeline.policy.contacts_since),
+            send_check=self.send_check(pipeline),
             content_check=ContentCheck(pipeline.policy, pipeline.composer),
         )
 
@@ -152,7 +159,7 @@ def build_pipeline(settings: Settings, loaded: LoadedSchedule, ledger_engine: En
         loaded=loaded,
         policy=policy,
         rules=rules,
-        composer=Composer(loaded.templates_dir, schedule),
+        composer=Composer(loaded.templates, schedule),
         planner=Planner(schedule, rules),
         source=source,
     )

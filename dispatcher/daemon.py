@@ -149,6 +149,10 @@ class Daemon:
 
     def _take_over(self) -> None:
         """Runs whose daemon stopped renewing its lease: finish them here (nothing is sent twice)."""
+        abandoned = self.app.runs.abandon_expired(self.app.clock())
+        if abandoned:
+            log.warning("run(s) %s abandoned: their daemon stopped renewing the lease",
+                        ", ".join(f"#{run_id}" for run_id in abandoned))
         for name, fire_time in self.app.runs.orphaned(self.app.clock()):
             if self.stopping.is_set():
                 return
@@ -194,18 +198,19 @@ class Daemon:
         try:
             pipeline = self.app.build_pipeline(loaded)
         except DispatcherError as exc:
-            log.error("schedules.yaml version %s refused: %s; keeping version %s",
+            log.error("configuration version %s refused: %s; keeping version %s",
                       loaded.version, exc, self.pipeline.loaded.version)
             return
         with self._lock:
             previous = self.app.pipeline.loaded.version
             self.app.pipeline = pipeline
         self._schedule(loaded)
-        log.info("schedules.yaml reloaded: version %s replaces %s (used from the next run)",
+        log.info("configuration reloaded: version %s replaces %s (used from the next run)",
                  loaded.version, previous)
 
     def _refused(self, error: ConfigError) -> None:
         for problem in error.problems:
             log.error("%s", problem)
-        log.error("schedules.yaml edit refused (%d problem(s)); version %s keeps running",
+        log.error("configuration edit refused (%d problem(s) in schedules.yaml or the templates); version %s "
+                  "keeps running",
                   len(error.problems), self.pipeline.loaded.version)

@@ -1,8 +1,10 @@
-"""Delivery: claim → render → send → record, with retries and fallback around the channel call.
+"""Delivery: claim → re-check → render → hand over → send → record, with retries and fallback.
 
 The same code runs in the daemon's process and inside Celery workers. A job's
-attempt is claimed by a conditional update (``planned → sending``) before any
-provider is called, so a job handed out twice is sent once.
+attempt is claimed by a conditional update (``planned → claimed``) only when it
+is about to be sent, so a job handed out twice is sent once and a crash or a stop
+leaves the rest of a batch ``planned``; it is marked ``sending`` just before the
+provider call, so after a crash only those are in doubt.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channels.base import (
     AMBIGUOUS_ERRORS,
     Channel,
@@ -28,11 +31,14 @@ from dispatcher.channels.base import (
     SentLookup,
 )
 from dispatcher.compose.renderer import Composer, RenderContext, Rendered
-from dispatcher.errors import DeliveryError, TemplateError
+from dispatcher.errors import DeliveryError, LedgerError, TemplateError
 from dispatcher.history import borrower_key
 from dispatcher.jobs import DeliveryJob, RunCounts
-from dispatcher.ledger.store import AttemptOutcome, Ledger
+from dispatcher.ledger.claims import AttemptOutcome, GiveBack
+from dispatcher.ledger.group_commit import GroupCommitter
+from dispatcher.ledger.store import Ledger
 from dispatcher.ledger.suppressions import suppress
+from dispatcher.ledger.tally import HELD_CLASS
 from dispatcher.masking import address_hash, mask_address
 from dispatcher.planner import address_for
 from dispatcher.ratelimit import LocalRateLimiter, RateLimiter
@@ -82,19 +88,17 @@ class DeliveryPolicy:
         return self.tries.get(channel, self.max_tries)
 
 
-@dataclass
-class _Batch:
-    """What delivering one batch produced, written to the ledger in a few statements at the end."""
-
-    outcomes: list[AttemptOutcome] = field(default_factory=list)
-    released: list[int] = field(default_factory=list)
-    deferrals: list[dict[str, Any]] = field(default_factory=list)
-    counts: RunCounts = field(default_factory=RunCounts)
-    touched: set[int] = field(default_factory=set)  # attempts handed to a provider: never released
-
-
 class Deliverer:
-    """Delivers batches of jobs through the configured channels and records every try."""
+    """Delivers batches of jobs through the configured channels and records every try as it happens.
+
+    Each message is claimed only when a place in flight is free (at most
+    ``policy.concurrency`` messages are claimed or in flight at once), handed over
+    just before its provider call and recorded when the provider answers; the
+    writes of the messages in flight are committed together
+    (:class:`~dispatcher.ledger.group_commit.GroupCommitter`). A crash therefore
+    leaves at most the messages in flight in doubt, and a stop leaves everything
+    not yet claimed ``planned`` for the next run.
+    """
 
     def __init__(self, ledger: Ledger, composer: Composer, schedule: Schedule,
                  channels: Mapping[ChannelKind, Channel], *, policy: DeliveryPolicy, clock: Clock,
@@ -112,118 +116,128 @@ class Deliverer:
         self.content_check = content_check
         self.limiter = limiter or LocalRateLimiter({})
         self.stopping = stopping or threading.Event()
+        self.commit = GroupCommitter(ledger.engine, clock)
 
-    async def deliver(self, jobs: Sequence[DeliveryJob]) -> RunCounts:
-        """Claim the batch, re-check it, send what may go out concurrently, record every outcome."""
-        batch = _Batch()
-        claimed = self.ledger.start_sending([job.attempt_id for job in jobs], self.clock())
-        mine = [job for job in jobs if job.attempt_id in claimed]
-        batch.counts.skipped = len(jobs) - len(mine)
-        limit = asyncio.Semaphore(self.policy.concurrency)
-        try:
-            facts = self.send_check.facts(mine, self.clock()) if self.send_check and mine else None
-            ready = [_as_reread(job, facts) for job in mine
-                     if self._blocked(job, job.channel, job.address, facts, batch) is None]
-            await asyncio.gather(*(self._guarded(job, limit, batch, facts) for job in ready))
-        except BaseException:  # e.g. the source cannot be re-read: give back every claim no provider saw
-            batch.released.extend(job.attempt_id for job in mine if job.attempt_id not in batch.touched)
-            raise
-        finally:  # whatever happened, what was sent is recorded and what was not is given back
-            self._record(batch)
-        return batch.counts
+    async def deliver(self, jobs: Sequence[DeliveryJob],
+                      accounts: Mapping[str, Account | RejectedRow] | None = None) -> RunCounts:
+        """Re-check, claim, send and record each job, up to ``policy.concurrency`` at a time.
 
-    async def _guarded(self, job: DeliveryJob, limit: asyncio.Semaphore, batch: _Batch,
-                       facts: BatchFacts | None) -> None:
-        """One job; an unexpected error gives its claim back unless a provider already had the message."""
+        ``accounts`` are the jobs' accounts just re-read from the source, when the caller has them.
+        """
+        counts = RunCounts()
+        if not jobs:
+            return counts
+        facts = self.send_check.facts(jobs, self.clock(), accounts) if self.send_check else None
+        places = asyncio.Semaphore(self.policy.concurrency)
+        await asyncio.gather(*(self._guarded(job, places, facts, counts) for job in jobs))
+        return counts
+
+    async def _guarded(self, job: DeliveryJob, places: asyncio.Semaphore, facts: BatchFacts | None,
+                       counts: RunCounts) -> None:
+        """One job and its fallbacks; an unexpected error is logged (what was claimed stays for the reconciler)."""
         try:
-            await self._deliver_job(job, limit, batch, facts)
+            current: DeliveryJob | None = _as_reread(job, facts)
+            fallback = False
+            while current is not None:
+                result = await self._attempt(current, places, facts, counts, fallback=fallback)
+                current = await self._fallback(current, result)
+                fallback = True
+        except LedgerError as exc:
+            log.error("attempt %s (%s, %s): %s; left for the reconciler", job.attempt_id, job.account.account_id,
+                      job.channel.value, exc)
         except Exception:
             log.exception("attempt %s (%s, %s) failed unexpectedly", job.attempt_id, job.account.account_id,
                           job.channel.value)
-            if job.attempt_id not in batch.touched:
-                batch.released.append(job.attempt_id)
 
     async def aclose(self) -> None:
         for channel in self.channels.values():
             await channel.aclose()
         await self.limiter.aclose()
+        self.commit.close()
 
-    def _record(self, batch: _Batch) -> None:
-        now = self.clock()
-        self.ledger.finish_attempts(batch.outcomes, now)
-        self.ledger.record_decisions(batch.deferrals)
-        if batch.released:
-            self.ledger.release(batch.released, now)
+    async def _attempt(self, job: DeliveryJob, places: asyncio.Semaphore, facts: BatchFacts | None,
+                       counts: RunCounts, *, fallback: bool) -> DeliveryResult | Block | None:
+        """Claim and send ``job``, retrying transient failures; ``None`` when it did not go out or is in doubt.
 
-    def _blocked(self, job: DeliveryJob, channel: ChannelKind, address: str, facts: BatchFacts | None,
-                 batch: _Batch, *, fallback: bool = False) -> Block | None:
-        """Re-check ``job`` on ``channel``; a refusal is recorded (suppressed, or deferred and released)."""
+        A :class:`Block` is returned for a re-check that refused the channel (recorded).
+        """
+        first = True
+        while True:
+            async with places:
+                if self.stopping.is_set():  # not claimed: it stays planned for the next run
+                    return None
+                if not await self.commit.claim(job.attempt_id):
+                    counts.skipped += first
+                    return None
+                if first:
+                    block = await self._blocked(job, facts, counts, fallback=fallback)
+                    if block is not None:
+                        return block
+                outcome = await self._send_once(job, counts)
+                if outcome is None:
+                    return None
+                result, next_id = outcome
+                if next_id is None:  # final, or the next try belongs to someone else
+                    return result
+            if self.stopping.is_set():  # the next try stays planned for the next run
+                return None
+            await asyncio.sleep(backoff_delay(job.try_no, result.retry_after, base=self.policy.backoff_base,
+                                              cap=self.policy.backoff_cap))
+            job = replace(job, attempt_id=next_id, try_no=job.try_no + 1)
+            first = False
+
+    async def _send_once(self, job: DeliveryJob, counts: RunCounts) -> tuple[DeliveryResult, int | None] | None:
+        """Render, hand over, send and record one claimed try.
+
+        Returns the result and the id of the next try booked for a transient failure, or
+        ``None`` when nothing can be said yet (held back, given back, or left in doubt).
+        """
+        rendered = await self._render(job, counts)
+        if rendered is None:
+            return None
+        channel = self.channels[job.channel]
+        message = self._message(job, rendered)
+        await self.limiter.acquire(channel.provider)
+        if self.stopping.is_set() or not await self.commit.hand_over(job.attempt_id):
+            await self.commit.give_back(GiveBack(job.attempt_id))
+            return None
+        started, began = time.monotonic(), self.clock()
+        result = await channel.send(message)
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        if result.outcome is Outcome.TRANSIENT and result.error_code in AMBIGUOUS_ERRORS:
+            settled = await self._look_up(channel, job, message, began, result)
+            if settled is None:  # cannot tell: it stays 'sending' for the reconciler, never resent blindly
+                return None
+            result = settled
+        if result.outcome is Outcome.TRANSIENT and result.retry_after:
+            await self.limiter.pause(channel.provider, result.retry_after)
+        final = result.outcome is not Outcome.TRANSIENT or job.try_no >= self.policy.tries_for(job.channel)
+        following = None if final else _try_row(job, job.try_no + 1, job.channel, job.parent_id, None, self.clock())
+        next_id = await self.commit.record(_outcome(job, result, rendered, channel.provider, elapsed_ms), following)
+        self._count(counts, result, final)
+        if result.effect is not Effect.NONE:
+            self._suppress(job, result)
+        return result, next_id
+
+    async def _blocked(self, job: DeliveryJob, facts: BatchFacts | None, counts: RunCounts, *,
+                       fallback: bool) -> Block | None:
+        """Re-check a claimed ``job``; a refusal is recorded (suppressed, or deferred and given back)."""
         if self.send_check is None or facts is None:
             return None
-        block = self.send_check.check(job, channel, address, facts, self.clock(), fallback=fallback)
+        block = self.send_check.check(job, job.channel, job.address, facts, self.clock(), fallback=fallback)
         if block is None:
             return None
         log.info("attempt %s (%s, %s) held back before sending: %s: %s", job.attempt_id,
-                 job.account.account_id, channel.value, block.rule_id, block.detail)
+                 job.account.account_id, job.channel.value, block.rule_id, block.detail)
         if block.defer:
-            batch.released.append(job.attempt_id)
-            batch.deferrals.append(_deferral(job, channel, block, self.clock()))
-            batch.counts.deferred += 1
+            await self.commit.give_back(GiveBack(job.attempt_id, rule_id=block.rule_id))
+            await self.commit.decide(_deferral(job, job.channel, block, self.clock()))
+            counts.deferred += 1
         else:
-            batch.outcomes.append(AttemptOutcome(job.attempt_id, "suppressed", rule_id=block.rule_id,
-                                                 detail=block.detail))
-            batch.counts.suppressed += 1
+            await self.commit.record(AttemptOutcome(job.attempt_id, "suppressed", rule_id=block.rule_id,
+                                                    detail=block.detail))
+            counts.suppressed += 1
         return block
-
-    async def _deliver_job(self, job: DeliveryJob, limit: asyncio.Semaphore, batch: _Batch,
-                           facts: BatchFacts | None) -> None:
-        """Sends one job (retries, then fallback); a stop before sending gives the claim back."""
-        if self.stopping.is_set():
-            batch.released.append(job.attempt_id)
-            return
-        current: DeliveryJob | None = job
-        while current is not None:
-            result = await self._send_with_retries(current, limit, batch)
-            current = self._fallback(current, result, facts, batch)
-
-    async def _send_with_retries(self, job: DeliveryJob, limit: asyncio.Semaphore,
-                                 batch: _Batch) -> DeliveryResult:
-        while True:
-            rendered = self._render(job, batch)
-            if rendered is None:
-                return DeliveryResult.permanent("template_error", "the template failed to render")
-            channel = self.channels[job.channel]
-            message = self._message(job, rendered)
-            async with limit:
-                await self.limiter.acquire(channel.provider)
-                started, began = time.monotonic(), self.clock()
-                batch.touched.add(job.attempt_id)
-                result = await channel.send(message)
-                elapsed_ms = int((time.monotonic() - started) * 1000)
-            if result.outcome is Outcome.TRANSIENT and result.error_code in AMBIGUOUS_ERRORS:
-                settled = await self._look_up(channel, job, message, began, result)
-                if settled is None:  # cannot tell: leave it 'sending' for the reconciler, never resend blindly
-                    return result
-                result = settled
-            if result.outcome is Outcome.TRANSIENT and result.retry_after:
-                await self.limiter.pause(channel.provider, result.retry_after)
-            final = result.outcome is not Outcome.TRANSIENT or job.try_no >= self.policy.tries_for(job.channel)
-            batch.outcomes.append(_outcome(job, result, rendered, channel.provider, elapsed_ms))
-            self._count(batch.counts, result, final)
-            if result.effect is not Effect.NONE:
-                self._suppress(job, result)
-            if final:
-                return result
-            if self.stopping.is_set():  # leave the next try to the next run
-                self.ledger.insert_try(job, job.try_no + 1, job.channel, job.parent_id, self.clock(),
-                                       status="planned")
-                return result
-            await asyncio.sleep(backoff_delay(job.try_no, result.retry_after, base=self.policy.backoff_base,
-                                              cap=self.policy.backoff_cap))
-            retry = self._next_try(job)
-            if retry is None:
-                return result
-            job = retry
 
     async def _look_up(self, channel: Channel, job: DeliveryJob, message: Message, began: datetime,
                        result: DeliveryResult) -> DeliveryResult | None:
@@ -237,8 +251,8 @@ class Deliverer:
         try:
             sids = await channel.find_sent(message.to, began - LOOKUP_SLACK, message.body)
         except DeliveryError as exc:
-            log.warning("attempt %s: timed out and the provider cannot be asked (%s); left for reconciliation",
-                        job.attempt_id, exc)
+            log.warning("attempt %s: timed out and the provider cannot be asked (%s); its outcome is asked "
+                        "again at reconciliation", job.attempt_id, exc)
             return None
         fresh = [sid for sid in sids if not self.ledger.has_provider_id(sid)]
         if fresh:
@@ -247,7 +261,13 @@ class Deliverer:
             return DeliveryResult.sent(fresh[0])
         return result
 
-    def _render(self, job: DeliveryJob, batch: _Batch) -> Rendered | None:
+    async def _render(self, job: DeliveryJob, counts: RunCounts) -> Rendered | None:
+        """The rendered message, or ``None``: a template that fails holds the claim back; a message the
+        content rules refuse is suppressed.
+
+        A held attempt is given back (``planned``) with error class ``template``: it is
+        not burned, and goes out in a run after a valid edit of the templates.
+        """
         step = self.schedule.step_named(job.step)
         try:
             if step is None:
@@ -258,20 +278,20 @@ class Deliverer:
                                     job.local_today, unsubscribe_url)
             rendered = self.composer.render(context, job.channel)
         except TemplateError as exc:
-            log.error("attempt %s (%s, %s): %s", job.attempt_id, job.account.account_id, job.channel.value, exc)
-            batch.outcomes.append(AttemptOutcome(job.attempt_id, "failed", error_code="template_error",
-                                                 error_class="permanent", error_message=str(exc)))
-            batch.counts.failed += 1
+            log.error("attempt %s (%s, %s) held until the templates are fixed: %s", job.attempt_id,
+                      job.account.account_id, job.channel.value, exc)
+            await self.commit.give_back(GiveBack(job.attempt_id, "template_error", HELD_CLASS, str(exc)))
+            counts.held += 1
             return None
         block = self.content_check.check(rendered, job.account) if self.content_check else None
-        if block is not None:
+        if block is not None:  # the templates passed these rules when loaded: the account's data breaks them
             log.error("attempt %s (%s, %s) blocked: %s: %s", job.attempt_id, job.account.account_id,
                       job.channel.value, block.rule_id, block.detail)
-            batch.outcomes.append(AttemptOutcome(job.attempt_id, "suppressed", rule_id=block.rule_id,
-                                                 detail=block.detail, template=rendered.template,
-                                                 template_version=rendered.template_version,
-                                                 content_hash=rendered.content_hash))
-            batch.counts.suppressed += 1
+            await self.commit.record(AttemptOutcome(job.attempt_id, "suppressed", rule_id=block.rule_id,
+                                                    detail=block.detail, template=rendered.template,
+                                                    template_version=rendered.template_version,
+                                                    content_hash=rendered.content_hash))
+            counts.suppressed += 1
             return None
         return rendered
 
@@ -284,36 +304,33 @@ class Deliverer:
             locale=rendered.locale,
         )
 
-    def _next_try(self, job: DeliveryJob) -> DeliveryJob | None:
-        attempt_id = self.ledger.insert_try(job, job.try_no + 1, job.channel, job.parent_id, self.clock())
-        return None if attempt_id is None else replace(job, attempt_id=attempt_id, try_no=job.try_no + 1)
+    async def _fallback(self, job: DeliveryJob, result: DeliveryResult | Block | None) -> DeliveryJob | None:
+        """The job for the step's next channel after a permanent failure, if the step has one.
 
-    def _fallback(self, job: DeliveryJob, result: DeliveryResult, facts: BatchFacts | None,
-                  batch: _Batch) -> DeliveryJob | None:
-        """The job for the step's next usable channel after a permanent failure, if the step has one.
-
-        A fallback channel passes the same re-checks as any send (opt-out, window ...):
-        a suppressed one is recorded and skipped, a deferred one is left to a later run.
+        A fallback channel is claimed and re-checked like any send (opt-out, window,
+        caps ...): a suppressed one is recorded and the next is tried, a deferred one
+        is left to a later run.
         """
-        if result.outcome is not Outcome.PERMANENT or self.stopping.is_set():
+        if isinstance(result, Block):
+            if result.defer or job.parent_id is None:
+                return None
+            return await self._next_fallback(job, job.parent_id)
+        if result is None or result.outcome is not Outcome.PERMANENT or self.stopping.is_set():
             return None
+        return await self._next_fallback(job, job.attempt_id)
+
+    async def _next_fallback(self, job: DeliveryJob, parent_id: int) -> DeliveryJob | None:
         for index, channel in enumerate(job.fallbacks):
             address = address_for(job.account, channel)
             if not address:
                 continue
-            attempt_id = self.ledger.insert_try(job, 1, channel, job.attempt_id, self.clock(), address=address)
+            attempt_id = await self.commit.insert_try(_try_row(job, 1, channel, parent_id, address, self.clock()))
             if attempt_id is None:
                 return None
-            candidate = replace(job, attempt_id=attempt_id, try_no=1, channel=channel, address=address,
-                                fallbacks=job.fallbacks[index + 1 :], parent_id=job.attempt_id)
-            block = self._blocked(candidate, channel, address, facts, batch, fallback=True)
-            if block is not None:
-                if block.defer:
-                    return None
-                continue
             log.info("attempt %s: %s failed permanently, falling back to %s as attempt %s",
-                     job.attempt_id, job.channel.value, channel.value, attempt_id)
-            return candidate
+                     parent_id, job.channel.value, channel.value, attempt_id)
+            return replace(job, attempt_id=attempt_id, try_no=1, channel=channel, address=address,
+                           fallbacks=job.fallbacks[index + 1 :], parent_id=parent_id, planned_address_hash=None)
         return None
 
     def _suppress(self, job: DeliveryJob, result: DeliveryResult) -> None:
@@ -330,6 +347,19 @@ class Deliverer:
             counts.sent += 1
         elif final:
             counts.failed += 1
+
+
+def _try_row(job: DeliveryJob, try_no: int, channel: ChannelKind, parent_id: int | None, address: str | None,
+             now: datetime) -> dict[str, Any]:
+    """A further try of ``job`` (a retry, or a fallback channel's first try at ``address``), ``planned``."""
+    to = address or job.address
+    return {
+        "reminder_key": job.reminder_key, "account_id": job.account.account_id, "step": job.step,
+        "occurrence": job.occurrence, "channel": channel.value, "try_no": try_no, "status": "planned",
+        "address": mask_address(channel.value, to), "address_hash": address_hash(to),
+        "borrower_hash": borrower_key(job.account), "parent_id": parent_id, "run_id": job.run_id,
+        "created_at": now, "attempted_at": None, "updated_at": now,
+    }
 
 
 def _as_reread(job: DeliveryJob, facts: BatchFacts | None) -> DeliveryJob:

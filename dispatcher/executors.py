@@ -1,17 +1,21 @@
 """Where delivery runs: in this process, or on Celery workers through the broker.
 
 Both take the jobs a batch booked. In-process delivery returns what happened;
-Celery delivery only enqueues (``task_batch`` jobs per task: one task per message
-would cap throughput at the broker's task rate) and the runner then follows the
-ledger until the run's attempts are done.
+Celery delivery only enqueues their attempt ids (``task_batch`` per task: one task
+per message would cap throughput at the broker's task rate) and the runner then
+follows the ledger until the run's attempts are done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
+from kombu.exceptions import ChannelError
+
 from dispatcher.delivery import Deliverer
+from dispatcher.job_loader import JobLoader
 from dispatcher.jobs import DeliveryJob, RunCounts
 
 QUEUE = "dispatcher"
@@ -22,11 +26,17 @@ PUBLISH_RETRY_POLICY = {"max_retries": None, "interval_start": 0.5, "interval_st
 
 
 class Executor(Protocol):
-    """Hands booked jobs to delivery."""
+    """Hands booked jobs (or planned attempt ids) to delivery."""
 
     remote: bool
 
     async def submit(self, jobs: Sequence[DeliveryJob]) -> RunCounts: ...
+
+    async def submit_ids(self, attempt_ids: Sequence[int]) -> RunCounts: ...
+
+    def queued(self) -> int: ...
+
+    def describe_queue(self) -> str: ...
 
     async def aclose(self) -> None: ...
 
@@ -36,32 +46,71 @@ class InProcessExecutor:
 
     remote = False
 
-    def __init__(self, deliverer: Deliverer) -> None:
+    def __init__(self, deliverer: Deliverer, loader: JobLoader, clock: Callable[[], datetime]) -> None:
         self.deliverer = deliverer
+        self.loader = loader
+        self.clock = clock
 
     async def submit(self, jobs: Sequence[DeliveryJob]) -> RunCounts:
         return await self.deliverer.deliver(jobs) if jobs else RunCounts()
+
+    async def submit_ids(self, attempt_ids: Sequence[int]) -> RunCounts:
+        loaded = self.loader.load(attempt_ids, self.clock())
+        counts = await self.deliverer.deliver(loaded.jobs, loaded.accounts)
+        counts.suppressed += loaded.gone
+        return counts
+
+    def queued(self) -> int:
+        return 0
+
+    def describe_queue(self) -> str:
+        return "delivery in this process"
 
     async def aclose(self) -> None:
         await self.deliverer.aclose()
 
 
 class CeleryExecutor:
-    """Enqueues jobs for Celery workers, ``task_batch`` per task."""
+    """Enqueues attempt ids for Celery workers, ``task_batch`` per task; tasks expire when the run would."""
 
     remote = True
 
-    def __init__(self, task: Any, task_batch: int, config_version: str) -> None:
+    def __init__(self, task: Any, task_batch: int, config_version: str, run_id: int | None,
+                 expires_after: float) -> None:
         self.task = task
         self.task_batch = task_batch
         self.config_version = config_version
+        self.run_id = run_id
+        self.expires_after = expires_after
 
     async def submit(self, jobs: Sequence[DeliveryJob]) -> RunCounts:
-        for start in range(0, len(jobs), self.task_batch):
-            chunk = jobs[start : start + self.task_batch]
-            payload = {"version": self.config_version, "jobs": [job.to_dict() for job in chunk]}
-            self.task.apply_async(args=[payload], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+        return await self.submit_ids([job.attempt_id for job in jobs])
+
+    async def submit_ids(self, attempt_ids: Sequence[int]) -> RunCounts:
+        for start in range(0, len(attempt_ids), self.task_batch):
+            self.task.apply_async(args=[task_payload(self.config_version, self.run_id,
+                                                     attempt_ids[start : start + self.task_batch])],
+                                  expires=self.expires_after, retry=True, retry_policy=PUBLISH_RETRY_POLICY)
         return RunCounts()
+
+    def queued(self) -> int:
+        """Tasks waiting in the broker's queue (not those a worker holds)."""
+        with self.task.app.connection_for_read() as connection, connection.channel() as channel:
+            try:
+                return int(channel.queue_declare(QUEUE, passive=True).message_count)
+            except ChannelError:  # no such queue: Redis drops an empty list, so nothing waits
+                return 0
+
+    def describe_queue(self) -> str:
+        try:
+            return f"{self.queued()} task(s) waiting in the queue {QUEUE!r}"
+        except Exception as exc:  # kombu and the transports raise many kinds
+            return f"the broker cannot be asked: {exc}"
 
     async def aclose(self) -> None:
         return None
+
+
+def task_payload(version: str, run_id: int | None, attempt_ids: Sequence[int]) -> dict[str, Any]:
+    """What a delivery task carries: the configuration version, the run and attempt ids; no personal data."""
+    return {"version": version, "run_id": run_id, "attempts": [int(i) for i in attempt_ids]}

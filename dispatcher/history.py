@@ -12,7 +12,7 @@ from datetime import datetime
 from dispatcher.accounts import Account
 from dispatcher.masking import address_hash
 
-CONTACT_STATUSES = frozenset({"sending", "sent", "delivered", "unknown"})
+CONTACT_STATUSES = frozenset({"claimed", "sending", "sent", "delivered", "unknown"})
 """Attempt statuses meaning the message reached, or may have reached, the borrower (what caps count)."""
 
 Claims = Mapping[tuple[str, str], str]

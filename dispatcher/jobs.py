@@ -1,15 +1,14 @@
 """A delivery job: one planned attempt, with what the deliverer needs to render and send it.
 
-Jobs travel from the planning daemon to the deliverer, in the same process or
-through Celery, so they convert to and from plain JSON-able dicts.
+In the daemon's process, jobs go from booking straight to the deliverer. Through
+Celery only their attempt ids travel; a worker rebuilds the jobs from the ledger
+and the source (:mod:`dispatcher.job_loader`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import date
-from decimal import Decimal
-from typing import Any
 
 from dispatcher.accounts import Account
 from dispatcher.channels.base import ChannelKind
@@ -32,51 +31,29 @@ class DeliveryJob:
     fallbacks: tuple[ChannelKind, ...] = ()
     parent_id: int | None = None
     run_id: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values, built field by field (``dataclasses.asdict`` deep-copies: a tenth of a
-        planning daemon's CPU with a broker)."""
-        a = self.account
-        account = {
-            "account_id": a.account_id, "name": a.name, "phone": a.phone, "email": a.email,
-            "push_token": a.push_token, "locale": a.locale, "timezone": a.timezone, "currency": a.currency,
-            "overdue_amount": str(a.overdue_amount), "due_date": a.due_date.isoformat(),
-            "deadline": _iso(a.deadline), "repayment_account": a.repayment_account,
-            "do_not_contact": a.do_not_contact, "dispute": a.dispute,
-            "promise_to_pay_until": _iso(a.promise_to_pay_until),
-            "opt_out_channels": sorted(a.opt_out_channels), "pause_flags": sorted(a.pause_flags),
-        }
-        return {
-            "attempt_id": self.attempt_id, "try_no": self.try_no, "reminder_key": self.reminder_key,
-            "account": account, "step": self.step, "occurrence": self.occurrence,
-            "days_overdue": self.days_overdue, "local_today": self.local_today.isoformat(),
-            "channel": self.channel.value, "address": self.address,
-            "fallbacks": [c.value for c in self.fallbacks], "parent_id": self.parent_id, "run_id": self.run_id,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DeliveryJob:
-        raw = dict(data["account"])
-        raw["overdue_amount"] = Decimal(raw["overdue_amount"])
-        raw["opt_out_channels"] = frozenset(raw["opt_out_channels"])
-        raw["pause_flags"] = frozenset(raw.get("pause_flags", ()))
-        for key in ("due_date", "deadline", "promise_to_pay_until"):
-            raw[key] = date.fromisoformat(raw[key]) if raw[key] else None
-        values = dict(data)
-        values["account"] = Account(**raw)
-        values["local_today"] = date.fromisoformat(data["local_today"])
-        values["channel"] = ChannelKind(data["channel"])
-        values["fallbacks"] = tuple(ChannelKind(c) for c in data["fallbacks"])
-        return cls(**values)
+    planned_address_hash: str | None = None  # set when the address re-read differs from the one planned
 
 
-def _iso(day: date | None) -> str | None:
-    return day.isoformat() if day else None
+COUNT_NAMES = ("accounts", "rejected", "planned", "sent", "failed", "suppressed", "deferred", "unknown", "pending",
+               "held", "in_doubt", "suppressed_at_send", "deferred_at_send", "skipped")
+"""The counts of a run, in the order they are stored."""
 
 
 @dataclass(slots=True)
 class RunCounts:
-    """What a run did, by outcome (stored as JSON on the run row)."""
+    """What a run did, by outcome (stored as JSON on the run row).
+
+    ``planned`` counts the attempts the run booked to send; each ends as exactly
+    one of ``sent``, ``failed``, ``suppressed_at_send`` (held back by the re-check
+    just before sending), ``deferred_at_send`` (given back for a later moment),
+    ``unknown`` (handed over, the provider cannot say) or ``pending`` (not settled
+    when the run ended), following retries and fallback channels. ``held`` is the
+    part of ``pending`` waiting for a template that renders, ``in_doubt`` the part
+    handed over whose outcome is asked at reconciliation, the rest was left
+    ``planned`` (a stop, a next try). ``suppressed`` and ``deferred`` also count
+    what planning decided not to send. ``skipped``: accounts with nothing new to
+    book, or jobs someone else had claimed.
+    """
 
     accounts: int = 0
     rejected: int = 0
@@ -85,10 +62,16 @@ class RunCounts:
     failed: int = 0
     suppressed: int = 0
     deferred: int = 0
+    unknown: int = 0
+    pending: int = 0
+    held: int = 0
+    in_doubt: int = 0
+    suppressed_at_send: int = 0
+    deferred_at_send: int = 0
     skipped: int = 0
 
     def add(self, other: RunCounts) -> None:
-        for name in ("accounts", "rejected", "planned", "sent", "failed", "suppressed", "deferred", "skipped"):
+        for name in COUNT_NAMES:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def as_dict(self) -> dict[str, int]:

@@ -1,21 +1,27 @@
-"""Reconciling attempts left ``sending`` by a crash: did the message go out or not?
+"""Reconciling attempts whose outcome was never recorded: did the message go out or not?
 
-An attempt is ``sending`` from just before the provider call until its outcome is
-recorded. One that stays so longer than ``DISPATCHER_RECONCILE_AFTER`` was cut off
-by a crash, and nobody knows whether the provider took it. It is never blindly
-sent again:
+An attempt is ``claimed`` while a deliverer prepares it and ``sending`` from just
+before the provider call until its outcome is recorded. One that stays so longer
+than ``DISPATCHER_RECONCILE_AFTER`` was cut off (a crash, a killed worker, a
+provider that could not be asked after a timeout). It is never blindly sent again:
 
-* SMS through Twilio: the provider is asked for messages to that number since the
-  attempt began. Found → ``sent`` with its SID; not found → ``planned`` again, so
-  the next pass delivers it.
-* other channels: ``DISPATCHER_UNKNOWN_OUTCOME`` decides: ``mark-unknown`` (default:
-  ``unknown``, visible in ``dispatcher attempts`` and the metrics) or ``resend``.
+* ``claimed``: nothing was handed to a channel; back to ``planned``, the next pass
+  delivers it.
+* ``sending`` on a channel that can say whether it took the message: the outbox
+  (it is the provider: the attempt is looked up in its files) and Twilio (its
+  message list to that number since the attempt began). Found → ``sent`` with the
+  provider's id; not found → ``planned`` again.
+* ``sending`` on a channel nobody can answer for (SMTP relays, FCM):
+  ``DISPATCHER_UNKNOWN_OUTCOME`` decides: ``mark-unknown`` (default: ``unknown``,
+  visible in ``dispatcher attempts`` and the metrics; ``dispatcher retry`` can send
+  it again) or ``resend``. Emails carry a Message-ID derived from the attempt, so a
+  resend is recognisable downstream.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,8 +29,7 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
-from dispatcher.channels.twilio_sms import TwilioSmsChannel
+from dispatcher.channels.base import AttemptLookup, Channel, ChannelKind, SentLookup
 from dispatcher.errors import DeliveryError
 from dispatcher.ledger.tables import attempts
 from dispatcher.masking import address_hash
@@ -36,24 +41,35 @@ LOOKUP_SLACK = timedelta(minutes=1)
 """Messages created this long before the attempt's start still count (clock skew)."""
 
 
+STALE_BATCH = 5000
+"""Attempts settled per round of reconciliation."""
+
+
 @dataclass
 class ReconcileCounts:
+    given_back: int = 0
     found_sent: int = 0
     resent: int = 0
     unknown: int = 0
+    left: int = 0
 
 
 class Reconciler:
-    """Settles stale ``sending`` attempts, asking Twilio where it can."""
+    """Settles stale ``claimed`` and ``sending`` attempts, asking the channels that can tell."""
 
-    def __init__(self, engine: Engine, source: AccountSource, twilio: TwilioSmsChannel | None,
+    def __init__(self, engine: Engine, source: AccountSource, channels: Mapping[ChannelKind, Channel],
                  unknown_outcome: str) -> None:
         self.engine = engine
         self.source = source
-        self.twilio = twilio
+        self.channels = channels
         self.unknown_outcome = unknown_outcome
 
-    def stale(self, older_than: datetime, limit: int = 5000) -> list[dict[str, Any]]:
+    async def aclose(self) -> None:
+        for channel in self.channels.values():
+            await channel.aclose()
+
+    def stale(self, older_than: datetime, limit: int = STALE_BATCH) -> list[dict[str, Any]]:
+        """Attempts ``sending`` since before ``older_than`` (oldest first)."""
         query = (select(attempts.c.id, attempts.c.account_id, attempts.c.channel, attempts.c.address_hash,
                         attempts.c.attempted_at)
                  .where(attempts.c.status == "sending", attempts.c.attempted_at < older_than)
@@ -61,13 +77,33 @@ class Reconciler:
         with self.engine.connect() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
 
+    def give_back_stale_claims(self, older_than: datetime, now: datetime) -> int:
+        """``claimed`` attempts never handed over (their deliverer died): back to ``planned``."""
+        statement = (update(attempts).where(attempts.c.status == "claimed", attempts.c.updated_at < older_than)
+                     .values(status="planned", attempted_at=None, updated_at=now))
+        with self.engine.begin() as connection:
+            return int(connection.execute(statement).rowcount or 0)
+
     async def reconcile(self, older_than: datetime, now: datetime) -> ReconcileCounts:
-        counts = ReconcileCounts()
-        rows = self.stale(older_than)
-        if not rows:
-            return counts
-        accounts = self._accounts(rows)
+        counts = ReconcileCounts(given_back=self.give_back_stale_claims(older_than, now))
+        if counts.given_back:
+            log.warning("gave back %d attempt(s) claimed but never handed to a channel (their deliverer stopped); "
+                        "they are sent by the next pass", counts.given_back)
+        seen: set[int] = set()
         known_sids: set[str] = set()
+        while rows := [row for row in self.stale(older_than) if row["id"] not in seen]:
+            seen.update(row["id"] for row in rows)
+            await self._settle_all(rows, older_than, now, known_sids, counts)
+        if seen:
+            log.warning("reconciled %d attempt(s) handed over without a recorded outcome (a crash, a stop, or a "
+                        "provider that could not be asked): %d found sent, %d not taken (to send again), "
+                        "%d unknown, %d left for later", len(seen), counts.found_sent, counts.resent,
+                        counts.unknown, counts.left)
+        return counts
+
+    async def _settle_all(self, rows: list[dict[str, Any]], older_than: datetime, now: datetime,
+                          known_sids: set[str], counts: ReconcileCounts) -> None:
+        accounts = self._accounts(rows)
         for row in rows:
             row["older_than"] = older_than
             status, sid = await self._settle(row, accounts.get(row["account_id"]), known_sids)
@@ -77,31 +113,37 @@ class Reconciler:
             counts.found_sent += status == "sent"
             counts.resent += status == "planned"
             counts.unknown += status == "unknown"
-        log.warning("reconciled %d attempt(s) left sending by a crash: %d found sent, %d to send again, "
-                    "%d unknown", len(rows), counts.found_sent, counts.resent, counts.unknown)
-        return counts
+            counts.left += status == "sending"
 
     def _accounts(self, rows: Sequence[dict[str, Any]]) -> dict[str, Account]:
-        if self.twilio is None or not any(r["channel"] == ChannelKind.SMS.value for r in rows):
+        sms = self.channels.get(ChannelKind.SMS)
+        if not isinstance(sms, SentLookup) or not any(r["channel"] == ChannelKind.SMS.value for r in rows):
             return {}
         fresh = self.source.fetch(sorted({r["account_id"] for r in rows if r["channel"] == "sms"}))
         return {key: value for key, value in fresh.items() if isinstance(value, Account)}
 
     async def _settle(self, row: dict[str, Any], account: Account | None,
                       known: set[str]) -> tuple[str, str | None]:
-        phone = account.phone if account else None
-        if row["channel"] == "sms" and self.twilio is not None and phone and \
-                address_hash(phone) == row["address_hash"]:
-            if self._in_flight_to(row):  # its message could be mistaken for this one's: decide next time
-                return "sending", None
-            try:
-                sids = await self.twilio.find_sent(phone, row["attempted_at"] - LOOKUP_SLACK)
-            except DeliveryError as exc:
-                log.warning("attempt %s: cannot ask Twilio (%s); left for the next reconciliation", row["id"], exc)
-                return "sending", None
-            fresh = [sid for sid in sids if sid not in known and not self._recorded(sid)]
-            return ("sent", fresh[0]) if fresh else ("planned", None)
+        channel = self.channels.get(ChannelKind(row["channel"]))
+        try:
+            if isinstance(channel, AttemptLookup):
+                sid = await channel.find_attempt(int(row["id"]))
+                return ("sent", sid) if sid else ("planned", None)
+            phone = account.phone if account else None
+            if isinstance(channel, SentLookup) and phone and address_hash(phone) == row["address_hash"]:
+                return await self._ask_messages(channel, row, phone, known)
+        except DeliveryError as exc:
+            log.warning("attempt %s: cannot ask the provider (%s); left for the next reconciliation", row["id"], exc)
+            return "sending", None
         return ("planned", None) if self.unknown_outcome == "resend" else ("unknown", None)
+
+    async def _ask_messages(self, channel: SentLookup, row: dict[str, Any], phone: str,
+                            known: set[str]) -> tuple[str, str | None]:
+        if self._in_flight_to(row):  # its message could be mistaken for this one's: decide next time
+            return "sending", None
+        sids = await channel.find_sent(phone, row["attempted_at"] - LOOKUP_SLACK)
+        fresh = [sid for sid in sids if sid not in known and not self._recorded(sid)]
+        return ("sent", fresh[0]) if fresh else ("planned", None)
 
     def _in_flight_to(self, row: dict[str, Any]) -> bool:
         """Whether another attempt to the same number is being sent right now (not stale)."""
@@ -121,11 +163,13 @@ class Reconciler:
             return
         values: dict[str, Any] = {"status": status, "updated_at": now}
         if status == "sent":
-            values.update(provider_message_id=sid, detail="reconciled: found at the provider after a crash")
+            values.update(provider_message_id=sid, detail="reconciled: the provider had taken it")
         elif status == "unknown":
-            values.update(error_code="outcome_unknown", detail="cut off by a crash; not resent (policy)")
+            values.update(error_code="outcome_unknown",
+                          detail="handed over, outcome not recorded, and the provider cannot be asked; not resent "
+                                 "(DISPATCHER_UNKNOWN_OUTCOME=mark-unknown)")
         else:
-            values.update(attempted_at=None, detail="cut off by a crash before the provider took it; resent")
+            values.update(attempted_at=None, detail="reconciled: the provider never took it; sent again")
         with self.engine.begin() as connection:
             connection.execute(update(attempts).where(attempts.c.id == attempt_id, attempts.c.status == "sending")
                                .values(**values))

@@ -13,18 +13,23 @@ import asyncio
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from dispatcher import loops
 from dispatcher.app import App, Pipeline
+from dispatcher.errors import DispatcherError
 from dispatcher.executors import Executor
 from dispatcher.jobs import RunCounts
+from dispatcher.ledger.tally import job_outcomes
 
 log = logging.getLogger(__name__)
 
 SWEEP_AFTER = 30.0
-"""Seconds without progress on a run's attempts after which the run is booked again."""
+"""Seconds without progress on a run's attempts after which lost tasks are looked for."""
 
 POLL_INTERVAL = 0.25
 """Seconds between two looks at the ledger while workers deliver."""
@@ -79,37 +84,56 @@ class Runner:
         if run_id is None:
             log.info("run %s at %s already happened or is running elsewhere; skipped", name, fire_time.isoformat())
             return RunReport(None, name, fire_time, "skipped", counts)
-        log.info("run %s (#%s) started with schedules.yaml version %s", name, run_id, pipeline.loaded.version)
+        log.info("run %s (#%s) started with configuration version %s", name, run_id, pipeline.loaded.version)
         loops.settle_heap()
         lease = _Lease(app, run_id, self.stopping)
         lease.start()
-        status = "failed"
+        status, error = "failed", "stopped by an unexpected error"
+        jobs: list[int] = []
         try:
-            finished = loops.run(self._execute(run_id, pipeline, counts, lease.halt), app.settings.event_loop)
-            status = "completed" if finished else "interrupted"
+            finished = loops.run(self._execute(run_id, pipeline, counts, jobs, lease.halt), app.settings.event_loop)
+            status, error = ("completed", "") if finished else ("interrupted", "")
+        except RunFailed as exc:
+            error = str(exc)
+        except DispatcherError as exc:
+            error = str(exc)
+            raise
         finally:
             lease.done.set()
             lease.join()
-            if not app.runs.finish(run_id, status, counts.as_dict(), app.clock(), app.settings.daemon_id):
-                status = "taken-over"
-            log.info("run %s (#%s) %s: %s", name, run_id, status,
-                     ", ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
+            status = self._close(run_id, name, status, error, counts, jobs)
         return RunReport(run_id, name, fire_time, status, counts)
 
-    async def _execute(self, run_id: int, pipeline: Pipeline, counts: RunCounts, halt: threading.Event) -> bool:
-        await self._reconcile(pipeline)
-        executor = self.app.executor(pipeline, halt)
+    def _close(self, run_id: int, name: str, status: str, error: str, counts: RunCounts, jobs: list[int]) -> str:
+        """Count every booked attempt's outcome from the ledger and record the run's end."""
+        app = self.app
         try:
-            finished = await self._book_all(run_id, pipeline, executor, counts, halt)
+            settle_counts(counts, job_outcomes(app.engine, jobs))
+        except SQLAlchemyError as exc:
+            log.error("run #%s: cannot count its outcomes: %s", run_id, exc)
+        if status == "failed":
+            done = app.runs.fail(run_id, error, counts.as_dict(), app.clock(), app.settings.daemon_id)
+            log.error("run %s (#%s) failed: %s", name, run_id, error)
+        else:
+            done = app.runs.finish(run_id, status, counts.as_dict(), app.clock(), app.settings.daemon_id)
+        status = status if done else "taken-over"
+        log.info("run %s (#%s) %s: %s", name, run_id, status, summary(counts))
+        return status
+
+    async def _execute(self, run_id: int, pipeline: Pipeline, counts: RunCounts, jobs: list[int],
+                       halt: threading.Event) -> bool:
+        await self._reconcile(pipeline)
+        executor = self.app.executor(pipeline, halt, run_id)
+        try:
+            finished = await self._book_all(run_id, pipeline, executor, counts, jobs, halt)
             if executor.remote and finished:
                 finished = await self._follow(run_id, pipeline, executor, halt)
-                self._count_from_ledger(run_id, counts)
             return finished and not halt.is_set()
         finally:
             await executor.aclose()
 
     async def _book_all(self, run_id: int, pipeline: Pipeline, executor: Executor, counts: RunCounts,
-                        halt: threading.Event) -> bool:
+                        jobs: list[int], halt: threading.Event) -> bool:
         """Plan and book every batch of the source, handing each batch's jobs to ``executor``."""
         ledger, booker = self.app.ledger, self.app.booker()
         for batch in pipeline.source.batches():
@@ -119,37 +143,66 @@ class Runner:
             ledger.record_rejects(run_id, batch.rejects, now)
             history = ledger.load_history(batch.accounts, pipeline.policy.contacts_since(now))
             decisions = pipeline.planner.plan(batch.accounts, history, now)
-            jobs, booked = booker.book(decisions, run_id, now)
+            booked_jobs, booked = booker.book(decisions, run_id, now)
             booked.rejected = len(batch.rejects)
             booked.accounts += len(batch.rejects)
-            delivered = await executor.submit(jobs)
-            booked.sent, booked.failed = delivered.sent, delivered.failed
-            booked.suppressed += delivered.suppressed
-            booked.deferred += delivered.deferred
+            jobs.extend(job.attempt_id for job in booked_jobs)
+            await executor.submit(booked_jobs)
             counts.add(booked)
         return True
 
     async def _follow(self, run_id: int, pipeline: Pipeline, executor: Executor, halt: threading.Event) -> bool:
-        """Wait for the workers to settle the run's attempts; sweep when they stop making progress."""
-        deadline = time.monotonic() + self.app.settings.run_timeout
-        last_pending, last_change = -1, time.monotonic()
+        """Wait for the workers to settle the run's attempts.
+
+        When they stop making progress with nothing left in the queue (a lost task, a
+        restarted Redis), crashed sends are reconciled and the attempts still ``planned``
+        are enqueued again, once; tasks waiting in the queue are never enqueued twice.
+        A run whose tasks keep failing, or that makes no progress for
+        ``DISPATCHER_STALL_TIMEOUT`` seconds, fails with the cause.
+        """
+        settings = self.app.settings
+        deadline = time.monotonic() + settings.run_timeout
+        last_pending, last_change, last_sweep = -1, time.monotonic(), time.monotonic()
         while time.monotonic() < deadline:
             pending = self.app.ledger.pending_count(run_id)
             if pending == 0:
                 return True
             if halt.is_set():
                 return False
+            self._check_failures(run_id)
             if pending != last_pending:
                 last_pending, last_change = pending, time.monotonic()
-            elif time.monotonic() - last_change > SWEEP_AFTER:
-                log.warning("run #%s: %d attempt(s) pending without progress for %.0f s; reconciling and "
-                            "re-enqueueing", run_id, pending, SWEEP_AFTER)
-                await self._reconcile(pipeline)
-                await self._book_all(run_id, pipeline, executor, RunCounts(), halt)
-                last_change = time.monotonic()
+            elif time.monotonic() - last_change > settings.stall_timeout:
+                raise RunFailed(f"no progress for {settings.stall_timeout:.0f} s with {pending} attempt(s) pending "
+                                f"({executor.describe_queue()})")
+            elif time.monotonic() - max(last_change, last_sweep) > SWEEP_AFTER:
+                last_sweep = time.monotonic()
+                await self._sweep(run_id, pipeline, executor, pending)
             await asyncio.sleep(POLL_INTERVAL)
-        log.error("run #%s: gave up waiting for the workers after %d s", run_id, self.app.settings.run_timeout)
-        return False
+        raise RunFailed(f"the workers did not settle the run within DISPATCHER_RUN_TIMEOUT={settings.run_timeout} s")
+
+    def _check_failures(self, run_id: int) -> None:
+        failures, error = self.app.runs.task_failures(run_id)
+        if failures >= TASK_FAILURES_LIMIT:
+            raise RunFailed(f"{failures} delivery task(s) failed on the workers; the last: {error}")
+
+    async def _sweep(self, run_id: int, pipeline: Pipeline, executor: Executor, pending: int) -> None:
+        """No progress: enqueue again what no task holds, unless tasks still wait in the queue."""
+        try:
+            waiting = executor.queued()
+        except Exception as exc:  # kombu and the transports raise many kinds
+            log.warning("run #%s: %d attempt(s) pending; the broker cannot be asked how many tasks wait (%s); "
+                        "looking again later", run_id, pending, exc)
+            return
+        if waiting:
+            log.warning("run #%s: %d attempt(s) pending, %d task(s) waiting in the queue: no worker is taking "
+                        "them (nothing is enqueued again)", run_id, pending, waiting)
+            return
+        await self._reconcile(pipeline)
+        ids = self.app.ledger.planned_ids(run_id)
+        log.warning("run #%s: %d attempt(s) pending without progress and the queue is empty; enqueueing the %d "
+                    "still planned again", run_id, pending, len(ids))
+        await executor.submit_ids(ids)
 
     async def _reconcile(self, pipeline: Pipeline) -> None:
         reconciler = self.app.reconciler(pipeline)
@@ -157,12 +210,39 @@ class Runner:
         try:
             await reconciler.reconcile(now - timedelta(seconds=self.app.settings.reconcile_after), now)
         finally:
-            if reconciler.twilio is not None:
-                await reconciler.twilio.aclose()
+            await reconciler.aclose()
 
-    def _count_from_ledger(self, run_id: int, counts: RunCounts) -> None:
-        statuses = self.app.ledger.status_counts(run_id)
-        counts.sent = statuses.get("sent", 0) + statuses.get("delivered", 0)
-        counts.failed = statuses.get("failed", 0) + statuses.get("undelivered", 0)
-        counts.suppressed = statuses.get("suppressed", 0)
-        counts.deferred = statuses.get("deferred", 0)
+
+class RunFailed(DispatcherError):
+    """A run cannot finish: its tasks keep failing or it makes no progress (the cause is the message)."""
+
+
+TASK_FAILURES_LIMIT = 3
+"""Failed delivery tasks after which a run is marked failed instead of waiting for its timeout."""
+
+
+def settle_counts(counts: RunCounts, outcomes: Counter[str]) -> None:
+    """Add the outcome of every job: planned = sent + failed + suppressed_at_send + deferred_at_send + unknown
+    + pending. ``suppressed`` and ``deferred`` keep what planning decided too."""
+    counts.sent, counts.failed, counts.unknown = outcomes["sent"], outcomes["failed"], outcomes["unknown"]
+    counts.suppressed_at_send, counts.deferred_at_send = outcomes["suppressed"], outcomes["deferred"]
+    counts.suppressed += counts.suppressed_at_send
+    counts.deferred += counts.deferred_at_send
+    counts.held = outcomes["held"]
+    counts.in_doubt = outcomes["in_doubt"]
+    counts.pending = outcomes["pending"] + counts.held + counts.in_doubt
+
+
+def summary(counts: RunCounts) -> str:
+    """The counts as one line: every planned attempt's outcome, pending named, then what planning held back."""
+    text = (f"accounts={counts.accounts}, rejected={counts.rejected}, planned={counts.planned}: sent={counts.sent}, "
+            f"failed={counts.failed}, suppressed={counts.suppressed_at_send}, deferred={counts.deferred_at_send}, "
+            f"unknown={counts.unknown}, pending={counts.pending}")
+    left = counts.pending - counts.held - counts.in_doubt
+    parts = [f"{counts.held} held until the templates render" if counts.held else "",
+             f"{counts.in_doubt} handed over, outcome asked at the next reconciliation" if counts.in_doubt else "",
+             f"{left} left planned for the next run" if left else ""]
+    if counts.pending:
+        text += " (" + "; ".join(p for p in parts if p) + ")"
+    at_planning = (counts.suppressed - counts.suppressed_at_send, counts.deferred - counts.deferred_at_send)
+    return text + f"; not contacted at planning: suppressed={at_planning[0]}, deferred={at_planning[1]}"

@@ -37,6 +37,9 @@ DEFAULT_RUN_LEASE = 60
 DEFAULT_RUN_TIMEOUT = 7200
 """Seconds a daemon waits for the workers to finish a run's deliveries before it gives up on it."""
 
+DEFAULT_STALL_TIMEOUT = 600
+"""Seconds a run with a broker may go without any progress before it is marked failed."""
+
 EVENT_LOOPS = ("uvloop", "asyncio")
 """The event loop delivery runs on: uvloop (libuv, where installed) or the standard library's."""
 
@@ -82,6 +85,7 @@ class Settings:
     visibility_timeout: int
     reconcile_after: int
     run_timeout: int
+    stall_timeout: int
     run_lease: int
     unknown_outcome: str
     event_loop: str
@@ -110,6 +114,7 @@ class Settings:
             visibility_timeout=_int(env, "DISPATCHER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT),
             reconcile_after=_int(env, "DISPATCHER_RECONCILE_AFTER", DEFAULT_RECONCILE_AFTER),
             run_timeout=_int(env, "DISPATCHER_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT),
+            stall_timeout=_int(env, "DISPATCHER_STALL_TIMEOUT", DEFAULT_STALL_TIMEOUT),
             run_lease=_int(env, "DISPATCHER_RUN_LEASE", DEFAULT_RUN_LEASE),
             unknown_outcome=_choice(env, "DISPATCHER_UNKNOWN_OUTCOME", UNKNOWN_OUTCOME_POLICIES),
             event_loop=_choice(env, "DISPATCHER_EVENT_LOOP", EVENT_LOOPS),

@@ -1,4 +1,12 @@
-"""The Celery app and its one task, ``dispatcher.deliver_batch``: deliver a batch of booked jobs.
+"""The Celery app and its one task, ``dispatcher.deliver_batch``: deliver a batch of booked attempts.
+
+A task carries the configuration version, the run id and attempt ids, never a
+borrower's name, number, address or amount: each worker reads the attempts from
+the ledger and the accounts from the lender's database just before sending
+(:mod:`dispatcher.job_loader`). Each message is claimed only when it is about to
+be sent, so a worker killed mid-batch leaves at most its messages in flight in
+doubt; the rest stay ``planned`` and are delivered when the task is redelivered
+or enqueued again.
 
 Start workers with ``dispatcher worker`` or ``celery -A dispatcher.worker worker``
 (the broker is ``DISPATCHER_BROKER_URL``). Each worker process builds the app from
@@ -23,7 +31,6 @@ from dispatcher import loops
 from dispatcher.app import App, build_app, load
 from dispatcher.delivery import Deliverer
 from dispatcher.executors import QUEUE
-from dispatcher.jobs import DeliveryJob
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,9 +84,20 @@ class _Runtime:
         loops.settle_heap()
 
     def deliver(self, payload: dict[str, Any]) -> dict[str, int]:
-        self.follow(str(payload.get("version", "")))
-        jobs = [DeliveryJob.from_dict(item) for item in payload["jobs"]]
-        return self.loop.run_until_complete(self.deliverer.deliver(jobs)).as_dict()
+        """Deliver the payload's attempts that are still ``planned``; a failure is noted on the run."""
+        run_id = payload.get("run_id")
+        try:
+            self.follow(str(payload.get("version", "")))
+            loader = self.app.job_loader(self.app.pipeline)
+            loaded = loader.load(payload["attempts"], self.app.clock())
+            counts = self.loop.run_until_complete(self.deliverer.deliver(loaded.jobs, loaded.accounts))
+        except Exception as exc:
+            if isinstance(run_id, int):
+                self.app.runs.note_task_failure(run_id, f"{type(exc).__name__}: {exc}")
+            raise
+        counts.suppressed += loaded.gone
+        counts.skipped += loaded.not_planned
+        return counts.as_dict()
 
     def close(self) -> None:
         self.stopping.set()
@@ -101,7 +119,8 @@ def runtime() -> _Runtime:
 def deliver_batch(payload: dict[str, Any]) -> dict[str, int]:
     """Claim, re-check, send and record one batch of jobs (see :mod:`dispatcher.delivery`)."""
     counts = runtime().deliver(payload)
-    log.info("batch of %d delivered in pid %d: %s", len(payload["jobs"]), os.getpid(), counts)
+    log.info("batch of %d attempt(s) of run #%s delivered in pid %d: %s", len(payload["attempts"]),
+             payload.get("run_id"), os.getpid(), counts)
     return counts
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
+from dispatcher.compose.layout import TemplateSet
 from dispatcher.demo import seed_demo
 from dispatcher.schedule.loader import content_version
 
@@ -84,9 +85,10 @@ def test_the_daemon_runs_follows_edits_and_stops(daemon: tuple[subprocess.Popen[
 
     edited = original.replace('cron: "0 9 * * *"', 'cron: "5 9 * * *"', 1)
     assert edited != original
-    version = content_version(edited.encode("utf-8"))
+    templates = TemplateSet.read(workdir / "templates")
+    version = content_version(edited.encode("utf-8"), templates)
     replace_file(schedules, edited)
-    wait_for(lambda: logged(f"reloaded: version {version} replaces {content_version(original.encode())}"),
+    wait_for(lambda: logged(f"reloaded: version {version} replaces {content_version(original.encode(), templates)}"),
              RELOAD_TIMEOUT, "reload", log)
     assert process.poll() is None
 

@@ -1,17 +1,21 @@
 """``dispatcher web``: GET /metrics (Prometheus text) and GET /healthz, through aiohttp's test client.
 
-One run goes out (SMS through the Twilio stand-in, which refuses the first message once
-with a 503 so that one SMS is retried; push and email to the outbox). The metrics are
-then compared with the ledger itself. The queue gauge and the broker health check use
-a Redis database of their own (``broker_url_db``).
+Run metrics and the runs health check are driven from the ``runs`` table alone
+(runs started and ended through the RunLedger on the fixed clock). For the rest,
+one run goes out (SMS through the Twilio stand-in, which refuses the first
+message once with a 503 so that one SMS is retried; push and email to the
+outbox). The metrics are then compared with the ledger itself. The queue gauge
+and the broker health check use a Redis database of their own (``broker_url_db``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ import redis
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import NOW, FixedClock
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from standins.twilio_server import TwilioStandin
 
 from dispatcher.app import App, build_app
@@ -143,13 +147,13 @@ def test_queue_batches_is_the_length_of_the_dispatcher_list(ran: Any, broker_url
 def test_healthz_ok_without_a_broker(ran: Any) -> None:
     status, body = get(ran(), "/healthz")
     assert status == 200, body
-    assert json.loads(body) == {"status": "ok", "database": "ok"}
+    assert json.loads(body) == {"status": "ok", "database": "ok", "runs": "ok"}
 
 
 def test_healthz_checks_the_broker(ran: Any, broker_url_db: str) -> None:
     status, body = get(ran(DISPATCHER_BROKER_URL=broker_url_db), "/healthz")
     assert status == 200, body
-    assert json.loads(body) == {"status": "ok", "database": "ok", "broker": "ok"}
+    assert json.loads(body) == {"status": "ok", "database": "ok", "runs": "ok", "broker": "ok"}
 
 
 def test_healthz_is_503_when_the_broker_is_down_and_metrics_still_answer(ran: Any) -> None:
@@ -161,3 +165,85 @@ def test_healthz_is_503_when_the_broker_is_down_and_metrics_still_answer(ran: An
     assert answer["broker"].startswith("unreachable")
     samples = scrape(app)  # a broker outage must not break the scrape
     assert samples["dispatcher_attempts"] and not samples.get("dispatcher_queue_batches")
+
+
+# runs: last success, failed, and /healthz ------------------------------------------------------------------------
+def run_samples(app: App) -> tuple[dict[str, float], dict[str, float]]:
+    """(dispatcher_last_success_timestamp_seconds, dispatcher_run_failed) by run name."""
+    samples = scrape(app)
+    return ({dict(k)["run"]: v for k, v in samples.get("dispatcher_last_success_timestamp_seconds", {}).items()},
+            {dict(k)["run"]: v for k, v in samples.get("dispatcher_run_failed", {}).items()})
+
+
+def ended(app: App, name: str, fire_time: datetime, status: str, at: datetime, error: str | None = None) -> int:
+    run_id = app.runs.start(name, fire_time, "v1", "daemon-a", fire_time)
+    assert run_id is not None
+    if error is not None:
+        assert app.runs.fail(run_id, error, {}, at)
+    else:
+        assert app.runs.finish(run_id, status, {}, at)
+    return run_id
+
+
+def health(app: App) -> tuple[int, dict[str, str]]:
+    status, body = get(app, "/healthz")
+    return status, json.loads(body)
+
+
+def test_run_metrics_per_run_name(app: App, clock: FixedClock) -> None:
+    day = timedelta(days=1)
+    ended(app, "morning", NOW - 2 * day, "completed", NOW - 2 * day + timedelta(minutes=3))
+    ended(app, "morning", NOW - day, "failed", NOW - day + timedelta(minutes=1), error="source unreachable")
+    ended(app, "evening", NOW - 2 * day, "failed", NOW - 2 * day + timedelta(minutes=1), error="boom")
+    ended(app, "evening", NOW - day, "completed", NOW - day + timedelta(minutes=9))
+    ended(app, "evening", NOW - timedelta(hours=1), "interrupted", NOW - timedelta(minutes=50))
+    assert app.runs.start("follow-up", NOW - timedelta(hours=2), "v1", "dead", NOW - timedelta(hours=2))  # abandoned
+    assert app.runs.start("manual", clock(), "v1", "alive", clock())  # running, nothing ended yet
+    ended(app, "startup", NOW - day, "completed", NOW - day + timedelta(seconds=30))
+    assert app.runs.start("startup", clock(), "v1", "alive", clock())  # running after a success
+
+    statements: list[str] = []
+    event.listen(app.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    success, failed = run_samples(app)
+    assert sum(1 for s in statements if re.search(r"\bruns\b", s)) == 1  # one grouped query for every run name
+
+    assert success == {"morning": (NOW - 2 * day + timedelta(minutes=3)).timestamp(),
+                       "evening": (NOW - day + timedelta(minutes=9)).timestamp(),
+                       "startup": (NOW - day + timedelta(seconds=30)).timestamp()}
+    assert failed == {"morning": 1.0, "evening": 0.0, "follow-up": 1.0, "manual": 0.0, "startup": 0.0}
+
+
+def test_run_metrics_on_an_empty_ledger(app: App) -> None:
+    assert run_samples(app) == ({}, {})
+
+
+def test_healthz_is_red_after_a_failed_run_and_green_after_a_later_completed_one(app: App,
+                                                                                  clock: FixedClock) -> None:
+    assert health(app) == (200, {"status": "ok", "database": "ok", "runs": "ok"})
+    failed = ended(app, "morning", NOW - timedelta(days=1), "failed", NOW - timedelta(days=1),
+                   error="source unreachable: connection refused")
+    ended(app, "evening", NOW - timedelta(days=1), "completed", NOW - timedelta(days=1))
+    status, body = health(app)
+    assert status == 503
+    assert body == {"status": "unhealthy", "database": "ok",
+                    "runs": f"run morning #{failed} of {(NOW - timedelta(days=1)).isoformat()} failed: "
+                            "source unreachable: connection refused"}
+    assert run_samples(app)[1] == {"morning": 1.0, "evening": 0.0}
+
+    ended(app, "morning", NOW, "completed", clock())
+    assert health(app) == (200, {"status": "ok", "database": "ok", "runs": "ok"})
+    assert run_samples(app)[1] == {"morning": 0.0, "evening": 0.0}
+
+
+def test_healthz_is_red_while_a_run_is_abandoned_and_green_once_it_is_closed(app: App, clock: FixedClock) -> None:
+    run_id = app.runs.start("morning", NOW, "v1", "dead", clock())
+    assert run_id is not None
+    assert health(app)[0] == 200  # its lease holds
+    clock.advance(app.runs.lease + timedelta(seconds=1))
+    status, body = health(app)  # shown abandoned before anyone marks it
+    assert (status, body["runs"]) == (503, f"run morning #{run_id} of {NOW.isoformat()} abandoned")
+    assert app.runs.abandon_expired(clock()) == [run_id]
+    assert health(app)[0] == 503
+    assert app.runs.close(run_id, clock()).closed
+    assert health(app) == (200, {"status": "ok", "database": "ok", "runs": "ok"})
+    assert run_samples(app)[1] == {"morning": 0.0}

@@ -1,4 +1,5 @@
-"""Reconciling attempts a crash left ``sending`` (dispatcher/reconcile.py), against the Twilio stand-in.
+"""Reconciling attempts a crash left ``sending`` (dispatcher/reconcile.py), against the Twilio stand-in,
+the SMTP stand-in and the outbox.
 
 A "crash" is staged with the real pieces: a run is started and booked, some of its
 attempts are claimed (``planned → sending``) and, for some SMS, the message is handed
@@ -20,10 +21,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import FixedClock
 from sqlalchemy import insert, select
+from standins.smtp_server import SmtpStandin
 from standins.twilio_server import TwilioStandin
 
 from dispatcher.app import App, build_app
 from dispatcher.channels.base import ChannelKind, Message, Outcome
+from dispatcher.channels.outbox import OutboxChannel
 from dispatcher.channels.twilio_sms import TwilioSmsChannel
 from dispatcher.cli import main
 from dispatcher.demo import demo_accounts, demo_metadata
@@ -102,8 +105,7 @@ class World:
             try:
                 return await reconciler.reconcile(now - timedelta(seconds=self.app.settings.reconcile_after), now)
             finally:
-                if reconciler.twilio is not None:
-                    await reconciler.twilio.aclose()
+                await reconciler.aclose()
 
         return asyncio.run(settle())
 
@@ -220,39 +222,72 @@ def test_two_crashed_sms_to_one_number_with_one_received_settle_as_one_sent_one_
     assert sorted(world.attempt(j.attempt_id)["status"] for j in (first, second)) == ["sent", "sent"]
 
 
+def smtp_env(smtp: SmtpStandin) -> dict[str, str]:
+    """Email through the SMTP stand-in: a relay nobody can ask whether it took a message."""
+    return {"SMTP_HOST": smtp.host, "SMTP_PORT": str(smtp.port), "SMTP_SECURITY": "none",
+            "EMAIL_FROM": "Reminders <reminders@example.cn>"}
+
+
 @pytest.mark.parametrize(("policy", "expected"), [(None, "unknown"), ("mark-unknown", "unknown"),
                                                   ("resend", "planned")])
-def test_a_crashed_email_or_push_follows_the_unknown_outcome_policy(make_world: Any, policy: str | None,
-                                                                    expected: str) -> None:
-    world = make_world(**({"DISPATCHER_UNKNOWN_OUTCOME": policy} if policy else {}))
-    world.seed(borrower("E-1", email="e1@example.cn", days_overdue=5, today=world.today),  # firm: email
-               borrower("P-1", push_token="fcm-token-P-1", today=world.today))  # gentle: push
-    jobs = world.book_crashed_run()
-    email, push = jobs[("E-1", "email")], jobs[("P-1", "push")]
-    world.claim(email, push, at=world.clock())
+def test_a_crashed_smtp_email_follows_the_unknown_outcome_policy(make_world: Any, smtp: SmtpStandin,
+                                                                 policy: str | None, expected: str) -> None:
+    world = make_world(**smtp_env(smtp), **({"DISPATCHER_UNKNOWN_OUTCOME": policy} if policy else {}))
+    world.seed(borrower("E-1", email="e1@example.cn", days_overdue=5, today=world.today))  # firm: email
+    email = world.book_crashed_run()[("E-1", "email")]
+    world.claim(email, at=world.clock())
     world.clock.advance(OLD)
 
     counts = world.reconcile()
     assert (counts.found_sent, counts.resent, counts.unknown) == (
-        (0, 0, 2) if expected == "unknown" else (0, 2, 0))
-    for job in (email, push):
-        row = world.attempt(job.attempt_id)
-        assert row["status"] == expected
-        if expected == "unknown":
-            assert row["error_code"] == "outcome_unknown" and row["attempted_at"] is not None
-        else:
-            assert row["attempted_at"] is None
+        (0, 0, 1) if expected == "unknown" else (0, 1, 0))
+    row = world.attempt(email.attempt_id)
+    assert row["status"] == expected
+    if expected == "unknown":
+        assert row["error_code"] == "outcome_unknown" and row["attempted_at"] is not None
+    else:
+        assert row["attempted_at"] is None
 
     Runner(world.app).run("morning", world.clock())
     if expected == "unknown":  # never blindly resent
         assert [r["status"] for r in world.rows("E-1", "email")] == ["unknown"]
-        assert [r["status"] for r in world.rows("P-1", "push")] == ["unknown"]
-        assert not (world.outbox / "email").exists() and not (world.outbox / "push.jsonl").exists()
+        assert smtp.messages == []
     else:
         assert [r["status"] for r in world.rows("E-1", "email")] == ["sent"]
-        assert [r["status"] for r in world.rows("P-1", "push")] == ["sent"]
-        assert len(list((world.outbox / "email").glob("*.eml"))) == 1
-        assert len((world.outbox / "push.jsonl").read_text(encoding="utf-8").splitlines()) == 1
+        assert len(smtp.messages) == 1
+
+
+def test_a_crashed_outbox_send_is_asked_of_the_outbox_whatever_the_policy(make_world: Any) -> None:
+    """The outbox is the provider: what it wrote is sent, what it never wrote goes out once, none unknown."""
+    world = make_world()
+    world.seed(borrower("E-1", email="e1@example.cn", days_overdue=5, today=world.today),  # firm: email
+               borrower("P-1", push_token="fcm-token-P-1", today=world.today),  # gentle: push
+               borrower("P-2", push_token="fcm-token-P-2", today=world.today))
+    jobs = world.book_crashed_run()
+    email, push, written = jobs[("E-1", "email")], jobs[("P-1", "push")], jobs[("P-2", "push")]
+    world.claim(email, push, written, at=world.clock())
+    asyncio.run(write_to_outbox(world, written))  # handed over and written, then the process died
+
+    world.clock.advance(OLD)
+    counts = world.reconcile()
+    assert (counts.found_sent, counts.resent, counts.unknown) == (1, 2, 0)
+    assert world.attempt(written.attempt_id)["provider_message_id"] == f"outbox-push-{written.attempt_id}"
+    Runner(world.app).run("morning", world.clock())
+    assert [r["status"] for r in world.rows("E-1", "email")] == ["sent"]
+    pushed = [json.loads(line)["attempt_id"]
+              for line in (world.outbox / "push.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(pushed) == sorted([push.attempt_id, written.attempt_id])  # each exactly once
+    assert len(list((world.outbox / "email").glob("*.eml"))) == 1
+
+
+async def write_to_outbox(world: World, job: DeliveryJob) -> None:
+    channel = OutboxChannel(job.channel, world.outbox)
+    try:
+        result = await channel.send(Message(job.attempt_id, job.reminder_key, job.account.account_id, job.channel,
+                                            job.address, "您有一条新消息"))
+    finally:
+        await channel.aclose()
+    assert result.outcome is Outcome.SENT
 
 
 def test_a_recent_sending_attempt_is_left_alone(make_world: Any) -> None:
@@ -273,8 +308,9 @@ def test_a_recent_sending_attempt_is_left_alone(make_world: Any) -> None:
     assert world.attempt(jobs[("S-3", "sms")].attempt_id)["status"] == "sending"
 
 
-def test_attempts_status_unknown_lists_the_unknown_one(make_world: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    world = make_world()
+def test_attempts_status_unknown_lists_the_unknown_one(make_world: Any, smtp: SmtpStandin,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    world = make_world(**smtp_env(smtp))
     world.seed(borrower("E-1", email="e1@example.cn", days_overdue=5, today=world.today),
                borrower("S-1", phone=RECEIVED, today=world.today))
     jobs = world.book_crashed_run()

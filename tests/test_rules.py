@@ -693,7 +693,7 @@ def test_send_check_address_changed_between_plan_and_send_is_not_used(app: App) 
     assert (counts.sent, counts.deferred) == (1, 1)
     rows = attempt_rows(app, channel="sms")
     assert sorted((r["try_no"], r["status"], r["rule_id"]) for r in rows) == [
-        (0, "deferred", "third-party"), (1, "planned", None)]
+        (0, "deferred", "third-party"), (1, "planned", "third-party")]  # given back, marked why
     sms_out = app.settings.outbox_dir / "sms.jsonl"
     assert not sms_out.exists() or "+8613812345678" not in sms_out.read_text(encoding="utf-8")
 

@@ -161,7 +161,7 @@ def test_a_displaced_daemon_does_not_overwrite_the_run_of_the_daemon_that_took_i
     assert (row["status"], json.loads(row["counts"]), row["daemon_id"]) == ("completed", {"sent": 40}, "daemon-b")
 
 
-def test_orphaned_lists_only_running_runs_whose_lease_ran_out(run_ledger: RunLedger) -> None:
+def test_orphaned_lists_only_unended_runs_whose_lease_ran_out(run_ledger: RunLedger) -> None:
     clock = FixedClock()
     expired = run_ledger.start("morning", FIRE, "v1", "dead", clock())
     finished = run_ledger.start("evening", FIRE, "v1", "done", clock())
@@ -313,6 +313,23 @@ def test_a_crashed_daemons_run_is_taken_over_and_each_reminder_goes_out_once(
     with daemon_a.engine.connect() as connection:
         left = connection.execute(select(attempts.c.id).where(attempts.c.status.in_(("planned", "sending")))).all()
     assert left == []
+
+
+def test_an_abandoned_run_is_taken_over_by_the_runner(daemon_a: App, make_daemon: Any, workdir: Path,
+                                                     clock: FixedClock) -> None:
+    """A run marked abandoned (its daemon died before booking anything) is carried out by the next daemon."""
+    crashed = make_daemon("crashed")
+    run_id = RunLedger(crashed.engine, LEASE).start("morning", NOW, crashed.pipeline.loaded.version, "crashed",
+                                                    clock())
+    clock.advance(timedelta(seconds=2))
+    assert daemon_a.runs.abandon_expired(clock()) == [run_id]
+    assert daemon_a.runs.orphaned(clock()) == [("morning", NOW)]
+    report = Runner(daemon_a).run("morning", NOW)
+    assert (report.status, report.run_id) == ("completed", run_id)
+    (row,) = run_rows(daemon_a.engine)
+    assert (row["status"], row["daemon_id"], row["takeovers"], row["lease_until"], row["error"]) == (
+        "completed", daemon_a.settings.daemon_id, 1, None, None)
+    assert len(assert_each_reminder_sent_once(daemon_a, workdir / "outbox")) == report.counts.sent
 
 
 # the daemon's catch-up ------------------------------------------------------------------------------------------

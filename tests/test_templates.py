@@ -210,3 +210,31 @@ def test_html_email_is_well_formed_and_escaped(composer: Composer, template: str
     checker.feed(html)
     checker.close()
     assert checker.stack == []
+
+
+# --- where a broken edit is reported -------------------------------------------------------------
+
+
+SYNTAX_ERRORS = [
+    pytest.param("Hi\n{{ name }\n", 2, 9, "unexpected '}'", id="unclosed-print"),
+    pytest.param("ok\n{% iff name %}{% endif %}", 2, 4, "unknown tag 'iff'", id="unknown-tag"),
+    pytest.param("a\n{{ name brand }}", 2, 9, "got 'brand'", id="two-names"),
+    pytest.param("{{ name }}\n{{ 'open }}", 2, 4, "unexpected char", id="unclosed-string"),
+    pytest.param("{{ name|nofilter }}", 1, 9, "No filter named 'nofilter'", id="unknown-filter"),
+    pytest.param("{{ name }} {{ brand }", 1, None, "unexpected '}'", id="ambiguous-token"),
+]
+
+
+@pytest.mark.parametrize(("source", "line", "col", "message"), SYNTAX_ERRORS)
+def test_a_syntax_error_is_reported_at_its_line_and_column(
+    tmp_path: Path, source: str, line: int, col: int | None, message: str
+) -> None:
+    for locale in SCHEDULE.locales:
+        part = tmp_path / "gentle" / locale / "sms.txt.j2"
+        part.parent.mkdir(parents=True)
+        part.write_text(source if locale == "en-US" else "{{ name }}", encoding="utf-8")
+    step = Step.model_validate({"step": "gentle", "days_overdue": "1-3", "channels": ["sms"]})
+    [problem] = check_templates(SCHEDULE.model_copy(update={"ladder": [step]}), tmp_path)
+    assert problem.file == str(tmp_path / "gentle/en-US/sms.txt.j2")
+    assert (problem.line, problem.col) == (line, col)
+    assert problem.message.startswith("syntax error: ") and message in problem.message

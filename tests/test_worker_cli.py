@@ -7,6 +7,7 @@ pool) on a Redis database of its own and hands it one booked batch.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from sqlalchemy import select
 
 from dispatcher.app import App
 from dispatcher.demo import seed_demo
-from dispatcher.executors import QUEUE
+from dispatcher.executors import QUEUE, task_payload
 from dispatcher.ledger.tables import attempts
 from dispatcher.worker import TASK_NAME
 
@@ -104,8 +105,11 @@ def book_batch(app: App, clock: FixedClock) -> tuple[dict[str, object], list[int
     decisions = app.pipeline.planner.plan(batch.accounts, app.ledger.load_history(batch.accounts), clock())
     jobs, _ = app.booker().book(decisions, run_id, clock())
     assert jobs
-    return ({"version": app.pipeline.loaded.version, "jobs": [job.to_dict() for job in jobs]},
-            [job.attempt_id for job in jobs])
+    payload = task_payload(app.pipeline.loaded.version, run_id, [job.attempt_id for job in jobs])
+    text = json.dumps(payload, ensure_ascii=False)
+    assert not any(value in text for job in jobs  # what the broker holds names nobody
+                   for value in (job.account.name, job.address, str(job.account.overdue_amount)))
+    return payload, [job.attempt_id for job in jobs]
 
 
 @pytest.mark.slow

@@ -101,6 +101,18 @@ class SentLookup(Protocol):
 
 
 @runtime_checkable
+class AttemptLookup(Protocol):
+    """A channel that can say whether it took the message of one attempt (the outbox: it is the provider).
+
+    ``find_attempt`` returns the provider message id recorded for ``attempt_id``,
+    or ``None`` when the channel never took that message; it raises
+    :class:`~dispatcher.errors.DeliveryError` when it cannot tell.
+    """
+
+    async def find_attempt(self, attempt_id: int) -> str | None: ...
+
+
+@runtime_checkable
 class Channel(Protocol):
     """A way to hand messages to one provider.
 

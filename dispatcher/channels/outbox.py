@@ -1,28 +1,51 @@
 """The outbox: the embedded default channel, writing messages to local files.
 
-``sms.jsonl`` and ``push.jsonl`` get one JSON object per message; emails become
-``email/<attempt>-<account>.eml`` files a mail client opens. It answers like a
-provider (a message id per message) and is recorded in the ledger like one.
+``sms.jsonl`` and ``push.jsonl`` get one JSON object per line and message; emails
+become ``email/<attempt>-<account>.eml`` files a mail client opens. It answers like
+a provider (a message id per message), is recorded in the ledger like one, and can
+be asked after a crash whether it took the message of an attempt
+(:class:`~dispatcher.channels.base.AttemptLookup`).
+
+Writes are whole or absent when the writing process dies (kill -9): a JSON line is
+one ``write(2)`` on a descriptor opened with ``O_APPEND``, an ``.eml`` is written
+under a temporary name (``.<name>.<pid>-<thread>.tmp``) and renamed into place.
+Nothing is fsynced, so durability against power loss is not promised. A line torn
+anyway (a power loss, a full disk, a kill landing between the pages of one write,
+an older version) is ended by the next writer that opens the file and skipped by
+readers; leftover temporary files are ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
+import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import BinaryIO, TypeVar
 
 from dispatcher.channels.base import ChannelKind, DeliveryResult, Message
 from dispatcher.channels.eml import eml_bytes
+from dispatcher.errors import DeliveryError
 
 DEFAULT_EMAIL_FROM = "reminders@localhost"
 """Sender written into outbox emails when ``EMAIL_FROM`` is not set."""
 
+READ_CHUNK = 1 << 20
+"""Bytes read at a time when indexing a JSONL file."""
+
+_APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+
+_T = TypeVar("_T")
+
 
 class OutboxChannel:
-    """Writes each message of one channel kind under ``directory``."""
+    """Writes each message of one channel kind under ``directory``; says which attempts it took."""
 
     provider = "outbox"
 
@@ -30,8 +53,10 @@ class OutboxChannel:
         self.kind = kind
         self.directory = directory
         self.email_from = email_from
-        self._lines: IO[str] | None = None
-        self._files: ThreadPoolExecutor | None = None
+        self._lines: _LineWriter | None = None
+        self._index = _AttemptIndex(self.directory / f"{kind.value}.jsonl")
+        self._email_folder_made = False
+        self._threads: ThreadPoolExecutor | None = None
 
     async def send(self, message: Message) -> DeliveryResult:
         try:
@@ -41,20 +66,48 @@ class OutboxChannel:
                 self._write_line(message)
         except OSError as exc:
             return DeliveryResult.transient("outbox_io", f"cannot write the outbox: {exc}")
-        return DeliveryResult.sent(f"outbox-{self.kind.value}-{message.attempt_id}")
+        return DeliveryResult.sent(self._message_id(message.attempt_id))
+
+    async def find_attempt(self, attempt_id: int) -> str | None:
+        """The message id of ``attempt_id`` when the outbox holds its message, else ``None``.
+
+        Email: an ``email/<attempt>-*.eml`` file exists. SMS and push: a line of the
+        JSONL file carries that ``attempt_id`` (read once per channel object, then
+        only what was appended since). Raises :class:`DeliveryError` when the
+        outbox cannot be read.
+        """
+        try:
+            taken = await self._in_thread(functools.partial(self._taken, attempt_id))
+        except OSError as exc:
+            raise DeliveryError(f"cannot read the outbox: {exc}", code="outbox_io", attempt_id=attempt_id) from exc
+        return self._message_id(attempt_id) if taken else None
 
     async def aclose(self) -> None:
         if self._lines is not None:
             self._lines.close()
             self._lines = None
-        if self._files is not None:
-            self._files.shutdown(wait=True)
-            self._files = None
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
+
+    def _message_id(self, attempt_id: int) -> str:
+        return f"outbox-{self.kind.value}-{attempt_id}"
+
+    def _taken(self, attempt_id: int) -> bool:
+        if self.kind is ChannelKind.EMAIL:
+            return _email_written(self.directory / "email", attempt_id)
+        return self._index.contains(attempt_id)
+
+    async def _in_thread(self, function: Callable[[], _T]) -> _T:
+        """Run ``function`` on a helper thread: file creation and scans are slow and release the GIL."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="outbox-files")
+        return await asyncio.get_running_loop().run_in_executor(self._threads, function)
 
     def _write_line(self, message: Message) -> None:
         if self._lines is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._lines = (self.directory / f"{self.kind.value}.jsonl").open("a", encoding="utf-8")
+            self._lines = _LineWriter(self.directory / f"{self.kind.value}.jsonl")
         record: dict[str, object] = {
             "attempt_id": message.attempt_id,
             "reminder": message.reminder_key,
@@ -65,16 +118,158 @@ class OutboxChannel:
         if self.kind is ChannelKind.PUSH:
             record["title"] = message.title
             record["data"] = dict(message.data)
-        self._lines.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._lines.flush()
+        self._lines.append((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
 
     async def _write_email(self, message: Message) -> None:
-        """Write the .eml file on a helper thread: file creation is slow and releases the GIL."""
         folder = self.directory / "email"
-        if self._files is None:
+        if not self._email_folder_made:
             folder.mkdir(parents=True, exist_ok=True)
-            self._files = ThreadPoolExecutor(max_workers=2, thread_name_prefix="outbox-email")
+            self._email_folder_made = True
         safe_account = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in message.account_id)
         path = folder / f"{message.attempt_id:08d}-{safe_account}.eml"
         data = eml_bytes(message, self.email_from, datetime.now(UTC))
-        await asyncio.get_running_loop().run_in_executor(self._files, path.write_bytes, data)
+        await self._in_thread(functools.partial(_write_atomically, path, data))
+
+
+class _LineWriter:
+    """Appends whole lines to one file through one ``O_APPEND`` descriptor, one ``write(2)`` per line.
+
+    When the file does not end with a newline on opening (a torn last line), the
+    first line written starts with one, so it is a line of its own.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, _APPEND_FLAGS, 0o666)
+        try:
+            self._torn = not _ends_with_newline(self._fd)
+        except OSError:
+            os.close(self._fd)
+            raise
+
+    def append(self, line: bytes) -> None:
+        """Write ``line`` (ending with ``\\n``); a short write (full disk, signal) is completed or marked torn."""
+        data = memoryview(b"\n" + line if self._torn else line)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+        finally:
+            if done:
+                self._torn = done < len(data)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _ends_with_newline(fd: int) -> bool:
+    """Whether the file is empty or its last byte is ``\\n`` (reads through ``fd``, opened read-write)."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    if size == 0:
+        return True
+    os.lseek(fd, size - 1, os.SEEK_SET)
+    return os.read(fd, 1) == b"\n"
+
+
+class _AttemptIndex:
+    """The attempt ids recorded in one JSONL file: read once, then extended from the offset read so far.
+
+    Only lines ended by ``\\n`` are read (an unended tail may still be being
+    written); lines that are not a JSON object with an integer ``attempt_id`` are
+    skipped. A file replaced or truncated since is read again from the start.
+    Thread-safe.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._ids: set[int] = set()
+        self._offset = 0
+        self._identity: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def contains(self, attempt_id: int) -> bool:
+        """Whether the file now holds a record of ``attempt_id``; raises ``OSError`` when it cannot be read."""
+        with self._lock:
+            self._refresh()
+            return attempt_id in self._ids
+
+    def _refresh(self) -> None:
+        try:
+            file = self.path.open("rb")
+        except FileNotFoundError:
+            self._reset(None)
+            return
+        with file:
+            status = os.fstat(file.fileno())
+            identity = (status.st_dev, status.st_ino)
+            if identity != self._identity or status.st_size < self._offset:
+                self._reset(identity)
+            file.seek(self._offset)
+            self._offset += self._read_lines(file)
+
+    def _reset(self, identity: tuple[int, int] | None) -> None:
+        self._ids.clear()
+        self._offset = 0
+        self._identity = identity
+
+    def _read_lines(self, file: BinaryIO) -> int:
+        """Index the whole lines from the file's position on; returns the bytes they take."""
+        read = 0
+        rest = b""
+        while chunk := file.read(READ_CHUNK):
+            read += len(chunk)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            self._ids.update(_attempt_ids(lines))
+        return read - len(rest)
+
+
+def _attempt_ids(lines: list[bytes]) -> list[int]:
+    """The attempt ids of the whole records among ``lines``.
+
+    Parsed as one JSON array (twice as fast as line by line), and line by line
+    when that fails or counts other than one value per line: a torn record
+    followed by ``,{"attempt_id"`` is never valid JSON, so a torn line always
+    fails the array.
+    """
+    try:
+        records = json.loads(b"[" + b",".join(lines) + b"]")
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        records = None
+    if not isinstance(records, list) or len(records) != len(lines):
+        records = [_record(line) for line in lines]
+    return [found for found in map(_attempt_id, records) if found is not None]
+
+
+def _record(line: bytes) -> object:
+    """One JSONL line parsed, ``None`` for a torn or foreign line."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def _attempt_id(record: object) -> int | None:
+    found = record.get("attempt_id") if isinstance(record, dict) else None
+    return found if type(found) is int else None
+
+
+def _email_written(folder: Path, attempt_id: int) -> bool:
+    """Whether ``folder`` holds ``<attempt_id:08d>-*.eml`` (temporary files do not count)."""
+    prefix = f"{attempt_id:08d}-"
+    try:
+        with os.scandir(folder) as entries:
+            return any(entry.name.startswith(prefix) and entry.name.endswith(".eml") for entry in entries)
+    except FileNotFoundError:
+        return False
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary file in its directory renamed into place: it is whole or absent."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise

@@ -1,9 +1,10 @@
-"""``dispatcher attempts``, ``dispatcher runs``, ``dispatcher rejects`` and ``dispatcher db upgrade``."""
+"""``dispatcher attempts``, ``dispatcher runs [--close N]``, ``dispatcher rejects`` and ``dispatcher db upgrade``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -12,14 +13,20 @@ from dispatcher.errors import ConfigError
 from dispatcher.ledger.database import create_ledger_engine, current_revision, upgrade
 from dispatcher.ledger.queries import ATTEMPT_FIELDS, AttemptFilter, iter_attempts, list_rejects, list_runs
 from dispatcher.ledger.retention import purge
+from dispatcher.ledger.runs import CloseResult, shown_status
 from dispatcher.output import write_rows
 from dispatcher.schedule.models import parse_duration
 from dispatcher.zones import zone
 
-STATUSES = ("planned", "sending", "sent", "delivered", "failed", "undelivered", "suppressed", "deferred",
+STATUSES = ("planned", "claimed", "sending", "sent", "delivered", "failed", "undelivered", "suppressed", "deferred",
             "unknown")
 _TABLE = ("id", "account_id", "step", "channel", "try_no", "status", "address", "provider_message_id",
           "error_code", "rule_id", "attempted_at")
+RUN_COLUMNS = ("id", "name", "fire_time", "status", "daemon_id", "config_version", "started_at", "finished_at",
+               "counts")
+"""Columns of ``dispatcher runs`` as a table; JSON and CSV add ``RUN_DETAILS``, the table ``error`` when set."""
+RUN_DETAILS = ("lease_until", "takeovers", "task_failures", "error")
+_RUN_WIDTHS = {"id": 5, "name": 10, "fire_time": 26, "status": 11, "daemon_id": 20, "counts": 80, "error": 60}
 _WIDTHS = {"id": 7, "account_id": 12, "step": 8, "channel": 6, "try_no": 3, "status": 10, "address": 16,
            "provider_message_id": 24, "error_code": 14, "rule_id": 12, "attempted_at": 26}
 
@@ -34,9 +41,14 @@ def register(commands: Any) -> None:
     attempts.add_argument("--limit", type=int)
     attempts.add_argument("--format", choices=["table", "json", "csv"], default="table")
     attempts.set_defaults(handler=attempts_command)
-    runs = commands.add_parser("runs", help="list the latest runs")
+    runs = commands.add_parser("runs", help="list the latest runs (or close one that will never finish)")
     runs.add_argument("--limit", type=int, default=20)
     runs.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    runs.add_argument("--close", type=int, metavar="RUN_ID",
+                      help="end a run that will never finish (status closed); its unsettled attempts are left to "
+                           "the next run and the reconciler")
+    runs.add_argument("--force", action="store_true",
+                      help="with --close: close it even though its daemon still holds the lease")
     runs.set_defaults(handler=runs_command)
     rejects = commands.add_parser("rejects", help="list source rows rejected for bad data")
     rejects.add_argument("--run", type=int, metavar="RUN_ID")
@@ -52,7 +64,7 @@ def register(commands: Any) -> None:
     db.set_defaults(handler=db_command)
 
 
-def _since(text: str | None, default_zone: str) -> datetime | None:
+def parse_since(text: str | None, default_zone: str) -> datetime | None:
     if not text:
         return None
     try:
@@ -65,7 +77,7 @@ def _since(text: str | None, default_zone: str) -> datetime | None:
 def attempts_command(args: argparse.Namespace) -> int:
     app = common.app(args)
     where = AttemptFilter(account_id=args.account, status=args.status, channel=args.channel, run_id=args.run,
-                          since=_since(args.since, app.pipeline.loaded.schedule.timezone), limit=args.limit)
+                          since=parse_since(args.since, app.pipeline.loaded.schedule.timezone), limit=args.limit)
     rows = iter_attempts(app.engine, where)
     columns = ATTEMPT_FIELDS if args.format != "table" else _TABLE
     count = write_rows(sys.stdout, rows, columns, args.format, widths=_WIDTHS)
@@ -75,12 +87,42 @@ def attempts_command(args: argparse.Namespace) -> int:
 
 
 def runs_command(args: argparse.Namespace) -> int:
+    if args.force and args.close is None:
+        raise ConfigError("--force goes with --close RUN_ID")
     app = common.app(args)
-    columns = ("id", "name", "fire_time", "status", "daemon_id", "config_version", "started_at", "finished_at",
-               "counts")
-    write_rows(sys.stdout, list_runs(app.engine, args.limit), columns, args.format,
-               widths={"id": 5, "name": 10, "fire_time": 26, "status": 11, "daemon_id": 20, "counts": 80})
+    if args.close is not None:
+        return _close(app.runs.close(args.close, app.clock(), force=args.force))
+    now = app.clock()
+    rows = [{**row, "status": shown_status(row["status"], row["lease_until"], now)}
+            for row in list_runs(app.engine, args.limit)]
+    columns: tuple[str, ...] = (*RUN_COLUMNS, *RUN_DETAILS)
+    if args.format == "table":
+        columns = (*RUN_COLUMNS, "error") if any(row["error"] for row in rows) else RUN_COLUMNS
+    write_rows(sys.stdout, rows, columns, args.format, widths=_RUN_WIDTHS)
     return 0
+
+
+def _close(result: CloseResult) -> int:
+    """Print what ``runs --close`` did; 1 when it was refused."""
+    if not result.closed:
+        print(f"dispatcher: {result.refusal}", file=sys.stderr)
+        return 1
+    fired = result.fire_time.isoformat() if result.fire_time else "?"
+    print(f"closed run #{result.run_id} ({result.name} of {fired}), which was {result.previous} "
+          f"on {result.daemon_id}")
+    if result.live_lease:
+        print(f"its daemon {result.daemon_id} still held the lease: it stops carrying the run out at its next "
+              "renewal")
+    print(_unsettled_line(result.unsettled))
+    return 0
+
+
+def _unsettled_line(unsettled: Mapping[str, int]) -> str:
+    if not any(unsettled.values()):
+        return "no attempt of the run is left planned, claimed or sending"
+    counts = ", ".join(f"{status}={count}" for status, count in unsettled.items())
+    return (f"attempts of the run not settled: {counts}; the next run sends the planned ones and its reconciler "
+            "settles the claimed and sending ones (claimed go back to planned, sending are checked with the provider)")
 
 
 def rejects_command(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from dispatcher.cli import inspect, ledger, run, schedule
+from dispatcher.cli import inspect, ledger, retry, run, schedule
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,4 +20,5 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.register(commands)
     inspect.register(commands)
     ledger.register(commands)
+    retry.register(commands)
     return parser

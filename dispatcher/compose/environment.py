@@ -2,17 +2,22 @@
 
 Sandboxed (templates are edited by ops staff, not programmers), strict about
 undefined variables, autoescaping only ``*.html.j2``, and never re-reading a
-compiled template: a changed template takes effect with a new environment.
+compiled template: templates come from a :class:`TemplateSet` read once, so a
+changed template takes effect with a new snapshot and a new environment.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import posixpath
+from collections.abc import Callable
 
-from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2 import BaseLoader, Environment, StrictUndefined, TemplateNotFound
+from jinja2.loaders import split_template_path
 from jinja2.sandbox import SandboxedEnvironment
 
 from dispatcher.compose.filters import FILTERS
+from dispatcher.compose.layout import TemplateSet
 
 DEFAULT_CACHE_SIZE = 10_000
 """Compiled templates kept in memory (templates × locales × parts, with room to spare)."""
@@ -26,10 +31,37 @@ def autoescape_for(template_name: str | None) -> bool:
     return template_name is not None and template_name.endswith(HTML_SUFFIX)
 
 
-def build_environment(templates_dir: Path) -> SandboxedEnvironment:
-    """A sandboxed environment loading from ``templates_dir`` with the compose filters."""
+def _current() -> bool:
+    return True
+
+
+class SnapshotLoader(BaseLoader):
+    """Loads templates from a :class:`TemplateSet`; never reads the disk.
+
+    Names and file names are those ``FileSystemLoader`` gives for the same
+    directory, so errors point at the template file. Raises
+    :class:`~jinja2.TemplateNotFound` for a name the snapshot does not hold.
+    """
+
+    def __init__(self, templates: TemplateSet) -> None:
+        self.templates = templates
+
+    def get_source(self, environment: Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        pieces = split_template_path(template)
+        source = self.templates.source("/".join(pieces))
+        if source is None:
+            raise TemplateNotFound(template)
+        filename = os.path.normpath(posixpath.join(os.fspath(self.templates.root), *pieces))
+        return source, filename, _current
+
+    def list_templates(self) -> list[str]:
+        return list(self.templates.files)
+
+
+def build_environment(templates: TemplateSet) -> SandboxedEnvironment:
+    """A sandboxed environment loading from the ``templates`` snapshot with the compose filters."""
     env = SandboxedEnvironment(
-        loader=FileSystemLoader(templates_dir, encoding="utf-8"),
+        loader=SnapshotLoader(templates),
         undefined=StrictUndefined,
         autoescape=autoescape_for,
         auto_reload=False,

@@ -1,9 +1,11 @@
 """Rendering reminders from templates, and checking that every template renders.
 
 Templates live at ``<templates_dir>/<template>/<locale>/<part>.j2``; the parts of
-each channel are listed in :data:`dispatcher.compose.layout.PARTS`. Compiled
-templates and their versions are built once per (template, locale, channel)
-and reused for every message.
+each channel are listed in :data:`dispatcher.compose.layout.PARTS`. A
+:class:`Composer` renders from a :class:`~dispatcher.compose.layout.TemplateSet`
+read once (the one a loaded schedule was checked with) and never reads the disk
+again. Compiled templates and their versions are built once per (template,
+locale, channel) and reused for every message.
 
 Template variables:
 
@@ -39,10 +41,10 @@ from jinja2 import Template, TemplateNotFound
 
 from dispatcher.accounts import Account
 from dispatcher.channels.base import ChannelKind
-from dispatcher.compose.diagnostics import as_template_error, describe, template_position
+from dispatcher.compose.diagnostics import as_template_error, describe, template_column, template_position
 from dispatcher.compose.environment import build_environment
 from dispatcher.compose.filters import money
-from dispatcher.compose.layout import PARTS, Field, Part, locales_on_disk, template_name, template_path
+from dispatcher.compose.layout import PARTS, Field, Part, TemplateSet, template_name, template_path
 from dispatcher.compose.segments import Segments, sms_segments
 from dispatcher.errors import TemplateError
 from dispatcher.schedule.models import Brand, Schedule, Step
@@ -99,19 +101,21 @@ class _Compiled:
 
 
 class Composer:
-    """Renders reminders; built once per schedule and templates directory.
+    """Renders reminders; built once per schedule and template snapshot.
 
-    Raises :class:`~dispatcher.errors.TemplateError` (with file and line) when a
-    part is missing, does not compile or fails to render.
+    ``templates`` is a :class:`TemplateSet` (a loaded schedule's), or a
+    directory, read here once. Raises :class:`~dispatcher.errors.TemplateError`
+    (with file and line) when a part is missing, does not compile or fails to render.
     """
 
-    def __init__(self, templates_dir: Path, schedule: Schedule) -> None:
-        self.templates_dir = templates_dir
+    def __init__(self, templates: TemplateSet | Path, schedule: Schedule) -> None:
+        self.templates = TemplateSet.of(templates)
+        self.templates_dir = self.templates.root
         self.schedule = schedule
-        self.env = build_environment(templates_dir)
+        self.env = build_environment(self.templates)
         assert self.env.loader is not None
         self._loader = self.env.loader
-        self.available = _available_locales(templates_dir, schedule)
+        self.available = _available_locales(self.templates, schedule)
         self._brands: dict[str, Brand] = {}
         self._resolved: dict[str | None, str] = {}
         self._compiled: dict[tuple[str, str, ChannelKind], _Compiled] = {}
@@ -233,10 +237,10 @@ def _hash(texts: Iterable[str]) -> str:
     return hashlib.sha256("\0".join(texts).encode()).hexdigest()
 
 
-def _available_locales(templates_dir: Path, schedule: Schedule) -> tuple[str, ...]:
+def _available_locales(templates: TemplateSet, schedule: Schedule) -> tuple[str, ...]:
     """Locales of the schedule that every ladder template has a directory for, in schedule order."""
     names = {step.template_name for step in schedule.ladder}
-    on_disk = [locales_on_disk(templates_dir, name) for name in names]
+    on_disk = [templates.locales(name) for name in names]
     return tuple(loc for loc in schedule.locales if all(loc in found for found in on_disk))
 
 
@@ -303,18 +307,20 @@ class TemplateProblem:
     message: str
     missing: bool = False
     rule: str = "template"
+    col: int | None = None
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line or 0}: " if self.file else ""
         return f"{where}{self.message} (step {self.step}, {self.channel}, {self.locale})"
 
 
-def check_templates(schedule: Schedule, templates_dir: Path) -> list[TemplateProblem]:
+def check_templates(schedule: Schedule, templates: TemplateSet | Path) -> list[TemplateProblem]:
     """Every part of every step × locale × channel exists and renders with sample data.
 
-    Each part is rendered twice, with and without an unsubscribe link.
+    Checks the ``templates`` snapshot (or the directory, read once). Each part is
+    rendered twice, with and without an unsubscribe link.
     """
-    composer = Composer(templates_dir, schedule)
+    composer = Composer(templates, schedule)
     problems: list[TemplateProblem] = []
     for step in schedule.ladder:
         for locale in schedule.locales:
@@ -354,5 +360,5 @@ def _check_part(
         return replace(problem, message=describe(exc), line=template_position(exc)[1])
     except Exception as exc:
         file, line = template_position(exc)
-        return replace(problem, file=file or expected, line=line, message=describe(exc))
+        return replace(problem, file=file or expected, line=line, col=template_column(exc), message=describe(exc))
     return None

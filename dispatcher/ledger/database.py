@@ -1,17 +1,42 @@
-"""Opening the ledger database and bringing its schema up to date."""
+"""Opening the ledger database and bringing its schema up to date.
+
+Migrations run under a lock held for the whole migration, so processes starting
+at once on a new database migrate it one after the other; each one that comes
+after the first finds it at head and does nothing. PostgreSQL: a transaction
+advisory lock (:data:`MIGRATION_LOCK_KEY`) taken in the migration's own
+transaction. SQLite: ``flock`` on ``<database file>.migrate.lock``; where there is
+no file (``:memory:``, ``file:`` URIs) or no ``fcntl`` (not POSIX), the migration
+runs in a ``BEGIN EXCLUSIVE`` transaction instead.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Connection, Engine, create_engine, event, text
 
 from dispatcher.errors import LedgerError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: SQLite migrations fall back to BEGIN EXCLUSIVE
+    HAVE_FLOCK = False
+else:
+    HAVE_FLOCK = True
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+MIGRATION_LOCK_KEY = 0x6469737061746368
+"""PostgreSQL advisory lock key held while migrating ("dispatch" in ASCII); one per database, not per schema."""
+
+LOCK_FILE_SUFFIX = ".migrate.lock"
+"""Appended to a SQLite database's path: the file locked while migrating it (created, never removed)."""
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -33,11 +58,14 @@ def create_ledger_engine(url: str) -> Engine:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply the Alembic migrations up to ``revision`` (idempotent)."""
+    """Apply the Alembic migrations up to ``revision`` under the migration lock (idempotent).
+
+    Waits as long as another process holds the lock; raises :class:`LedgerError`.
+    """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     try:
-        with engine.begin() as connection:
+        with _migration_transaction(engine) as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
     except Exception as exc:  # alembic and drivers raise many kinds
@@ -50,3 +78,81 @@ def current_revision(engine: Engine) -> str | None:
 
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def _migration_transaction(engine: Engine) -> AbstractContextManager[Connection]:
+    """A transaction on ``engine`` in which no other process migrates the same database; committed on exit."""
+    if engine.dialect.name == "postgresql":
+        return _advisory_locked(engine)
+    if engine.dialect.name == "sqlite":
+        return _sqlite_locked(engine)
+    return engine.begin()
+
+
+@contextmanager
+def _advisory_locked(engine: Engine) -> Iterator[Connection]:
+    """A PostgreSQL transaction holding the migration advisory lock; the commit releases it."""
+    with engine.begin() as connection:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        yield connection
+
+
+@contextmanager
+def _sqlite_locked(engine: Engine) -> Iterator[Connection]:
+    """A SQLite transaction under the lock file, committed before the lock is let go; else BEGIN EXCLUSIVE."""
+    path = _sqlite_file(engine.url)
+    with _file_lock(None if path is None else path + LOCK_FILE_SUFFIX) as locked:
+        if locked:
+            with engine.begin() as connection:
+                yield connection
+        else:
+            with _exclusive_transaction(engine) as connection:
+                yield connection
+
+
+def _sqlite_file(url: URL) -> str | None:
+    """The database file of a SQLite URL; ``None`` for in-memory databases and ``file:`` URIs."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
+@contextmanager
+def _file_lock(path: str | None) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` (created when missing) while inside; yields ``False`` when none was had."""
+    descriptor = _open_lock_file(path)
+    if descriptor is None:
+        yield False
+        return
+    try:
+        yield _flock(descriptor)
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _open_lock_file(path: str | None) -> int | None:
+    if path is None or not HAVE_FLOCK:
+        return None
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # a read-only directory: the migration itself will say what is wrong
+        return None
+
+
+def _flock(descriptor: int) -> bool:
+    """Wait for an exclusive lock; ``False`` where the file system has no locks (some network mounts)."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def _exclusive_transaction(engine: Engine) -> Iterator[Connection]:
+    """A SQLite transaction begun with BEGIN EXCLUSIVE: other connections wait (busy timeout) until it ends."""
+    with engine.connect() as connection:
+        connection.exec_driver_sql("BEGIN EXCLUSIVE")
+        yield connection
+        connection.commit()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, select
 
+from dispatcher.ledger.claims import chunks
 from dispatcher.ledger.tables import attempts, rejects, runs
 
 ATTEMPT_FIELDS = (
@@ -66,3 +67,13 @@ def list_rejects(engine: Engine, run_id: int | None = None, limit: int = 1000) -
         query = query.where(rejects.c.run_id == run_id)
     with engine.connect() as connection:
         return [dict(row) for row in connection.execute(query).mappings().all()]
+
+
+def attempt_statuses(engine: Engine, attempt_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+    """attempt id → (status, error code) of the given attempts."""
+    found: dict[int, tuple[str, str | None]] = {}
+    with engine.connect() as connection:
+        for chunk in chunks(sorted(attempt_ids)):
+            query = select(attempts.c.id, attempts.c.status, attempts.c.error_code).where(attempts.c.id.in_(chunk))
+            found.update((int(row.id), (row.status, row.error_code)) for row in connection.execute(query))
+    return found

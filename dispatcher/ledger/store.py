@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, Table, bindparam, exists, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, bindparam, exists, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.accounts import Account, RejectedRow
-from dispatcher.channels.base import ChannelKind
 from dispatcher.errors import LedgerError
 from dispatcher.history import (
     CONTACT_STATUSES,
@@ -21,61 +18,17 @@ from dispatcher.history import (
     Deferred,
     Suppression,
     borrower_hashes,
-    borrower_key,
     deferral_note,
 )
-from dispatcher.jobs import DeliveryJob
-from dispatcher.ledger.callbacks import apply_parked
-from dispatcher.ledger.tables import attempts, early_callbacks, rejects, reminders, suppressions
-from dispatcher.masking import address_hash, mask_address
+from dispatcher.ledger import claims
+from dispatcher.ledger.claims import AttemptOutcome, chunks, insert_ignoring_conflicts
+from dispatcher.ledger.tables import attempts, rejects, reminders, suppressions
+from dispatcher.ledger.tally import HELD_CLASS
 
-_IN_CHUNK = 500
-_T = TypeVar("_T")
+__all__ = ["AttemptOutcome", "Ledger"]
 
-
-@dataclass(frozen=True, slots=True)
-class AttemptOutcome:
-    """The final facts of one try, written after the provider answered."""
-
-    attempt_id: int
-    status: str
-    provider_message_id: str | None = None
-    error_code: str | None = None
-    error_class: str | None = None
-    error_message: str | None = None
-    template: str | None = None
-    template_version: str | None = None
-    content_hash: str | None = None
-    provider: str | None = None
-    rule_id: str | None = None
-    detail: str | None = None
-    duration_ms: int | None = None
-
-
-def _plain_send(outcome: AttemptOutcome) -> bool:
-    """A try the provider accepted, with every fact of the send and nothing else (nearly all of them)."""
-    nothing_else = (outcome.error_code, outcome.error_class, outcome.error_message, outcome.rule_id, outcome.detail)
-    every_fact = (outcome.template, outcome.template_version, outcome.content_hash, outcome.provider,
-                  outcome.duration_ms)
-    return outcome.status == "sent" and all(v is None for v in nothing_else) and None not in every_fact
-
-
-_SENT = (update(attempts).where(attempts.c.id == bindparam("b_id"))
-         .values(status="sent", provider_message_id=bindparam("b_pmid"), updated_at=bindparam("b_now"),
-                 template=bindparam("b_template"), template_version=bindparam("b_version"),
-                 content_hash=bindparam("b_hash"), provider=bindparam("b_provider"), duration_ms=bindparam("b_ms")))
-"""The outcome of a plain send: a third fewer parameters than the general update, and no ``COALESCE``."""
-
-
-def _insert_ignoring_conflicts(engine: Engine, table: Table) -> Insert:
-    if engine.dialect.name == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    return postgresql.insert(table).on_conflict_do_nothing()
-
-
-def _chunks(items: Sequence[_T], size: int = _IN_CHUNK) -> Iterable[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+PENDING_STATUSES = ("planned", "claimed", "sending")
+"""An attempt not settled yet: to send, taken by a deliverer, or handed over with its outcome not recorded."""
 
 
 class Ledger:
@@ -111,7 +64,7 @@ class Ledger:
                        attempts.c.rule_id, attempts.c.not_before).order_by(attempts.c.id)
         latest: dict[tuple[str, str, str], int] = {}
         waiting: dict[tuple[str, str, str], Deferred] = {}
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             for account_id, key, channel, try_no, status, step, occurrence, rule_id, not_before in connection.execute(
                     query.where(attempts.c.account_id.in_(chunk))):
                 if try_no == 0:
@@ -137,7 +90,7 @@ class Ledger:
         linked: set[str] = set()  # other accounts of the same borrower: they share an address
 
         def collect(column: Any, values: Sequence[str]) -> None:
-            for chunk in _chunks(values):
+            for chunk in chunks(values):
                 for row in connection.execute(query.where(column.in_(chunk))):
                     if row.id not in seen and row.status in CONTACT_STATUSES:
                         seen.add(row.id)
@@ -154,7 +107,7 @@ class Ledger:
     def _load_suppressions(connection: Connection, hashes: Sequence[str], history: BatchHistory) -> None:
         query = select(suppressions.c.channel, suppressions.c.address_hash, suppressions.c.source,
                        suppressions.c.created_at).where(suppressions.c.lifted_at.is_(None))
-        for chunk in _chunks(hashes):
+        for chunk in chunks(hashes):
             for row in connection.execute(query.where(suppressions.c.address_hash.in_(chunk))):
                 history.suppressions[(row.channel, row.address_hash)] = Suppression(
                     row.channel, row.address_hash, row.source, row.created_at)
@@ -163,7 +116,7 @@ class Ledger:
     def record_reminders(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert reminders (key, account_id, due_date, step, occurrence, run_id, created_at) once each."""
         if rows:
-            self._execute("record reminders", _insert_ignoring_conflicts(self.engine, reminders), rows)
+            self._execute("record reminders", insert_ignoring_conflicts(self.engine.dialect.name, reminders), rows)
 
     def book(self, rows: Sequence[Mapping[str, Any]],
              reminder_rows: Sequence[Mapping[str, Any]] = ()) -> dict[tuple[str, str], tuple[int, int]]:
@@ -178,21 +131,22 @@ class Ledger:
         if not rows:
             self.record_reminders(reminder_rows)
             return {}
-        insert = _insert_ignoring_conflicts(self.engine, attempts).returning(
+        insert = insert_ignoring_conflicts(self.engine.dialect.name, attempts).returning(
             attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.status)
         query = select(attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no).where(
             attempts.c.try_no >= 1, attempts.c.status == "planned")
         try:
             with self.engine.begin() as connection:
                 if reminder_rows:
-                    connection.execute(_insert_ignoring_conflicts(self.engine, reminders), list(reminder_rows))
+                    connection.execute(insert_ignoring_conflicts(self.engine.dialect.name, reminders),
+                                       list(reminder_rows))
                 inserted = connection.execute(insert, list(rows)).all()
                 found = {(r.reminder_key, r.channel): (int(r.id), 1) for r in inserted if r.status == "planned"}
                 done = {(r.reminder_key, r.channel) for r in inserted}
                 wanted = {(r["reminder_key"], r["channel"]): r for r in rows if r["status"] == "planned"}
                 existing = sorted({key for key, channel in wanted if (key, channel) not in done})
                 refreshed: list[dict[str, Any]] = []
-                for chunk in _chunks(existing):
+                for chunk in chunks(existing):
                     for row in connection.execute(query.where(attempts.c.reminder_key.in_(chunk))):
                         found[(row.reminder_key, row.channel)] = (int(row.id), int(row.try_no))
                         given = wanted.get((row.reminder_key, row.channel))
@@ -221,61 +175,21 @@ class Ledger:
         self._execute("supersede attempts", statement, params)
 
     def start_sending(self, attempt_ids: Sequence[int], now: datetime) -> set[int]:
-        """Claim: ``planned → sending`` for the given attempts; returns those this call moved."""
-        claimed: set[int] = set()
+        """Claim and hand over at once (``planned → sending``): for tools and tests that act as a sender."""
         try:
             with self.engine.begin() as connection:
-                for chunk in _chunks(attempt_ids):
-                    rows = connection.execute(
-                        update(attempts)
-                        .where(attempts.c.id.in_(chunk), attempts.c.status == "planned")
-                        .values(status="sending", attempted_at=now, updated_at=now)
-                        .returning(attempts.c.id)
-                    )
-                    claimed.update(int(row.id) for row in rows)
+                claimed = claims.claim(connection, attempt_ids, now)
+                return claims.hand_over(connection, sorted(claimed), now)
         except SQLAlchemyError as exc:
             raise self._guard("claim attempts", exc) from exc
-        return claimed
 
     def release(self, attempt_ids: Sequence[int], now: datetime) -> None:
-        """Give back claimed attempts that were never handed to a provider (``sending → planned``)."""
+        """Give back claims that were never handed to a channel (``claimed → planned``)."""
         try:
             with self.engine.begin() as connection:
-                for chunk in _chunks(attempt_ids):
-                    connection.execute(
-                        update(attempts)
-                        .where(attempts.c.id.in_(chunk), attempts.c.status == "sending")
-                        .values(status="planned", attempted_at=None, updated_at=now)
-                    )
+                claims.give_back(connection, [claims.GiveBack(i) for i in attempt_ids], now)
         except SQLAlchemyError as exc:
             raise self._guard("release attempts", exc) from exc
-
-    def insert_try(self, job: DeliveryJob, try_no: int, channel: ChannelKind, parent_id: int | None,
-                   now: datetime, *, address: str | None = None, status: str = "sending") -> int | None:
-        """Claim a further try (a retry, or a fallback channel's first try), ``sending`` unless told.
-
-        ``status="planned"`` books the try for a later run instead (a stop between tries).
-
-        ``address`` is the full address when it differs from the job's (a fallback channel).
-        Returns its id, or ``None`` when that try exists already (someone else owns it).
-        """
-        row = {
-            "reminder_key": job.reminder_key, "account_id": job.account.account_id, "step": job.step,
-            "occurrence": job.occurrence, "channel": channel.value, "try_no": try_no, "status": status,
-            "address": mask_address(channel.value, address or job.address),
-            "address_hash": address_hash(address or job.address),
-            "borrower_hash": borrower_key(job.account),
-            "parent_id": parent_id, "run_id": job.run_id, "created_at": now,
-            "attempted_at": now if status == "sending" else None,
-            "updated_at": now,
-        }
-        statement = _insert_ignoring_conflicts(self.engine, attempts).returning(attempts.c.id)
-        try:
-            with self.engine.begin() as connection:
-                found = connection.execute(statement, [row]).all()
-        except SQLAlchemyError as exc:
-            raise self._guard("claim a further try", exc) from exc
-        return int(found[0].id) if found else None
 
     def record_decisions(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert rows that do not claim (try 0: deferrals)."""
@@ -284,55 +198,11 @@ class Ledger:
 
     def finish_attempts(self, outcomes: Sequence[AttemptOutcome], now: datetime) -> None:
         """Write the providers' answers for a batch of tries."""
-        if not outcomes:
-            return
-        statement = (
-            update(attempts)
-            .where(attempts.c.id == bindparam("b_id"))
-            .values(status=bindparam("b_status"), provider_message_id=bindparam("b_pmid"),
-                    error_code=bindparam("b_code"), error_class=bindparam("b_class"),
-                    error_message=bindparam("b_message"), updated_at=bindparam("b_now"),
-                    template=func.coalesce(bindparam("b_template"), attempts.c.template),
-                    template_version=func.coalesce(bindparam("b_version"), attempts.c.template_version),
-                    content_hash=func.coalesce(bindparam("b_hash"), attempts.c.content_hash),
-                    provider=func.coalesce(bindparam("b_provider"), attempts.c.provider),
-                    rule_id=func.coalesce(bindparam("b_rule"), attempts.c.rule_id),
-                    detail=func.coalesce(bindparam("b_detail"), attempts.c.detail),
-                    duration_ms=func.coalesce(bindparam("b_ms"), attempts.c.duration_ms))
-        )
-        plain: list[AttemptOutcome] = []
-        other: list[AttemptOutcome] = []
-        for outcome in outcomes:
-            (plain if _plain_send(outcome) else other).append(outcome)
-        params = [
-            {"b_id": o.attempt_id, "b_status": o.status, "b_pmid": o.provider_message_id, "b_code": o.error_code,
-             "b_class": o.error_class, "b_message": o.error_message, "b_now": now, "b_template": o.template,
-             "b_version": o.template_version, "b_hash": o.content_hash, "b_provider": o.provider,
-             "b_rule": o.rule_id, "b_detail": o.detail, "b_ms": o.duration_ms}
-            for o in other
-        ]
-        sent = [
-            {"b_id": o.attempt_id, "b_pmid": o.provider_message_id, "b_now": now, "b_template": o.template,
-             "b_version": o.template_version, "b_hash": o.content_hash, "b_provider": o.provider,
-             "b_ms": o.duration_ms}
-            for o in plain
-        ]
-        pmids = [o.provider_message_id for o in outcomes if o.provider_message_id]
         try:
             with self.engine.begin() as connection:
-                if sent:
-                    connection.execute(_SENT, sent)
-                if params:
-                    connection.execute(statement, params)
-                if pmids and self._parked_callbacks(connection):
-                    apply_parked(connection, pmids, now)
+                claims.write_outcomes(connection, outcomes, now)
         except SQLAlchemyError as exc:
             raise self._guard("record outcomes", exc) from exc
-
-    @staticmethod
-    def _parked_callbacks(connection: Connection) -> bool:
-        """Whether any callback waits for its attempt (almost never: skip the lookup otherwise)."""
-        return connection.execute(select(early_callbacks.c.id).limit(1)).first() is not None
 
     def record_rejects(self, run_id: int | None, rows: Sequence[RejectedRow], now: datetime) -> None:
         if rows:
@@ -356,9 +226,26 @@ class Ledger:
             return connection.execute(query).first() is not None
 
     def pending_count(self, run_id: int) -> int:
-        """The run's attempts not settled yet (``planned`` or ``sending``)."""
+        """The run's attempts still to settle: ``planned``, ``claimed`` or ``sending``, except the held ones
+        (a template that fails: they wait for a valid edit, not for a worker)."""
         query = select(func.count()).select_from(attempts).where(
-            attempts.c.run_id == run_id, attempts.c.status.in_(("planned", "sending")))
+            attempts.c.run_id == run_id, attempts.c.status.in_(PENDING_STATUSES),
+            (attempts.c.error_class.is_(None)) | (attempts.c.error_class != HELD_CLASS))
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def planned_ids(self, run_id: int) -> list[int]:
+        """The run's attempts waiting for a deliverer (``planned``, not held), oldest first."""
+        query = select(attempts.c.id).where(
+            attempts.c.run_id == run_id, attempts.c.status == "planned", attempts.c.try_no >= 1,
+            (attempts.c.error_class.is_(None)) | (attempts.c.error_class != HELD_CLASS)).order_by(attempts.c.id)
+        with self.engine.connect() as connection:
+            return [int(i) for i in connection.execute(query).scalars()]
+
+    def held_count(self, run_id: int) -> int:
+        """The run's attempts held back because their template fails (``planned``, error class ``template``)."""
+        query = select(func.count()).select_from(attempts).where(
+            attempts.c.run_id == run_id, attempts.c.status == "planned", attempts.c.error_class == HELD_CLASS)
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 

@@ -68,7 +68,7 @@ runs = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False),
     Column("fire_time", UtcDateTime, nullable=False),
-    Column("status", String(16), nullable=False),  # running | completed | failed | interrupted
+    Column("status", String(16), nullable=False),  # running | completed | failed | interrupted | closed | abandoned
     Column("config_version", String(32), nullable=False),
     Column("daemon_id", String(64), nullable=False),
     Column("started_at", UtcDateTime, nullable=False),
@@ -76,6 +76,8 @@ runs = Table(
     Column("counts", Text),  # JSON: accounts, sent, deferred, suppressed, failed, rejected ...
     Column("lease_until", UtcDateTime),  # the running daemon renews it; once past, another may take over
     Column("takeovers", Integer, nullable=False, server_default="0"),
+    Column("error", Text),  # why the run failed, one line
+    Column("task_failures", Integer, nullable=False, server_default="0"),  # Celery tasks of the run that raised
     UniqueConstraint("name", "fire_time"),
 )
 
@@ -102,6 +104,7 @@ attempts = Table(
     Column("occurrence", Integer, nullable=False),
     Column("channel", String(16), nullable=False),
     Column("try_no", Integer, nullable=False),
+    # planned → claimed (a deliverer took it) → sending (handed to the channel) → sent | failed | unknown ...
     Column("status", String(16), nullable=False),
     Column("address", String(255)),  # masked
     Column("address_hash", String(64)),  # sha256 of the full address: caps and suppressions per number
@@ -129,6 +132,7 @@ attempts = Table(
     Index("ix_attempts_created_at", "created_at"),
     Index("ix_attempts_address_hash", "address_hash"),
     Index("ix_attempts_borrower_hash", "borrower_hash"),
+    Index("ix_attempts_run_id_status", "run_id", "status"),
     Index(
         "uq_attempts_claim",
         "reminder_key",

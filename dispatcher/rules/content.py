@@ -9,7 +9,8 @@
   wording, as anyone can read a lock screen.
 
 :func:`lint_templates` checks every template × locale × channel with sample data
-(``dispatcher validate``); :class:`ContentCheck` checks each rendered message again
+(``dispatcher validate`` and every load of schedules.yaml), on the template snapshot
+that will be rendered; :class:`ContentCheck` checks each rendered message again
 just before it is sent.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from dispatcher.accounts import Account
 from dispatcher.channels.base import ChannelKind
 from dispatcher.compose.filters import localdate, mask, money
-from dispatcher.compose.layout import PARTS, locales_on_disk, template_path
+from dispatcher.compose.layout import PARTS, TemplateSet, template_name
 from dispatcher.compose.renderer import Composer, RenderContext, Rendered, TemplateProblem, sample_context
 from dispatcher.errors import TemplateError
 from dispatcher.rules.base import Block
@@ -127,7 +128,15 @@ def missing_elements(rendered: Rendered, ctx: RenderContext, brand: Brand) -> It
             yield what
 
 
-def _line_of(templates_dir: Path, rendered: Rendered, template: str, needle: str) -> tuple[str, int]:
+def _source(templates: TemplateSet, name: str) -> str:
+    """The text of one part, for locating a finding; empty when absent or not UTF-8."""
+    try:
+        return templates.source(name) or ""
+    except UnicodeDecodeError:
+        return ""
+
+
+def _line_of(templates: TemplateSet, rendered: Rendered, template: str, needle: str) -> tuple[str, int]:
     """The part file and line of ``needle``: where the source spells it, else where the rendered part shows it.
 
     Text that a variable produced (an unmasked account number) is found in the
@@ -135,33 +144,30 @@ def _line_of(templates_dir: Path, rendered: Rendered, template: str, needle: str
     multi-line blocks, which reminder templates rarely have. Not found: the first part, line 1.
     """
     parts = PARTS[rendered.channel]
-    paths = [template_path(templates_dir, template, rendered.locale, p.filename) for p in parts]
+    names = [template_name(template, rendered.locale, p.filename) for p in parts]
     texts = {"body": rendered.body, "subject": rendered.subject, "html": rendered.html, "title": rendered.title}
     for place in ("source", "rendered"):
-        for part, path in zip(parts, paths, strict=True):
-            if place == "source":
-                try:
-                    text = path.read_text(encoding="utf-8")
-                except OSError:
-                    continue
-            else:
-                text = texts.get(part.field) or ""
+        for part, name in zip(parts, names, strict=True):
+            text = _source(templates, name) if place == "source" else texts.get(part.field) or ""
             for number, line in enumerate(text.splitlines(), start=1):
                 if needle and needle.lower() in line.lower():
-                    return str(path), number
-    return str(paths[0]), 1
+                    return str(templates.path(name)), number
+    return str(templates.path(names[0])), 1
 
 
-def lint_templates(schedule: Schedule, templates_dir: Path, policy: Policy) -> list[TemplateProblem]:
-    """Every template the ladder uses × every locale on disk × every channel, checked with sample data."""
-    composer = Composer(templates_dir, schedule)
+def lint_templates(schedule: Schedule, templates: TemplateSet | Path, policy: Policy) -> list[TemplateProblem]:
+    """Every template the ladder uses × every locale present × every channel, checked with sample data.
+
+    Checks the ``templates`` snapshot (or the directory, read once).
+    """
+    composer = Composer(templates, schedule)
     problems: list[TemplateProblem] = []
     seen: set[str] = set()
     for step in schedule.ladder:
         if step.template_name in seen:
             continue
         seen.add(step.template_name)
-        for locale in sorted(locales_on_disk(templates_dir, step.template_name) & set(schedule.locales)):
+        for locale in sorted(composer.templates.locales(step.template_name) & set(schedule.locales)):
             for channel in ChannelKind:
                 problems.extend(_lint_one(composer, schedule, step.step, locale, channel, policy))
     return problems
@@ -172,7 +178,7 @@ def _lint_one(composer: Composer, schedule: Schedule, step_name: str, locale: st
     step = schedule.step_named(step_name)
     assert step is not None
     template = step.template_name
-    if not all(template_path(composer.templates_dir, template, locale, p.filename).exists() for p in PARTS[channel]):
+    if not all(template_name(template, locale, p.filename) in composer.templates.files for p in PARTS[channel]):
         return
     ctx = sample_context(schedule, step, locale)
     try:
@@ -182,10 +188,10 @@ def _lint_one(composer: Composer, schedule: Schedule, step_name: str, locale: st
     brand = composer.brand(locale)
     base = TemplateProblem(step_name, template, locale, channel, None, None, "")
     for rule, message, needle in violations(rendered, policy, brand, ctx.account):
-        file, line = _line_of(composer.templates_dir, rendered, template, needle)
+        file, line = _line_of(composer.templates, rendered, template, needle)
         yield replace(base, file=file, line=line, message=f"{rule}: {message}", rule=rule)
     for what in missing_elements(rendered, ctx, brand):
-        file, line = _line_of(composer.templates_dir, rendered, template, "")
+        file, line = _line_of(composer.templates, rendered, template, "")
         yield replace(base, file=file, line=line, message=f"content: the {channel.value} message must state {what}",
                       rule="content")
 

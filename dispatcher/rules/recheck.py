@@ -8,11 +8,11 @@ counted when the reminder was planned and the claim makes the send happen once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from dispatcher.accounts import Account
+from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channels.base import ChannelKind
 from dispatcher.history import BatchHistory
 from dispatcher.jobs import DeliveryJob
@@ -45,10 +45,13 @@ class SendCheck:
         self.default_zone = default_zone
         self.contacts_since = contacts_since
 
-    def facts(self, jobs: Sequence[DeliveryJob], now: datetime) -> BatchFacts:
-        ids = sorted({job.account.account_id for job in jobs})
-        planned = {job.account.phone for job in jobs if job.account.phone}  # validated when planned
-        fresh = self.source.fetch(ids, planned) if self.source.can_recheck else {}
+    def facts(self, jobs: Sequence[DeliveryJob], now: datetime,
+              fresh: Mapping[str, Account | RejectedRow] | None = None) -> BatchFacts:
+        """The batch's accounts re-read now (or ``fresh``, read by the caller just before) and its history."""
+        if fresh is None:
+            ids = sorted({job.account.account_id for job in jobs})
+            planned = {job.account.phone for job in jobs if job.account.phone}  # validated when planned
+            fresh = self.source.fetch(ids, planned) if self.source.can_recheck else {}
         accounts = {i: a for i, a in fresh.items() if isinstance(a, Account)}
         known = list(accounts.values()) or [job.account for job in jobs]
         history = self.ledger.load_history(known, self.contacts_since(now))
@@ -68,7 +71,7 @@ class SendCheck:
         block = self.engine.check_account(account, local_date(now, home_zone(account, self.default_zone)))
         if block is not None:
             return block
-        if address_for(account, channel) != address:
+        if job.planned_address_hash is not None or address_for(account, channel) != address:
             return Block("third-party", f"the borrower's {channel.value} address changed since planning; "
                          "the next run plans it to the current one", defer=True)
         return self.engine.recheck_channel(account, channel, address, now, facts.history, all_rules=fallback)

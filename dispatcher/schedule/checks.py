@@ -3,8 +3,9 @@
 The structural checks (duplicate names, overlapping windows) read the plain
 data and report at positions of the round-trip tree, so they run even when
 other parts of the file are invalid. Template checks are delegated to a
-:data:`TemplateChecker` (``dispatcher.compose.renderer.check_templates``) and
-their findings placed at the step in schedules.yaml or at the template file.
+:data:`TemplateChecker` (``dispatcher.compose.renderer.check_templates``), run
+on the template snapshot the schedule is loaded with, and their findings placed
+at the step in schedules.yaml or at the template file's line and column.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dispatcher.channels.base import ChannelKind
+from dispatcher.compose.layout import TemplateSet
 from dispatcher.errors import Problem
 from dispatcher.schedule.models import DayWindow, Schedule, parse_window
 from dispatcher.schedule.positions import format_path, value_position
@@ -40,8 +42,11 @@ class TemplateIssue(Protocol):
     def missing(self) -> bool: ...
 
 
-TemplateChecker = Callable[[Schedule, Path], Sequence[TemplateIssue]]
-"""Checks every step's templates exist and render: ``check_templates(schedule, templates_dir)``."""
+TemplateChecker = Callable[[Schedule, TemplateSet], Sequence[TemplateIssue]]
+"""Checks every step's templates exist and render: ``check_templates(schedule, templates)``.
+
+An issue may also carry ``rule`` and ``col`` (1-based column), as ``TemplateProblem`` does.
+"""
 
 
 def _items(data: Any, section: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -97,21 +102,21 @@ def overlapping_windows(root: Any, data: Any, file: str) -> list[Problem]:
 
 
 def template_problems(
-    issues: Sequence[TemplateIssue], root: Any, data: Any, file: str, templates_dir: Path
+    issues: Sequence[TemplateIssue], root: Any, data: Any, file: str, templates: TemplateSet
 ) -> list[Problem]:
-    """Template findings as problems: a missing one at its step, a broken one at its file."""
+    """Template findings as problems: a missing one at its step, a broken one at its file, line and column."""
     problems: list[Problem] = []
     reported: set[tuple[str, str]] = set()
     for issue in issues:
         if not issue.missing:
-            problems.append(_broken(issue, root, data, file, templates_dir))
+            problems.append(_broken(issue, root, data, file, templates.root))
             continue
-        whole_template = not (templates_dir / issue.template).is_dir()
+        whole_template = not templates.has_dir(issue.template)
         group = (issue.step, "" if whole_template else issue.locale)
-        if group in reported and (whole_template or not (templates_dir / issue.template / issue.locale).is_dir()):
+        if group in reported and (whole_template or not templates.has_dir(f"{issue.template}/{issue.locale}")):
             continue
         reported.add(group)
-        problems.append(_missing(issue, root, data, file, templates_dir))
+        problems.append(_missing(issue, root, data, file, templates.root))
     return problems
 
 
@@ -136,7 +141,8 @@ def _broken(issue: TemplateIssue, root: Any, data: Any, file: str, templates_dir
         message = f"template {issue.template!r} ({issue.locale}, {issue.channel}): {issue.message}"
         return Problem(file, *_step_position(root, data, issue.step), message, rule="template")
     shown = display_template_path(issue.file, templates_dir)
-    return Problem(shown, issue.line or 1, 1, issue.message, rule=getattr(issue, "rule", "template"))
+    col = getattr(issue, "col", None) or 1
+    return Problem(shown, issue.line or 1, col, issue.message, rule=getattr(issue, "rule", "template"))
 
 
 def display_template_path(file: str, templates_dir: Path) -> str:

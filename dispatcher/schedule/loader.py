@@ -1,10 +1,13 @@
-"""Load schedules.yaml into a :class:`LoadedSchedule`, or report every problem with its place.
+"""Load schedules.yaml and its templates into a :class:`LoadedSchedule`, or report every problem with its place.
 
-Steps: parse with ruamel.yaml (round-trip, so positions are kept), substitute
-``${VAR}`` from the given environment, validate with the pydantic models, run
-the whole-file checks and, when given, the template checks. Every finding
-becomes a :class:`~dispatcher.errors.Problem` (1-based line and column) and
-all of them are raised together in one :class:`~dispatcher.errors.ConfigError`.
+Steps: parse with ruamel.yaml (round-trip, so positions are kept), read the
+templates directory beside the file into a :class:`TemplateSet` snapshot,
+substitute ``${VAR}`` from the given environment, validate with the pydantic
+models, run the whole-file checks and, when given, the template checks on that
+snapshot. Every finding becomes a :class:`~dispatcher.errors.Problem` (1-based
+line and column) and all of them are raised together in one
+:class:`~dispatcher.errors.ConfigError`. The snapshot checked is the one kept:
+rendering never reads the templates directory again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from dispatcher.compose.layout import TemplateSet
 from dispatcher.errors import ConfigError, Problem
 from dispatcher.schedule.checks import (
     TemplateChecker,
@@ -34,37 +38,63 @@ from dispatcher.schedule.validation import problems_from_errors
 from dispatcher.schedule.variables import to_plain
 
 VERSION_LENGTH = 12
-"""Hex digits of the file's sha256 kept as its version."""
+"""Hex digits of the configuration's sha256 kept as its version."""
+
+TEMPLATES_DIRNAME = "templates"
+"""The templates directory of a schedule file: this name, beside the file."""
 
 
 @dataclass(frozen=True, slots=True)
 class LoadedSchedule:
-    """A valid schedule, the file it came from, its templates directory and content version."""
+    """A valid schedule, the file it came from, the template snapshot it was checked with, and their version."""
 
     schedule: Schedule
     path: Path
-    templates_dir: Path
+    templates: TemplateSet
     version: str
 
+    @property
+    def templates_dir(self) -> Path:
+        """The directory the templates were read from."""
+        return self.templates.root
 
-def content_version(content: bytes) -> str:
-    """The version of a schedule file: the first hex digits of its sha256."""
-    return hashlib.sha256(content).hexdigest()[:VERSION_LENGTH]
+
+def templates_dir_of(path: Path) -> Path:
+    """Where the templates of the schedule file ``path`` live."""
+    return path.parent / TEMPLATES_DIRNAME
+
+
+def configuration_digest(content: bytes, templates: TemplateSet | None = None) -> str:
+    """The sha256 (hex) of a schedule file's bytes, then each template's name and bytes in name order."""
+    digest = hashlib.sha256(content)
+    files = templates.files if templates is not None else {}
+    for name in sorted(files):
+        digest.update(b"\0%s\0%d\0" % (name.encode(), len(files[name])))
+        digest.update(files[name])
+    return digest.hexdigest()
+
+
+def content_version(content: bytes, templates: TemplateSet | None = None) -> str:
+    """The version of a configuration: the first hex digits of :func:`configuration_digest`.
+
+    Without ``templates``, the version of the schedule file alone.
+    """
+    return configuration_digest(content, templates)[:VERSION_LENGTH]
 
 
 def load_schedule(
     path: Path, env: Mapping[str, str], *, check_templates: TemplateChecker | None = None
 ) -> LoadedSchedule:
-    """Read and validate ``path``; raises :class:`ConfigError` listing every problem."""
+    """Read and validate ``path`` and snapshot its templates; raises :class:`ConfigError` listing every problem."""
     file = str(path)
     try:
         content = path.read_bytes()
     except OSError as exc:
         raise ConfigError([Problem(file, 0, 0, f"cannot read the file: {exc.strerror or exc}")]) from exc
     root = _parse(content, file)
-    templates_dir = path.parent / "templates"
-    schedule = _validate(root, env, file, templates_dir, check_templates)
-    return LoadedSchedule(schedule, path, templates_dir, content_version(content))
+    templates = TemplateSet.read(templates_dir_of(path))
+    schedule = _validate(root, env, file, templates, check_templates)
+    return LoadedSchedule(schedule, path, templates, content_version(content, templates))
 
 
 def _parse(content: bytes, file: str) -> CommentedMap:
@@ -93,7 +123,7 @@ def _validate(
     root: CommentedMap,
     env: Mapping[str, str],
     file: str,
-    templates_dir: Path,
+    templates: TemplateSet,
     check_templates: TemplateChecker | None,
 ) -> Schedule:
     """The validated schedule; raises :class:`ConfigError` with every problem found."""
@@ -113,8 +143,8 @@ def _validate(
         problems += problems_from_errors(root, file, errors)
         schedule = salvage(data, exc.errors())
     if schedule is not None and check_templates is not None:
-        issues = check_templates(schedule, templates_dir)
-        problems += template_problems(issues, root, data, file, templates_dir)
+        issues = check_templates(schedule, templates)
+        problems += template_problems(issues, root, data, file, templates)
     if problems or schedule is None:
         raise ConfigError(sorted(problems, key=lambda p: (p.file != file, p.file, p.line, p.col)))
     return schedule

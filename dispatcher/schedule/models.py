@@ -268,6 +268,16 @@ class Source(Strict):
     recheck_query: str | None = DEFAULT_RECHECK_QUERY
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=100_000)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _recheck_follows_the_query(cls, data: Any) -> Any:
+        """A lender's own ``query`` without a ``recheck_query``: re-read through that same query, filtered by id
+        (never the demo table, which a worker would otherwise read for a lender's accounts)."""
+        if isinstance(data, dict) and isinstance(data.get("query"), str) and "recheck_query" not in data:
+            inner = data["query"].strip().rstrip(";")
+            return {**data, "recheck_query": f"SELECT * FROM ({inner}) AS source_rows WHERE account_id IN :ids"}
+        return data
+
     @field_validator("recheck_query")
     @classmethod
     def _has_ids(cls, value: str | None) -> str | None:

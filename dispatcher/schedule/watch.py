@@ -1,15 +1,16 @@
-"""Re-read schedules.yaml when it changes, keeping the last good version running.
+"""Re-read schedules.yaml and its templates when they change, keeping the last good version running.
 
-:class:`ScheduleWatcher` polls the file's stat signature from a daemon thread;
-when it changes it hashes the content and, for new content, loads it and calls
-``on_change`` (valid) or ``on_error`` (invalid). Editors that save by writing a
-temporary file and renaming it over the original, and a moment where the file
-does not exist, are both fine.
+:class:`ScheduleWatcher` polls the stat signatures of the schedule file and of
+every ``*.j2`` file under the templates directory (added and removed files
+included) from a daemon thread. When they change and have settled it hashes the
+content and, for new content, loads it and calls ``on_change`` (valid) or
+``on_error`` (invalid). Editors that save by writing a temporary file and
+renaming it over the original, and a moment where a file does not exist, are
+both fine.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -17,18 +18,20 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from dispatcher.compose.layout import TemplateSet, template_files
 from dispatcher.errors import ConfigError
-from dispatcher.schedule.loader import LoadedSchedule
+from dispatcher.schedule.loader import LoadedSchedule, configuration_digest, templates_dir_of
 
 DEFAULT_INTERVAL = 1.0
-"""Seconds between two looks at the file."""
+"""Seconds between two looks at the files."""
 
 log = logging.getLogger(__name__)
 
-Signature = tuple[int, int, int]
+FileSignature = tuple[int, int, int]
+Signature = tuple[FileSignature, tuple[tuple[str, FileSignature], ...]]
 
 
-def _signature(path: Path) -> Signature | None:
+def _stat(path: Path) -> FileSignature | None:
     """``(st_mtime_ns, st_size, st_ino)`` of the file, or ``None`` while it does not exist."""
     try:
         st = os.stat(path)
@@ -37,20 +40,34 @@ def _signature(path: Path) -> Signature | None:
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
-def _digest(path: Path) -> str | None:
+def _signature(path: Path, templates_dir: Path) -> Signature | None:
+    """The schedule file's signature and each template's, by name; ``None`` while the schedule file is absent."""
+    own = _stat(path)
+    if own is None:
+        return None
+    found = ((name, _stat(file)) for name, file in template_files(templates_dir))
+    return own, tuple((name, stat) for name, stat in found if stat is not None)
+
+
+def _digest(path: Path, templates_dir: Path) -> str | None:
+    """The digest of the schedule file and its templates, or ``None`` while the schedule file is absent."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        content = path.read_bytes()
     except OSError:
         return None
+    return configuration_digest(content, TemplateSet.read(templates_dir))
 
 
 class ScheduleWatcher:
-    """Polls ``path`` every ``interval`` seconds and reports new content.
+    """Polls ``path`` and ``templates_dir`` every ``interval`` seconds and reports new content.
 
-    ``load`` is called with the path for each new content; it returns a
+    ``templates_dir`` defaults to ``templates/`` beside ``path``. ``load`` is
+    called with the path for each new content; it returns a
     :class:`LoadedSchedule` or raises :class:`ConfigError`. ``on_change``
     receives a valid schedule, ``on_error`` the error of an invalid one; both
-    run on the watcher thread. Rewriting the same content calls neither.
+    run on the watcher thread. Rewriting the same content calls neither. A
+    change is acted on once two looks in a row see the same files, so a file
+    saved in several writes, or briefly absent, is read complete.
     """
 
     def __init__(
@@ -61,8 +78,10 @@ class ScheduleWatcher:
         on_error: Callable[[ConfigError], None],
         *,
         interval: float = DEFAULT_INTERVAL,
+        templates_dir: Path | None = None,
     ) -> None:
         self.path = path
+        self.templates_dir = templates_dir if templates_dir is not None else templates_dir_of(path)
         self.interval = interval
         self._load = load
         self._on_change = on_change
@@ -70,6 +89,7 @@ class ScheduleWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="schedule-watcher", daemon=True)
         self._signature: Signature | None = None
+        self._pending: Signature | None = None
         self._digest: str | None = None
 
     @property
@@ -78,9 +98,9 @@ class ScheduleWatcher:
         return self._thread.is_alive()
 
     def start(self) -> None:
-        """Take the current file as the baseline and start polling."""
-        self._signature = _signature(self.path)
-        self._digest = _digest(self.path)
+        """Take the current files as the baseline and start polling."""
+        self._signature = _signature(self.path, self.templates_dir)
+        self._digest = _digest(self.path, self.templates_dir)
         self._thread.start()
 
     def stop(self) -> None:
@@ -109,14 +129,18 @@ class ScheduleWatcher:
                 log.exception("watching %s failed; will look again", self.path)
 
     def poll(self) -> None:
-        """Look at the file once; load and report it if its content changed."""
-        signature = _signature(self.path)
+        """Look at the files once; load and report them if they changed, settled, and their content is new."""
+        signature = _signature(self.path, self.templates_dir)
         if signature is None or signature == self._signature:
+            self._pending = None
             return
-        digest = _digest(self.path)
+        if signature != self._pending:
+            self._pending = signature  # changed since the last look: wait until it settles
+            return
+        digest = _digest(self.path, self.templates_dir)
         if digest is None:
             return
-        self._signature = signature
+        self._signature, self._pending = signature, None
         if digest == self._digest:
             return
         self._digest = digest

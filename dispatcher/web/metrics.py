@@ -3,14 +3,16 @@
 Metrics are read from the ledger and the broker at scrape time, so they cover
 every worker on every machine without a push gateway: attempts by channel and
 status, retries, provider latency, batches waiting in the queue, the version of
-schedules.yaml in force.
+schedules.yaml in force, and per run name the last success and whether its latest
+ended run failed. ``/healthz`` is red when the database or the broker does not
+answer, or when the latest run of a run name failed or was abandoned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -19,11 +21,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, tuple_
 
 from dispatcher.app import App
 from dispatcher.executors import QUEUE
-from dispatcher.ledger.tables import attempts
+from dispatcher.ledger.runs import FAILED, NameSummary
+from dispatcher.ledger.tables import attempts, runs
 from dispatcher.masking import mask_url
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class LedgerCollector(Collector):
         yield from self._attempts()
         yield from self._latency()
         yield self._queue()
+        yield from self._runs()
         version = GaugeMetricFamily("dispatcher_config_info", "schedules.yaml version in force", labels=["version"])
         version.add_metric([self.app.pipeline.loaded.version], 1)
         yield version
@@ -82,6 +86,19 @@ class LedgerCollector(Collector):
             family.add_metric([provider], buckets, sum(values) / 1000)
         yield family
 
+    def _runs(self) -> Iterator[Any]:
+        success = GaugeMetricFamily("dispatcher_last_success_timestamp_seconds",
+                                    "Unix time the latest completed run of each run name finished", labels=["run"])
+        failed = GaugeMetricFamily("dispatcher_run_failed",
+                                   "1 when the latest ended run of the run name failed or was abandoned",
+                                   labels=["run"])
+        for summary in self.app.runs.summaries(self.app.clock()):
+            if summary.last_success is not None:
+                success.add_metric([summary.name], summary.last_success.timestamp())
+            failed.add_metric([summary.name], 1 if summary.last_ended_status in FAILED else 0)
+        yield success
+        yield failed
+
     def _queue(self) -> GaugeMetricFamily:
         gauge = GaugeMetricFamily("dispatcher_queue_batches", "Delivery batches waiting in the broker queue")
         broker = self.app.settings.broker_url
@@ -116,7 +133,7 @@ def health_handler(app: App) -> Any:
 
 
 def _health(app: App) -> dict[str, str]:
-    """Whether the database and the broker answer (run in a thread: both are blocking calls)."""
+    """Whether the database and the broker answer and the latest runs did not fail (blocking: run in a thread)."""
     checks: dict[str, str] = {}
     try:
         with app.engine.connect() as connection:
@@ -124,6 +141,11 @@ def _health(app: App) -> dict[str, str]:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
+    if checks["database"] == "ok":
+        try:
+            checks["runs"] = _runs_health(app)
+        except Exception as exc:
+            checks["runs"] = f"unreadable: {type(exc).__name__}"
     broker = app.settings.broker_url
     if broker:
         try:
@@ -134,3 +156,28 @@ def _health(app: App) -> dict[str, str]:
         except Exception as exc:
             checks["broker"] = f"unreachable: {type(exc).__name__}"
     return checks
+
+
+def _runs_health(app: App) -> str:
+    """``ok``, or each run name whose latest run failed or was abandoned, with the run's id and error."""
+    failing = [summary for summary in app.runs.summaries(app.clock()) if summary.failing]
+    if not failing:
+        return "ok"
+    return "; ".join(_failure(summary, details) for summary, details in zip(failing, _details(app, failing),
+                                                                                 strict=True))
+
+
+def _details(app: App, failing: Sequence[NameSummary]) -> list[tuple[int, str | None]]:
+    """(id, error) of the latest run of each failing run name."""
+    keys = [(summary.name, summary.latest_fire_time) for summary in failing]
+    query = (select(runs.c.name, runs.c.fire_time, runs.c.id, runs.c.error)
+             .where(tuple_(runs.c.name, runs.c.fire_time).in_(keys)))
+    with app.engine.connect() as connection:
+        found = {(row.name, row.fire_time): (int(row.id), row.error) for row in connection.execute(query)}
+    return [found.get(key, (0, None)) for key in keys]
+
+
+def _failure(summary: NameSummary, details: tuple[int, str | None]) -> str:
+    run_id, error = details
+    text = f"run {summary.name} #{run_id} of {summary.latest_fire_time.isoformat()} {summary.latest_status}"
+    return f"{text}: {error}" if error else text

@@ -1,0 +1,94 @@
+"""``dispatcher retry``: send chosen failed or unknown attempts again, as new tries, when the rules allow it now."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dispatcher import loops
+from dispatcher.app import App
+from dispatcher.cli import common
+from dispatcher.cli.ledger import parse_since
+from dispatcher.jobs import RunCounts
+from dispatcher.ledger.queries import attempt_statuses
+from dispatcher.ledger.tally import job_outcomes
+from dispatcher.retry import DEFAULT_LIMIT, RETRYABLE, Retrier, RetryChoice, RetryLine
+from dispatcher.runner import settle_counts, summary
+
+RUN_NAME = "retry"
+"""The name of the run that books and records operators' retries."""
+
+
+def register(commands: Any) -> None:
+    retry = commands.add_parser(
+        "retry", help="send failed or unknown attempts again as new tries, when the rules allow it now",
+        description="Choose the latest try of each reminder and channel with the given status, re-check it now "
+                    "(account re-read, opt-outs, dead addresses, window, holidays, caps) and book the allowed ones "
+                    "as new tries linked to it, delivered at once (or by the workers with a broker).",
+        epilog="examples:\n  dispatcher retry --status failed --dry-run\n"
+               "  dispatcher retry --status unknown --run 42\n"
+               "  dispatcher retry --account L00000017 --since 2026-12-01",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    retry.add_argument("--status", choices=RETRYABLE, action="append",
+                       help="which attempts (repeatable; default: failed)")
+    retry.add_argument("--run", type=int, metavar="RUN_ID")
+    retry.add_argument("--account", metavar="ID")
+    retry.add_argument("--since", metavar="DATE", help="ISO date or time (read in the schedule's zone)")
+    retry.add_argument("--limit", type=int, default=DEFAULT_LIMIT)
+    retry.add_argument("--dry-run", action="store_true", help="say what would be sent and why the others are held")
+    retry.set_defaults(handler=retry_command)
+
+
+def retry_command(args: argparse.Namespace) -> int:
+    app = common.app(args)
+    pipeline, now = app.pipeline, app.clock()
+    choice = RetryChoice(tuple(args.status or ("failed",)), args.run, args.account,
+                         parse_since(args.since, pipeline.loaded.schedule.timezone), args.limit)
+    run_id = None if args.dry_run else app.runs.start(RUN_NAME, now, pipeline.loaded.version,
+                                                      app.settings.daemon_id, now)
+    retrier = Retrier(app.engine, app.job_loader(pipeline), app.send_check(pipeline), run_id)
+    rows = retrier.choose(choice)
+    lines = retrier.retry(rows, now, dry_run=args.dry_run)
+    booked = [line.new_id for line in lines if line.new_id is not None]
+    if booked and run_id is not None:
+        _deliver(app, run_id, booked)
+    outcomes = attempt_statuses(app.engine, booked)
+    for line in lines:
+        print(_describe(line, outcomes))
+    held = sum(line.action == "held" for line in lines)
+    verb = "would send" if args.dry_run else "booked"
+    print(f"{len(lines)} attempt(s) chosen: {len(lines) - held} {verb}, {held} held back")
+    if run_id is not None:
+        counts = RunCounts(planned=len(booked))
+        counts.suppressed = held
+        _finish(app, run_id, counts, booked)
+    return 0
+
+
+def _deliver(app: App, run_id: int, booked: list[int]) -> None:
+    async def go() -> None:
+        executor = app.executor(app.pipeline, None, run_id)
+        try:
+            await executor.submit_ids(booked)
+        finally:
+            await executor.aclose()
+
+    loops.run(go(), app.settings.event_loop)
+
+
+def _finish(app: App, run_id: int, counts: RunCounts, booked: list[int]) -> None:
+    held_at_planning = counts.suppressed
+    counts.suppressed = 0
+    settle_counts(counts, job_outcomes(app.engine, booked))
+    counts.suppressed += held_at_planning
+    app.runs.finish(run_id, "completed", counts.as_dict(), app.clock(), app.settings.daemon_id)
+    print(f"run {RUN_NAME} #{run_id}: {summary(counts)}")
+
+
+def _describe(line: RetryLine, outcomes: dict[int, tuple[str, str | None]]) -> str:
+    head = f"attempt {line.attempt_id} ({line.account_id}, {line.channel}, {line.status}" + (
+        f" {line.error_code})" if line.error_code else ")")
+    if line.new_id is not None and line.new_id in outcomes:
+        status, code = outcomes[line.new_id]
+        return f"{head}: {line.action} {line.reason}: {status}" + (f" ({code})" if code else "")
+    return f"{head}: {line.action}: {line.reason}"

@@ -1,0 +1,146 @@
+"""Group commit of the ledger writes of the messages in flight.
+
+Every message in flight writes to the ledger three times: its claim, its hand-over
+to the channel and its outcome. Each write must be committed before the message
+moves on (a claim before anything is rendered for it, a hand-over before the
+provider is called, an outcome before its place in flight is freed), so that a
+crash leaves at most the messages in flight in doubt. One statement per write
+would cost a commit per write; instead the writes that arrive while a commit is
+under way are gathered and committed together in the next one, on a writer
+thread of their own, while the event loop goes on sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from dispatcher.errors import LedgerError
+from dispatcher.ledger import claims
+from dispatcher.ledger.claims import AttemptOutcome, GiveBack
+from dispatcher.ledger.tables import attempts
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    kind: str  # claim | hand_over | outcome | try | give_back | decision
+    payload: Any
+    future: asyncio.Future[Any]
+
+
+class GroupCommitter:
+    """Commits the writes of concurrent messages together; each call returns once its write is committed.
+
+    Calls raise :class:`LedgerError` when the transaction holding their write failed.
+    """
+
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._queue: list[_Write] = []
+        self._task: asyncio.Task[None] | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self.commits = 0
+
+    async def claim(self, attempt_id: int) -> bool:
+        """``planned → claimed``: whether this caller now owns the attempt."""
+        return bool(await self._submit("claim", attempt_id))
+
+    async def hand_over(self, attempt_id: int) -> bool:
+        """``claimed → sending``, committed before the channel is called."""
+        return bool(await self._submit("hand_over", attempt_id))
+
+    async def record(self, outcome: AttemptOutcome, next_try: Mapping[str, Any] | None = None) -> int | None:
+        """Write an outcome, with the row of the next try (``planned``) in the same transaction.
+
+        Returns the next try's id, or ``None`` (no next try, or it exists already).
+        """
+        return await self._submit("outcome", (outcome, next_try))  # type: ignore[no-any-return]
+
+    async def insert_try(self, row: Mapping[str, Any]) -> int | None:
+        """Insert a further try (a fallback channel); ``None`` when it exists already."""
+        return await self._submit("try", row)  # type: ignore[no-any-return]
+
+    async def give_back(self, back: GiveBack) -> None:
+        """``claimed → planned``: the claim never reached a channel."""
+        await self._submit("give_back", back)
+
+    async def decide(self, row: Mapping[str, Any]) -> None:
+        """Insert a decision row (try 0: a deferral)."""
+        await self._submit("decision", row)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+
+    def _submit(self, kind: str, payload: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(_Write(kind, payload, future))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._drain())
+        return future
+
+    async def _drain(self) -> None:
+        """Commit what has gathered, again and again, until nothing waits."""
+        loop = asyncio.get_running_loop()
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+        while self._queue:
+            group, self._queue = self._queue, []
+            try:
+                results = await loop.run_in_executor(self._thread, self._commit, group, self.clock())
+            except SQLAlchemyError as exc:
+                log.error("ledger: cannot commit %d write(s) of messages in flight: %s", len(group), exc)
+                error = LedgerError(f"ledger: cannot record delivery: {exc}")
+                for write in group:
+                    if not write.future.done():
+                        write.future.set_exception(error)
+                continue
+            self.commits += 1
+            for write, result in zip(group, results, strict=True):
+                if not write.future.done():
+                    write.future.set_result(result)
+
+    def _commit(self, group: Sequence[_Write], now: datetime) -> list[Any]:
+        """One transaction for the whole group; the result of each write, in order."""
+        with self.engine.begin() as connection:
+            return _apply(connection, group, now)
+
+
+def _apply(connection: Connection, group: Sequence[_Write], now: datetime) -> list[Any]:
+    by_kind: dict[str, list[_Write]] = {}
+    for write in group:
+        by_kind.setdefault(write.kind, []).append(write)
+    results: dict[int, Any] = {}
+    if "claim" in by_kind:
+        moved = claims.claim(connection, [w.payload for w in by_kind["claim"]], now)
+        results.update((id(w), w.payload in moved) for w in by_kind["claim"])
+    if "hand_over" in by_kind:
+        moved = claims.hand_over(connection, [w.payload for w in by_kind["hand_over"]], now)
+        results.update((id(w), w.payload in moved) for w in by_kind["hand_over"])
+    outcomes = by_kind.get("outcome", [])
+    claims.write_outcomes(connection, [w.payload[0] for w in outcomes], now)
+    for write in outcomes:
+        following = write.payload[1]
+        results[id(write)] = claims.insert_try(connection, following) if following is not None else None
+    for write in by_kind.get("try", []):
+        results[id(write)] = claims.insert_try(connection, write.payload)
+    if "give_back" in by_kind:
+        claims.give_back(connection, [w.payload for w in by_kind["give_back"]], now)
+    if "decision" in by_kind:
+        connection.execute(attempts.insert(), [dict(w.payload) for w in by_kind["decision"]])
+    return [results.get(id(write)) for write in group]

@@ -1,0 +1,66 @@
+"""What became of the attempts a run booked to send: one outcome per job, retries and fallbacks followed.
+
+A job is a booked first try (reminder × channel). Its outcome is that of the
+last try of its chain: further tries of the same channel, then the fallback
+channel a permanent failure led to (``parent_id``), and so on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from dispatcher.ledger.claims import chunks
+from dispatcher.ledger.tables import attempts
+
+HELD_CLASS = "template"
+"""The error class of a claim given back because its message cannot be rendered (or breaks a content rule)."""
+
+_CATEGORY = {"sent": "sent", "delivered": "sent", "failed": "failed", "undelivered": "failed",
+             "suppressed": "suppressed", "unknown": "unknown", "claimed": "pending", "sending": "in_doubt"}
+
+
+def job_outcomes(engine: Engine, job_ids: Sequence[int]) -> Counter[str]:
+    """Jobs by outcome: sent, failed, suppressed, deferred, unknown, held, in_doubt or pending."""
+    found: Counter[str] = Counter()
+    columns = (attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no, attempts.c.status,
+               attempts.c.parent_id, attempts.c.rule_id, attempts.c.error_class)
+    with engine.connect() as connection:
+        for chunk in chunks(sorted(job_ids)):
+            keys = select(attempts.c.reminder_key).where(attempts.c.id.in_(chunk)).scalar_subquery()
+            rows = connection.execute(select(*columns).where(attempts.c.reminder_key.in_(keys),
+                                                             attempts.c.try_no >= 1)).all()
+            found.update(_outcome(rows, job_id) for job_id in chunk)
+    return found
+
+
+def _outcome(rows: Iterable[Any], job_id: int) -> str:
+    by_id = {row.id: row for row in rows}
+    root = by_id.get(job_id)
+    if root is None:
+        return "pending"
+    same_key = [row for row in by_id.values() if row.reminder_key == root.reminder_key]
+    last = _last_try(same_key, root.channel)
+    while last.status in ("failed", "undelivered"):
+        tries = {row.id for row in same_key if row.channel == last.channel}
+        children = [row for row in same_key if row.parent_id in tries and row.channel != last.channel]
+        if not children:
+            break
+        child = max(children, key=lambda row: row.id)
+        last = _last_try(same_key, child.channel)
+    return _category(last)
+
+
+def _last_try(rows: Iterable[Any], channel: str) -> Any:
+    return max((row for row in rows if row.channel == channel), key=lambda row: row.try_no)
+
+
+def _category(row: Any) -> str:
+    if row.status == "planned":
+        if row.error_class == HELD_CLASS:
+            return "held"
+        return "deferred" if row.rule_id else "pending"
+    return _CATEGORY.get(row.status, "pending")
