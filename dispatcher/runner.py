@@ -28,9 +28,6 @@ from dispatcher.ledger.tally import job_outcomes
 
 log = logging.getLogger(__name__)
 
-SWEEP_AFTER = 30.0
-"""Seconds without progress on a run's attempts after which lost tasks are looked for."""
-
 POLL_INTERVAL = 0.25
 """Seconds between two looks at the ledger while workers deliver."""
 
@@ -156,7 +153,7 @@ class Runner:
 
         When they stop making progress with nothing left in the queue (a lost task, a
         restarted Redis), crashed sends are reconciled and the attempts still ``planned``
-        are enqueued again, once; tasks waiting in the queue are never enqueued twice.
+        are enqueued again; tasks waiting in the queue are never enqueued twice.
         A run whose tasks keep failing, or that makes no progress for
         ``DISPATCHER_STALL_TIMEOUT`` seconds, fails with the cause.
         """
@@ -175,7 +172,7 @@ class Runner:
             elif time.monotonic() - last_change > settings.stall_timeout:
                 raise RunFailed(f"no progress for {settings.stall_timeout:.0f} s with {pending} attempt(s) pending "
                                 f"({executor.describe_queue()})")
-            elif time.monotonic() - max(last_change, last_sweep) > SWEEP_AFTER:
+            elif time.monotonic() - max(last_change, last_sweep) > settings.sweep_after:
                 last_sweep = time.monotonic()
                 await self._sweep(run_id, pipeline, executor, pending)
             await asyncio.sleep(POLL_INTERVAL)

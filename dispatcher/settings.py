@@ -37,6 +37,9 @@ DEFAULT_RUN_LEASE = 60
 DEFAULT_RUN_TIMEOUT = 7200
 """Seconds a daemon waits for the workers to finish a run's deliveries before it gives up on it."""
 
+DEFAULT_SWEEP_AFTER = 30
+"""Seconds a run with a broker may go without progress before lost tasks are looked for."""
+
 DEFAULT_STALL_TIMEOUT = 600
 """Seconds a run with a broker may go without any progress before it is marked failed."""
 
@@ -86,6 +89,7 @@ class Settings:
     reconcile_after: int
     run_timeout: int
     stall_timeout: int
+    sweep_after: int
     run_lease: int
     unknown_outcome: str
     event_loop: str
@@ -115,6 +119,7 @@ class Settings:
             reconcile_after=_int(env, "DISPATCHER_RECONCILE_AFTER", DEFAULT_RECONCILE_AFTER),
             run_timeout=_int(env, "DISPATCHER_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT),
             stall_timeout=_int(env, "DISPATCHER_STALL_TIMEOUT", DEFAULT_STALL_TIMEOUT),
+            sweep_after=_int(env, "DISPATCHER_SWEEP_AFTER", DEFAULT_SWEEP_AFTER),
             run_lease=_int(env, "DISPATCHER_RUN_LEASE", DEFAULT_RUN_LEASE),
             unknown_outcome=_choice(env, "DISPATCHER_UNKNOWN_OUTCOME", UNKNOWN_OUTCOME_POLICIES),
             event_loop=_choice(env, "DISPATCHER_EVENT_LOOP", EVENT_LOOPS),

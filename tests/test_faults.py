@@ -25,8 +25,9 @@ except in the Redis-restart test, which starts a private disk-less redis-server.
 Timing knobs (all small so the module stays within a few minutes):
 ``DISPATCHER_VISIBILITY_TIMEOUT=10``, ``DISPATCHER_RECONCILE_AFTER=5``,
 ``DISPATCHER_RUN_LEASE=5``, ``delivery: {task_batch: 100}``. The runner sweeps
-(reconcile + re-book) after 30 s without progress (``runner.SWEEP_AFTER``, not
-configurable), which is most of the duration of the crash tests.
+(reconcile, then enqueue the still-planned attempts again when the queue is empty)
+after ``DISPATCHER_SWEEP_AFTER`` (30 s by default) without progress, which is most of
+the duration of the crash tests.
 """
 
 from __future__ import annotations
@@ -117,10 +118,11 @@ def test_a_worker_killed_mid_run_every_reminder_reaches_twilio_exactly_once(
         make_rig: RigFactory, broker: str) -> None:
     """kill -9 the worker (main and pool processes) at ~37 %; a new worker and the reconciler finish the run.
 
-    The killed batches were claimed (``sending``); some of their messages had reached
-    the stand-in, the others not. The runner's sweep asks Twilio (the stand-in's list
-    endpoint) for each: found → ``sent`` with that SID, not found → ``planned`` again
-    and delivered by the new worker.
+    Only the messages in flight were claimed (at most 2 pool processes x 8); some had
+    reached the stand-in, the others not. The rest of the killed batches stayed
+    ``planned`` and are redelivered with their tasks. The runner's sweep asks Twilio
+    (the stand-in's list endpoint) about each one in doubt: found → ``sent`` with that
+    SID, not found → ``planned`` again and delivered by the new worker.
     """
     with FaultyTwilio() as twilio:
         twilio.delay = 0.05  # 2 pool processes x 8 in flight: ~300 messages/s, a run of ~7 s
@@ -135,6 +137,8 @@ def test_a_worker_killed_mid_run_every_reminder_reaches_twilio_exactly_once(
         worker.kill()
         at_kill = twilio.count()
         wait_for(lambda: worker.group() == [], 5, "every process of the killed worker's group to be gone")
+        in_doubt = [a for a in rig.attempts() if a["status"] in ("claimed", "sending")]
+        assert 0 < len(in_doubt) <= 2 * 8, f"{len(in_doubt)} in doubt: more than the 2 x 8 messages in flight"
         assert at_kill <= 0.5 * REMINDERS, f"killed too late: {at_kill} received"
 
         rig.worker("worker-2")
@@ -143,7 +147,7 @@ def test_a_worker_killed_mid_run_every_reminder_reaches_twilio_exactly_once(
         report = rig.report()
         print(f"\n[a] killed at {at_kill} received; {report.summary()}")
         report.check()
-        reconciled = [a for a in rig.attempts() if (a["detail"] or "").startswith("reconciled: found")]
+        reconciled = [a for a in rig.attempts() if (a["detail"] or "").startswith("reconciled: the provider had")]
         assert reconciled, "no crashed send was settled by the Twilio lookup: the kill hit no batch in flight?"
         assert "reconciled" in runner.output()
 

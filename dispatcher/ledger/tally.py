@@ -31,18 +31,20 @@ def job_outcomes(engine: Engine, job_ids: Sequence[int]) -> Counter[str]:
     with engine.connect() as connection:
         for chunk in chunks(sorted(job_ids)):
             keys = select(attempts.c.reminder_key).where(attempts.c.id.in_(chunk)).scalar_subquery()
-            rows = connection.execute(select(*columns).where(attempts.c.reminder_key.in_(keys),
-                                                             attempts.c.try_no >= 1)).all()
-            found.update(_outcome(rows, job_id) for job_id in chunk)
+            by_key: dict[str, list[Any]] = {}
+            by_id: dict[int, Any] = {}
+            for row in connection.execute(select(*columns).where(attempts.c.reminder_key.in_(keys),
+                                                                 attempts.c.try_no >= 1)):
+                by_key.setdefault(row.reminder_key, []).append(row)
+                by_id[row.id] = row
+            found.update(_outcome(by_key, by_id.get(job_id)) for job_id in chunk)
     return found
 
 
-def _outcome(rows: Iterable[Any], job_id: int) -> str:
-    by_id = {row.id: row for row in rows}
-    root = by_id.get(job_id)
+def _outcome(by_key: dict[str, list[Any]], root: Any) -> str:
     if root is None:
         return "pending"
-    same_key = [row for row in by_id.values() if row.reminder_key == root.reminder_key]
+    same_key = by_key[root.reminder_key]
     last = _last_try(same_key, root.channel)
     while last.status in ("failed", "undelivered"):
         tries = {row.id for row in same_key if row.channel == last.channel}

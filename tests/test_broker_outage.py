@@ -1,0 +1,112 @@
+"""Workers down during a run with a broker: the queue holds the run's own tasks once, and no personal data.
+
+A real daemon process (``dispatcher run --once`` with ``DISPATCHER_BROKER_URL``) books a
+run on Redis while no worker runs. Several sweeps later the queue still holds exactly
+the tasks the run enqueued (nothing is enqueued twice while tasks wait), each carrying
+attempt ids only; then a worker comes up and the run completes with every reminder
+written to the outbox once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from dispatcher.app import build_app
+from dispatcher.demo import demo_accounts, seed_demo
+from dispatcher.executors import QUEUE
+from dispatcher.ledger.tables import attempts
+from dispatcher.settings import Settings
+
+ACCOUNTS = 250
+SWEEP = 1
+"""DISPATCHER_SWEEP_AFTER of the daemon: a sweep every second while the workers are down."""
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+def start(started: list[subprocess.Popen[bytes]], log: Path, env: dict[str, str], cwd: Path,
+          *args: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as output:
+        process = subprocess.Popen([sys.executable, "-m", "dispatcher", *args], cwd=cwd, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    started.append(process)
+    return process
+
+
+def queued_payloads(client: redis.Redis) -> list[dict[str, object]]:
+    """The task arguments waiting in the queue (kombu's Redis messages: JSON envelopes, base64 bodies)."""
+    payloads = []
+    for raw in client.lrange(QUEUE, 0, -1):
+        body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        payloads.append(body[0][0])
+    return payloads
+
+
+@pytest.mark.slow
+def test_workers_down_the_queue_holds_the_runs_tasks_once_and_no_personal_data(
+        anytime: Path, workdir: Path, broker_url_db: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    app = build_app(Settings.from_env())
+    seed_demo(app.engine, ACCOUNTS, app.clock().date())
+    env = {**os.environ, "DISPATCHER_BROKER_URL": broker_url_db, "DISPATCHER_SWEEP_AFTER": str(SWEEP),
+           "DISPATCHER_RECONCILE_AFTER": "1", "PYTHONUNBUFFERED": "1"}
+    log = workdir / "run.log"
+    runner = start(processes, log, env, workdir, "run", "--once")
+    client = redis.Redis.from_url(broker_url_db)
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "waiting in the queue" not in log.read_text("utf-8", "replace"):
+        time.sleep(0.2)
+    with app.engine.connect() as connection:
+        planned = int(connection.execute(select(func.count()).select_from(attempts).where(
+            attempts.c.status == "planned")).scalar_one())
+    tasks = math.ceil(planned / 100)  # one source batch, delivery.task_batch 100
+    assert planned > 0 and client.llen(QUEUE) == tasks
+    time.sleep(6 * SWEEP)  # several sweeps without workers: nothing enqueued again
+    assert client.llen(QUEUE) == tasks and runner.poll() is None
+
+    payloads = queued_payloads(client)
+    queued = [i for p in payloads for i in p["attempts"]]  # type: ignore[attr-defined]
+    with app.engine.connect() as connection:
+        waiting = set(connection.execute(select(attempts.c.id).where(attempts.c.status == "planned")).scalars())
+    assert len(queued) == len(set(queued)) and set(queued) == waiting  # each planned attempt queued once
+    text = json.dumps(payloads, ensure_ascii=False)
+    with app.engine.connect() as connection:
+        people = connection.execute(select(demo_accounts.c.name, demo_accounts.c.phone, demo_accounts.c.email,
+                                           demo_accounts.c.overdue_amount)).all()
+    leaked = [value for row in people for value in row if value and str(value) in text]
+    assert leaked == [] and set(payloads[0]) == {"version", "run_id", "attempts"}
+
+    start(processes, workdir / "worker.log", env, workdir, "worker", "--pool", "solo")
+    assert runner.wait(120) == 0, log.read_text("utf-8", "replace")[-3000:]
+    with app.engine.connect() as connection:
+        statuses = dict(connection.execute(select(attempts.c.status, func.count()).where(attempts.c.try_no >= 1)
+                                           .group_by(attempts.c.status)).all())
+    assert set(statuses) <= {"sent", "suppressed"} and statuses["sent"] == planned
+    sent_ids = [json.loads(line)["attempt_id"] for kind in ("sms", "push")
+                if (workdir / "outbox" / f"{kind}.jsonl").exists()
+                for line in (workdir / "outbox" / f"{kind}.jsonl").read_text("utf-8").splitlines()]
+    sent_ids += [int(p.name.split("-")[0]) for p in (workdir / "outbox" / "email").glob("*.eml")]
+    assert len(sent_ids) == len(set(sent_ids)) == planned  # every reminder once
+    app.engine.dispose()
