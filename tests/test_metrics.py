@@ -235,6 +235,14 @@ def test_healthz_is_red_after_a_failed_run_and_green_after_a_later_completed_one
     assert run_samples(app)[1] == {"morning": 0.0, "evening": 0.0}
 
 
+def test_a_failed_one_off_run_turns_healthz_red_for_two_days_only(app: App) -> None:
+    ended(app, "manual", NOW - timedelta(days=2, minutes=1), "failed", NOW - timedelta(days=2), error="boom")
+    assert health(app)[0] == 200  # past the horizon: no longer red ...
+    assert run_samples(app)[1] == {"manual": 1.0}  # ... while the metric still says it failed
+    ended(app, "manual", NOW - timedelta(days=1), "failed", NOW - timedelta(days=1), error="boom")
+    assert health(app)[0] == 503
+
+
 def test_healthz_is_red_while_a_run_is_abandoned_and_green_once_it_is_closed(app: App, clock: FixedClock) -> None:
     run_id = app.runs.start("morning", NOW, "v1", "dead", clock())
     assert run_id is not None

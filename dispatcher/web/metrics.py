@@ -158,9 +158,17 @@ def _health(app: App) -> dict[str, str]:
     return checks
 
 
+HEALTH_HORIZON = timedelta(days=2)
+"""A failed run turns /healthz red for this long at most after its fire time (a later completed run of its
+name clears it sooner); a one-off run (``run --once``, ``retry``) that failed does not stay red for ever, while
+``dispatcher_run_failed`` keeps saying so."""
+
+
 def _runs_health(app: App) -> str:
     """``ok``, or each run name whose latest run failed or was abandoned, with the run's id and error."""
-    failing = [summary for summary in app.runs.summaries(app.clock()) if summary.failing]
+    now = app.clock()
+    failing = [summary for summary in app.runs.summaries(now)
+               if summary.failing and summary.latest_fire_time > now - HEALTH_HORIZON]
     if not failing:
         return "ok"
     return "; ".join(_failure(summary, details) for summary, details in zip(failing, _details(app, failing),
