@@ -22,6 +22,7 @@ from typing import Any
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channels.base import (
     AMBIGUOUS_ERRORS,
+    AttemptLookup,
     Channel,
     ChannelKind,
     DeliveryResult,
@@ -117,6 +118,7 @@ class Deliverer:
         self.limiter = limiter or LocalRateLimiter({})
         self.stopping = stopping or threading.Event()
         self.commit = GroupCommitter(ledger.engine, clock)
+        self._answers = {kind: isinstance(channel, AttemptLookup | SentLookup) for kind, channel in channels.items()}
 
     async def deliver(self, jobs: Sequence[DeliveryJob],
                       accounts: Mapping[str, Account | RejectedRow] | None = None) -> RunCounts:
@@ -198,7 +200,7 @@ class Deliverer:
         channel = self.channels[job.channel]
         message = self._message(job, rendered)
         await self.limiter.acquire(channel.provider)
-        if self.stopping.is_set() or not await self.commit.hand_over(job.attempt_id):
+        if self.stopping.is_set() or not await self._hand_over(job, channel):
             await self.commit.give_back(GiveBack(job.attempt_id))
             return None
         started, began = time.monotonic(), self.clock()
@@ -213,11 +215,25 @@ class Deliverer:
             await self.limiter.pause(channel.provider, result.retry_after)
         final = result.outcome is not Outcome.TRANSIENT or job.try_no >= self.policy.tries_for(job.channel)
         following = None if final else _try_row(job, job.try_no + 1, job.channel, job.parent_id, None, self.clock())
-        next_id = await self.commit.record(_outcome(job, result, rendered, channel.provider, elapsed_ms), following)
+        next_id = await self.commit.record(_outcome(job, result, rendered, channel.provider, elapsed_ms, began),
+                                           following)
         self._count(counts, result, final)
         if result.effect is not Effect.NONE:
             self._suppress(job, result)
         return result, next_id
+
+    async def _hand_over(self, job: DeliveryJob, channel: Channel) -> bool:
+        """Mark ``job`` handed over (``claimed → sending``) before its provider call.
+
+        A channel whose provider can be asked whether it took a message (the outbox,
+        Twilio) needs no such marker: a crash leaves the attempt ``claimed`` and the
+        reconciler asks the provider. SMTP relays and FCM cannot be asked: for them the
+        marker is committed before the call, so that a claim never handed over is sent
+        again and only a handed-over one can end ``unknown``.
+        """
+        if self._answers[job.channel]:
+            return True
+        return await self.commit.hand_over(job.attempt_id)
 
     async def _blocked(self, job: DeliveryJob, facts: BatchFacts | None, counts: RunCounts, *,
                        fallback: bool) -> Block | None:
@@ -383,7 +399,7 @@ def _deferral(job: DeliveryJob, channel: ChannelKind, block: Block, now: datetim
 
 
 def _outcome(job: DeliveryJob, result: DeliveryResult, rendered: Rendered, provider: str,
-             duration_ms: int) -> AttemptOutcome:
+             duration_ms: int, began: datetime) -> AttemptOutcome:
     if result.outcome is Outcome.SENT:
         status, error_class = "sent", None
     else:
@@ -392,5 +408,5 @@ def _outcome(job: DeliveryJob, result: DeliveryResult, rendered: Rendered, provi
         job.attempt_id, status, provider_message_id=result.provider_message_id, error_code=result.error_code,
         error_class=error_class, error_message=result.error_message, template=rendered.template,
         template_version=rendered.template_version, content_hash=rendered.content_hash, provider=provider,
-        duration_ms=duration_ms,
+        duration_ms=duration_ms, attempted_at=began,
     )

@@ -5,9 +5,11 @@ before the provider call until its outcome is recorded. One that stays so longer
 than ``DISPATCHER_RECONCILE_AFTER`` was cut off (a crash, a killed worker, a
 provider that could not be asked after a timeout). It is never blindly sent again:
 
-* ``claimed``: nothing was handed to a channel; back to ``planned``, the next pass
-  delivers it.
-* ``sending`` on a channel that can say whether it took the message: the outbox
+* ``claimed``: taken by a deliverer. The channels whose provider can be asked (the
+  outbox, Twilio) take messages without a hand-over marker, so the provider is asked
+  as below (since the claim); on the other channels it was never handed over and
+  goes back to ``planned``: the next pass delivers it.
+* ``sending`` (handed over) on a channel that can say whether it took the message: the outbox
   (it is the provider: the attempt is looked up in its files) and Twilio (its
   message list to that number since the attempt began). Found → ``sent`` with the
   provider's id; not found → ``planned`` again.
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, and_, or_, select, update
 
 from dispatcher.accounts import Account
 from dispatcher.channels.base import AttemptLookup, Channel, ChannelKind, SentLookup
@@ -77,18 +79,18 @@ class Reconciler:
         with self.engine.connect() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
 
-    def give_back_stale_claims(self, older_than: datetime, now: datetime) -> int:
-        """``claimed`` attempts never handed over (their deliverer died): back to ``planned``."""
-        statement = (update(attempts).where(attempts.c.status == "claimed", attempts.c.updated_at < older_than)
-                     .values(status="planned", attempted_at=None, updated_at=now))
-        with self.engine.begin() as connection:
-            return int(connection.execute(statement).rowcount or 0)
+    def stale_claims(self, older_than: datetime) -> list[dict[str, Any]]:
+        """Attempts ``claimed`` since before ``older_than``: their deliverer stopped before sending them or
+        (on a channel that needs no hand-over marker) while sending them."""
+        query = (select(attempts.c.id, attempts.c.account_id, attempts.c.channel, attempts.c.address_hash,
+                        attempts.c.updated_at)
+                 .where(attempts.c.status == "claimed", attempts.c.updated_at < older_than).order_by(attempts.c.id))
+        with self.engine.connect() as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
 
     async def reconcile(self, older_than: datetime, now: datetime) -> ReconcileCounts:
-        counts = ReconcileCounts(given_back=self.give_back_stale_claims(older_than, now))
-        if counts.given_back:
-            log.warning("gave back %d attempt(s) claimed but never handed to a channel (their deliverer stopped); "
-                        "they are sent by the next pass", counts.given_back)
+        counts = ReconcileCounts()
+        await self._settle_claims(older_than, now, counts)
         seen: set[int] = set()
         known_sids: set[str] = set()
         while rows := [row for row in self.stale(older_than) if row["id"] not in seen]:
@@ -100,6 +102,53 @@ class Reconciler:
                         "%d unknown, %d left for later", len(seen), counts.found_sent, counts.resent,
                         counts.unknown, counts.left)
         return counts
+
+    async def _settle_claims(self, older_than: datetime, now: datetime, counts: ReconcileCounts) -> None:
+        """Claims of a deliverer that stopped: a provider that can be asked is asked (the outbox, Twilio: they
+        take messages without a hand-over marker); the others were never handed over and go back to
+        ``planned``."""
+        rows = self.stale_claims(older_than)
+        if not rows:
+            return
+        accounts = self._accounts(rows)
+        found = 0
+        for row in rows:
+            row["older_than"], row["attempted_at"] = older_than, row["updated_at"]
+            status, sid = await self._ask(row, accounts.get(row["account_id"]), set())
+            if status == "sending":  # cannot tell yet
+                continue
+            self._settle_claim(row, sid if status == "sent" else None, now)
+            found += status == "sent"
+            counts.given_back += status != "sent"
+        counts.found_sent += found
+        log.warning("settled %d attempt(s) claimed by a deliverer that stopped: %d had reached the provider "
+                    "(sent), %d had not (sent by the next pass)", len(rows), found, counts.given_back)
+
+    async def _ask(self, row: dict[str, Any], account: Account | None, known: set[str]) -> tuple[str, str | None]:
+        """``sent`` with the provider's id, ``planned`` (never taken) or ``sending`` (cannot tell now); ``unknown``
+        when the channel cannot be asked at all."""
+        channel = self.channels.get(ChannelKind(row["channel"]))
+        try:
+            if isinstance(channel, AttemptLookup):
+                sid = await channel.find_attempt(int(row["id"]))
+                return ("sent", sid) if sid else ("planned", None)
+            phone = account.phone if account else None
+            if isinstance(channel, SentLookup) and phone and address_hash(phone) == row["address_hash"]:
+                return await self._ask_messages(channel, row, phone, known)
+        except DeliveryError as exc:
+            log.warning("attempt %s: cannot ask the provider (%s); left for the next reconciliation", row["id"], exc)
+            return "sending", None
+        return "unknown", None
+
+    def _settle_claim(self, row: dict[str, Any], sid: str | None, now: datetime) -> None:
+        if sid is None:
+            values: dict[str, Any] = {"status": "planned", "attempted_at": None, "updated_at": now}
+        else:
+            values = {"status": "sent", "provider_message_id": sid, "attempted_at": row["updated_at"],
+                      "updated_at": now, "detail": "reconciled: the provider had taken it"}
+        with self.engine.begin() as connection:
+            connection.execute(update(attempts).where(attempts.c.id == row["id"], attempts.c.status == "claimed")
+                               .values(**values))
 
     async def _settle_all(self, rows: list[dict[str, Any]], older_than: datetime, now: datetime,
                           known_sids: set[str], counts: ReconcileCounts) -> None:
@@ -124,18 +173,10 @@ class Reconciler:
 
     async def _settle(self, row: dict[str, Any], account: Account | None,
                       known: set[str]) -> tuple[str, str | None]:
-        channel = self.channels.get(ChannelKind(row["channel"]))
-        try:
-            if isinstance(channel, AttemptLookup):
-                sid = await channel.find_attempt(int(row["id"]))
-                return ("sent", sid) if sid else ("planned", None)
-            phone = account.phone if account else None
-            if isinstance(channel, SentLookup) and phone and address_hash(phone) == row["address_hash"]:
-                return await self._ask_messages(channel, row, phone, known)
-        except DeliveryError as exc:
-            log.warning("attempt %s: cannot ask the provider (%s); left for the next reconciliation", row["id"], exc)
-            return "sending", None
-        return ("planned", None) if self.unknown_outcome == "resend" else ("unknown", None)
+        status, sid = await self._ask(row, account, known)
+        if status == "unknown" and self.unknown_outcome == "resend":
+            return "planned", None
+        return status, sid
 
     async def _ask_messages(self, channel: SentLookup, row: dict[str, Any], phone: str,
                             known: set[str]) -> tuple[str, str | None]:
@@ -147,9 +188,10 @@ class Reconciler:
 
     def _in_flight_to(self, row: dict[str, Any]) -> bool:
         """Whether another attempt to the same number is being sent right now (not stale)."""
-        query = select(attempts.c.id).where(
-            attempts.c.address_hash == row["address_hash"], attempts.c.status == "sending",
-            attempts.c.id != row["id"], attempts.c.attempted_at >= row["older_than"])
+        recent = or_(and_(attempts.c.status == "sending", attempts.c.attempted_at >= row["older_than"]),
+                     and_(attempts.c.status == "claimed", attempts.c.updated_at >= row["older_than"]))
+        query = select(attempts.c.id).where(attempts.c.address_hash == row["address_hash"], recent,
+                                            attempts.c.id != row["id"])
         with self.engine.connect() as connection:
             return connection.execute(query.limit(1)).first() is not None
 

@@ -43,21 +43,30 @@ class RunReport:
     counts: RunCounts
 
 
+class _Halt(threading.Event):
+    """Set when the run's lease is lost, and reads as set the moment a stop is requested (no polling delay)."""
+
+    def __init__(self, stopping: threading.Event) -> None:
+        super().__init__()
+        self.stopping = stopping
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.stopping.is_set()
+
+
 class _Lease(threading.Thread):
-    """Renews the run's lease while it runs; sets ``halt`` on a stop request or a lost lease."""
+    """Renews the run's lease while it runs; ``halt`` is set by a stop request or a lost lease."""
 
     def __init__(self, app: App, run_id: int, stopping: threading.Event) -> None:
         super().__init__(name=f"run-{run_id}-lease", daemon=True)
-        self.app, self.run_id, self.stopping = app, run_id, stopping
-        self.halt = threading.Event()
+        self.app, self.run_id = app, run_id
+        self.halt = _Halt(stopping)
         self.done = threading.Event()
 
     def run(self) -> None:
         every = max(1.0, self.app.runs.lease.total_seconds() / 3)
         renewed = time.monotonic()
         while not self.done.wait(0.5):
-            if self.stopping.is_set():
-                self.halt.set()
             if time.monotonic() - renewed >= every:
                 renewed = time.monotonic()
                 if not self.app.runs.renew(self.run_id, self.app.settings.daemon_id, self.app.clock()):

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Insert, Table, bindparam, func, select, update
+from sqlalchemy import Connection, Insert, Table, bindparam, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatcher.ledger.callbacks import apply_parked
-from dispatcher.ledger.tables import attempts, early_callbacks
+from dispatcher.ledger.tables import attempts
 
 IN_CHUNK = 500
 """Ids per ``IN (...)`` list."""
@@ -54,6 +54,7 @@ class AttemptOutcome:
     rule_id: str | None = None
     detail: str | None = None
     duration_ms: int | None = None
+    attempted_at: datetime | None = None  # when it was handed to the channel (set here when no hand-over was)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,29 +68,70 @@ class GiveBack:
     rule_id: str | None = None
 
 
-def _move(connection: Connection, ids: Sequence[int], old: str, values: Mapping[str, Any]) -> set[int]:
+def _move(connection: Connection, ids: Sequence[int], old: str, new: str, now: datetime, *,
+          attempted: bool = False) -> set[int]:
+    """``old → new`` for ``ids``; returns the ids this call moved.
+
+    The statement is written for the driver directly: it runs for every few messages
+    in flight, and building it with SQLAlchemy cost ten times what SQLite takes to run it.
+    """
+    mark = _placeholder(connection)
+    stamp = _db_time(connection, now)
+    attempted_sql = f", attempted_at = {mark}" if attempted else ""
+    status = "+status" if connection.dialect.name == "sqlite" else "status"  # SQLite: look ids up, not statuses
     moved: set[int] = set()
     for chunk in chunks(ids):
-        rows = connection.execute(update(attempts).where(attempts.c.id.in_(chunk), attempts.c.status == old)
-                                  .values(**values).returning(attempts.c.id))
-        moved.update(int(row.id) for row in rows)
+        sql = (f"UPDATE attempts SET status = {mark}, updated_at = {mark}{attempted_sql} "
+               f"WHERE id IN ({', '.join([mark] * len(chunk))}) AND {status} = {mark} RETURNING id")
+        params = (new, stamp, *((stamp,) if attempted else ()), *chunk, old)
+        moved.update(int(row[0]) for row in _driver(connection, sql, params))
     return moved
 
 
 def claim(connection: Connection, ids: Sequence[int], now: datetime) -> set[int]:
     """``planned → claimed``; returns the ids this call moved (the others belong to someone else)."""
-    return _move(connection, ids, "planned", {"status": "claimed", "updated_at": now})
+    return _move(connection, ids, "planned", "claimed", now)
 
 
 def hand_over(connection: Connection, ids: Sequence[int], now: datetime) -> set[int]:
     """``claimed → sending`` just before the channel is called; ``attempted_at`` is that moment."""
-    return _move(connection, ids, "claimed", {"status": "sending", "attempted_at": now, "updated_at": now})
+    return _move(connection, ids, "claimed", "sending", now, attempted=True)
+
+
+def _placeholder(connection: Connection) -> str:
+    return "?" if connection.dialect.paramstyle == "qmark" else "%s"
+
+
+def _db_time(connection: Connection, moment: datetime) -> Any:
+    """``moment`` as :class:`~dispatcher.ledger.tables.UtcDateTime` stores it on this engine."""
+    naive = moment.astimezone(UTC).replace(tzinfo=None)
+    return naive.isoformat(sep=" ", timespec="microseconds") if connection.dialect.name == "sqlite" else naive
+
+
+def _driver(connection: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    """Run ``sql`` on this transaction's driver connection; the rows it returns."""
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(sql, tuple(params))
+        return list(cursor.fetchall()) if cursor.description else []
+    finally:
+        cursor.close()
+
+
+def _driver_many(connection: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    cursor = connection.connection.cursor()
+    try:
+        cursor.executemany(sql, [tuple(row) for row in rows])
+    finally:
+        cursor.close()
 
 
 def give_back(connection: Connection, backs: Sequence[GiveBack], now: datetime) -> None:
     """``claimed → planned``: nothing was handed over. A held claim keeps its reason (error fields)."""
     plain = [b.attempt_id for b in backs if b.error_code is None and b.rule_id is None]
-    _move(connection, plain, "claimed", {"status": "planned", "attempted_at": None, "updated_at": now})
+    for chunk in chunks(plain):
+        connection.execute(update(attempts).where(attempts.c.id.in_(chunk), attempts.c.status == "claimed")
+                           .values(status="planned", attempted_at=None, updated_at=now))
     noted = [{"b_id": b.attempt_id, "b_code": b.error_code, "b_class": b.error_class, "b_message": b.error_message,
               "b_rule": b.rule_id, "b_now": now} for b in backs if b.error_code is not None or b.rule_id is not None]
     if noted:
@@ -111,16 +153,16 @@ def _plain_send(outcome: AttemptOutcome) -> bool:
     """A try the provider accepted, with every fact of the send and nothing else (nearly all of them)."""
     nothing_else = (outcome.error_code, outcome.error_class, outcome.error_message, outcome.rule_id, outcome.detail)
     every_fact = (outcome.template, outcome.template_version, outcome.content_hash, outcome.provider,
-                  outcome.duration_ms)
+                  outcome.duration_ms, outcome.attempted_at)
     return outcome.status == "sent" and all(v is None for v in nothing_else) and None not in every_fact
 
 
-_SENT = (update(attempts).where(attempts.c.id == bindparam("b_id"))
-         .values(status="sent", provider_message_id=bindparam("b_pmid"), updated_at=bindparam("b_now"),
-                 template=bindparam("b_template"), template_version=bindparam("b_version"),
-                 content_hash=bindparam("b_hash"), provider=bindparam("b_provider"), duration_ms=bindparam("b_ms"),
-                 error_code=None, error_class=None, error_message=None, rule_id=None))
-"""The outcome of a plain send: fewer parameters than the general update, and no ``COALESCE``."""
+_SENT_SQL = ("UPDATE attempts SET status = 'sent', provider_message_id = {m}, updated_at = {m}, template = {m}, "
+             "template_version = {m}, content_hash = {m}, provider = {m}, duration_ms = {m}, attempted_at = {m}, "
+             "error_code = NULL, error_class = NULL, error_message = NULL, rule_id = NULL WHERE id = {m}")
+"""The outcome of a plain send (nearly every outcome), written for the driver directly."""
+
+_ANY_PARKED = "SELECT 1 FROM early_callbacks LIMIT 1"
 
 _OUTCOME = (
     update(attempts)
@@ -134,7 +176,8 @@ _OUTCOME = (
             provider=func.coalesce(bindparam("b_provider"), attempts.c.provider),
             rule_id=bindparam("b_rule"),
             detail=func.coalesce(bindparam("b_detail"), attempts.c.detail),
-            duration_ms=func.coalesce(bindparam("b_ms"), attempts.c.duration_ms))
+            duration_ms=func.coalesce(bindparam("b_ms"), attempts.c.duration_ms),
+            attempted_at=func.coalesce(bindparam("b_attempted"), attempts.c.attempted_at))
 )
 
 
@@ -142,23 +185,23 @@ def write_outcomes(connection: Connection, outcomes: Sequence[AttemptOutcome], n
     """Write the providers' answers for a group of tries, and any status callback that came first."""
     if not outcomes:
         return
-    plain: list[dict[str, Any]] = []
+    plain: list[tuple[Any, ...]] = []
     other: list[dict[str, Any]] = []
+    stamp = _db_time(connection, now)
     for o in outcomes:
         if _plain_send(o):
-            plain.append({"b_id": o.attempt_id, "b_pmid": o.provider_message_id, "b_now": now,
-                          "b_template": o.template, "b_version": o.template_version, "b_hash": o.content_hash,
-                          "b_provider": o.provider, "b_ms": o.duration_ms})
+            plain.append((o.provider_message_id, stamp, o.template, o.template_version, o.content_hash, o.provider,
+                          o.duration_ms, _db_time(connection, o.attempted_at or now), o.attempt_id))
         else:
             other.append({"b_id": o.attempt_id, "b_status": o.status, "b_pmid": o.provider_message_id,
                           "b_code": o.error_code, "b_class": o.error_class, "b_message": o.error_message,
                           "b_now": now, "b_template": o.template, "b_version": o.template_version,
                           "b_hash": o.content_hash, "b_provider": o.provider, "b_rule": o.rule_id,
-                          "b_detail": o.detail, "b_ms": o.duration_ms})
+                          "b_detail": o.detail, "b_ms": o.duration_ms, "b_attempted": o.attempted_at})
     if plain:
-        connection.execute(_SENT, plain)
+        _driver_many(connection, _SENT_SQL.format(m=_placeholder(connection)), plain)
     if other:
         connection.execute(_OUTCOME, other)
     pmids = [o.provider_message_id for o in outcomes if o.provider_message_id]
-    if pmids and connection.execute(select(early_callbacks.c.id).limit(1)).first() is not None:
+    if pmids and _driver(connection, _ANY_PARKED, ()):  # a callback came before its outcome: almost never
         apply_parked(connection, pmids, now)

@@ -5,9 +5,11 @@ to the channel and its outcome. Each write must be committed before the message
 moves on (a claim before anything is rendered for it, a hand-over before the
 provider is called, an outcome before its place in flight is freed), so that a
 crash leaves at most the messages in flight in doubt. One statement per write
-would cost a commit per write; instead the writes that arrive while a commit is
-under way are gathered and committed together in the next one, on a writer
-thread of their own, while the event loop goes on sending.
+would cost a commit per write; instead the writes made by every coroutine that
+runs in one turn of the event loop are gathered and committed together at the
+end of that turn. (The commit runs on the event loop's thread: a writer thread
+would wait for the GIL behind the CPU-bound loop for a switch interval per
+statement, which cost more than it saved.)
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,12 @@ from dispatcher.ledger.tables import attempts
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+GROUP_SIZE = 24
+"""Writes that make a commit start at once (the rest of a group waits at most :data:`GROUP_WAIT`)."""
+
+GROUP_WAIT = 0.0
+"""Seconds a write waits for others to share its commit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +57,8 @@ class GroupCommitter:
         self.engine = engine
         self.clock = clock
         self._queue: list[_Write] = []
-        self._task: asyncio.Task[None] | None = None
-        self._thread: ThreadPoolExecutor | None = None
+        self._scheduled = False
+        self._connection: Connection | None = None  # one, kept: a pool checkout per commit adds up
         self.commits = 0
 
     async def claim(self, attempt_id: int) -> bool:
@@ -82,43 +89,45 @@ class GroupCommitter:
         await self._submit("decision", row)
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._thread.shutdown(wait=True)
-            self._thread = None
+        """Give the connection back to the pool."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _submit(self, kind: str, payload: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append(_Write(kind, payload, future))
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._drain())
+        if len(self._queue) >= GROUP_SIZE:
+            loop.call_soon(self._flush)
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_later(GROUP_WAIT, self._flush)
         return future
 
-    async def _drain(self) -> None:
-        """Commit what has gathered, again and again, until nothing waits."""
-        loop = asyncio.get_running_loop()
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
-        while self._queue:
-            group, self._queue = self._queue, []
-            try:
-                results = await loop.run_in_executor(self._thread, self._commit, group, self.clock())
-            except SQLAlchemyError as exc:
-                log.error("ledger: cannot commit %d write(s) of messages in flight: %s", len(group), exc)
-                error = LedgerError(f"ledger: cannot record delivery: {exc}")
-                for write in group:
-                    if not write.future.done():
-                        write.future.set_exception(error)
-                continue
-            self.commits += 1
-            for write, result in zip(group, results, strict=True):
+    def _flush(self) -> None:
+        """Commit what has gathered in one transaction and wake the writers."""
+        group, self._queue = self._queue, []
+        self._scheduled = False
+        if not group:
+            return
+        try:
+            if self._connection is None:
+                self._connection = self.engine.connect()
+            with self._connection.begin():
+                results = _apply(self._connection, group, self.clock())
+        except SQLAlchemyError as exc:
+            self.close()  # a broken connection is not reused
+            log.error("ledger: cannot commit %d write(s) of messages in flight: %s", len(group), exc)
+            error = LedgerError(f"ledger: cannot record delivery: {exc}")
+            for write in group:
                 if not write.future.done():
-                    write.future.set_result(result)
-
-    def _commit(self, group: Sequence[_Write], now: datetime) -> list[Any]:
-        """One transaction for the whole group; the result of each write, in order."""
-        with self.engine.begin() as connection:
-            return _apply(connection, group, now)
+                    write.future.set_exception(error)
+            return
+        self.commits += 1
+        for write, result in zip(group, results, strict=True):
+            if not write.future.done():
+                write.future.set_result(result)
 
 
 def _apply(connection: Connection, group: Sequence[_Write], now: datetime) -> list[Any]:

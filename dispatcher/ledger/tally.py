@@ -20,7 +20,7 @@ HELD_CLASS = "template"
 """The error class of a claim given back because its message cannot be rendered (or breaks a content rule)."""
 
 _CATEGORY = {"sent": "sent", "delivered": "sent", "failed": "failed", "undelivered": "failed",
-             "suppressed": "suppressed", "unknown": "unknown", "claimed": "pending", "sending": "in_doubt"}
+             "suppressed": "suppressed", "unknown": "unknown", "claimed": "in_doubt", "sending": "in_doubt"}
 
 
 def job_outcomes(engine: Engine, job_ids: Sequence[int]) -> Counter[str]:
