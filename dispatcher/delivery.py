@@ -31,6 +31,7 @@ from dispatcher.channels.base import (
     Outcome,
     SentLookup,
 )
+from dispatcher.claim_ahead import ClaimAhead
 from dispatcher.compose.renderer import Composer, RenderContext, Rendered
 from dispatcher.errors import DeliveryError, LedgerError, TemplateError
 from dispatcher.history import borrower_key
@@ -131,19 +132,24 @@ class Deliverer:
             return counts
         facts = self.send_check.facts(jobs, self.clock(), accounts) if self.send_check else None
         places = asyncio.Semaphore(self.policy.concurrency)
-        await asyncio.gather(*(self._guarded(job, places, facts, counts) for job in jobs))
+        ahead = ClaimAhead(self.commit, [job.attempt_id for job in jobs], self.policy.concurrency, self.stopping)
+        try:
+            await asyncio.gather(*(self._guarded(job, places, facts, counts, ahead) for job in jobs))
+        finally:
+            self.commit.flush()  # the outcomes still lagging: a batch ends with its ledger up to date
         return counts
 
     async def _guarded(self, job: DeliveryJob, places: asyncio.Semaphore, facts: BatchFacts | None,
-                       counts: RunCounts) -> None:
+                       counts: RunCounts, ahead: ClaimAhead) -> None:
         """One job and its fallbacks; an unexpected error is logged (what was claimed stays for the reconciler)."""
         try:
             current: DeliveryJob | None = _as_reread(job, facts)
+            claimed: ClaimAhead | None = ahead
             fallback = False
             while current is not None:
-                result = await self._attempt(current, places, facts, counts, fallback=fallback)
+                result = await self._attempt(current, places, facts, counts, claimed, fallback=fallback)
                 current = await self._fallback(current, result)
-                fallback = True
+                claimed, fallback = None, True
         except LedgerError as exc:
             log.error("attempt %s (%s, %s): %s; left for the reconciler", job.attempt_id, job.account.account_id,
                       job.channel.value, exc)
@@ -158,18 +164,27 @@ class Deliverer:
         self.commit.close()
 
     async def _attempt(self, job: DeliveryJob, places: asyncio.Semaphore, facts: BatchFacts | None,
-                       counts: RunCounts, *, fallback: bool) -> DeliveryResult | Block | None:
+                       counts: RunCounts, ahead: ClaimAhead | None, *,
+                       fallback: bool) -> DeliveryResult | Block | None:
         """Claim and send ``job``, retrying transient failures; ``None`` when it did not go out or is in doubt.
 
-        A :class:`Block` is returned for a re-check that refused the channel (recorded).
+        The first try is claimed by ``ahead`` (a group at a time), further tries and
+        fallback channels one by one. A :class:`Block` is returned for a re-check that
+        refused the channel (recorded).
         """
         first = True
+        if ahead is not None and not await ahead.claim(job.attempt_id):
+            counts.skipped += not self.stopping.is_set()
+            return None
         while True:
             async with places:
-                if self.stopping.is_set():  # not claimed: it stays planned for the next run
+                if ahead is not None:
+                    ahead.started()
+                    ahead = None
+                elif not await self._claim_one(job, counts, first):
                     return None
-                if not await self.commit.claim(job.attempt_id):
-                    counts.skipped += first
+                if self.stopping.is_set():  # claimed, nothing handed over: it stays planned for the next run
+                    await self.commit.give_back(GiveBack(job.attempt_id))
                     return None
                 if first:
                     block = await self._blocked(job, facts, counts, fallback=fallback)
@@ -187,6 +202,14 @@ class Deliverer:
                                               cap=self.policy.backoff_cap))
             job = replace(job, attempt_id=next_id, try_no=job.try_no + 1)
             first = False
+
+    async def _claim_one(self, job: DeliveryJob, counts: RunCounts, first: bool) -> bool:
+        if self.stopping.is_set():  # not claimed: it stays planned for the next run
+            return False
+        if job.attempt_id in await self.commit.claim([job.attempt_id]):
+            return True
+        counts.skipped += first
+        return False
 
     async def _send_once(self, job: DeliveryJob, counts: RunCounts) -> tuple[DeliveryResult, int | None] | None:
         """Render, hand over, send and record one claimed try.
@@ -214,9 +237,14 @@ class Deliverer:
         if result.outcome is Outcome.TRANSIENT and result.retry_after:
             await self.limiter.pause(channel.provider, result.retry_after)
         final = result.outcome is not Outcome.TRANSIENT or job.try_no >= self.policy.tries_for(job.channel)
-        following = None if final else _try_row(job, job.try_no + 1, job.channel, job.parent_id, None, self.clock())
-        next_id = await self.commit.record(_outcome(job, result, rendered, channel.provider, elapsed_ms, began),
-                                           following)
+        outcome = _outcome(job, result, rendered, channel.provider, elapsed_ms, began)
+        if final and self._answers[job.channel] and result.effect is Effect.NONE:
+            self.commit.record_soon(outcome)  # the provider can be asked after a crash: no need to wait
+            next_id = None
+        else:
+            following = None if final else _try_row(job, job.try_no + 1, job.channel, job.parent_id, None,
+                                                    self.clock())
+            next_id = await self.commit.record(outcome, following)
         self._count(counts, result, final)
         if result.effect is not Effect.NONE:
             self._suppress(job, result)

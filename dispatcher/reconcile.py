@@ -121,7 +121,7 @@ class Reconciler:
             found += status == "sent"
             counts.given_back += status != "sent"
         counts.found_sent += found
-        log.warning("settled %d attempt(s) claimed by a deliverer that stopped: %d had reached the provider "
+        log.warning("reconciled %d attempt(s) claimed by a deliverer that stopped: %d had reached the provider "
                     "(sent), %d had not (sent by the next pass)", len(rows), found, counts.given_back)
 
     async def _ask(self, row: dict[str, Any], account: Account | None, known: set[str]) -> tuple[str, str | None]:

@@ -49,7 +49,7 @@ CI = os.environ.get("CI") == "true"
 FROM_NUMBER = "+14155550999"
 ZONE = "Asia/Shanghai"
 SETTLED = ("sent", "delivered")
-UNSETTLED = ("planned", "sending", "unknown")
+UNSETTLED = ("planned", "claimed", "sending", "unknown")
 PROVIDER_ENV_PREFIXES = ("DISPATCHER_", "TWILIO_", "SMTP_", "FCM_", "CELERY_")
 
 

@@ -139,7 +139,7 @@ def test_a_worker_started_with_schedules_delivers_a_booked_batch(
             statuses = [row.status for row in connection.execute(
                 select(attempts.c.status).where(attempts.c.id.in_(attempt_ids)))]
         text = log.read_text(encoding="utf-8", errors="replace")
-        if all(s not in ("planned", "sending") for s in statuses) or "raised unexpected" in text \
+        if all(s not in ("planned", "claimed", "sending") for s in statuses) or "raised unexpected" in text \
                 or started[0].poll() is not None:
             break
         time.sleep(0.2)

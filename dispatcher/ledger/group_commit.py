@@ -33,37 +33,43 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-GROUP_SIZE = 24
-"""Writes that make a commit start at once (the rest of a group waits at most :data:`GROUP_WAIT`)."""
+LAG_LIMIT = 64
+"""Writes nobody waits for (outcomes the provider can be asked about) that make a commit start at once."""
 
-GROUP_WAIT = 0.0
-"""Seconds a write waits for others to share its commit."""
+LAG_SECONDS = 0.1
+"""The longest such a write waits for a commit."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Write:
     kind: str  # claim | hand_over | outcome | try | give_back | decision
     payload: Any
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None  # None: nobody waits for it
 
 
 class GroupCommitter:
-    """Commits the writes of concurrent messages together; each call returns once its write is committed.
+    """Commits the writes of concurrent messages together.
 
-    Calls raise :class:`LedgerError` when the transaction holding their write failed.
+    A write that is waited for is committed at the end of the current turn of the
+    event loop, with every other write made meanwhile; a write nobody waits for (the
+    outcome of a message whose provider can be asked after a crash) waits at most
+    :data:`LAG_SECONDS` or :data:`LAG_LIMIT` writes for a commit. Waiting calls raise
+    :class:`LedgerError` when the transaction holding their write failed.
     """
 
     def __init__(self, engine: Engine, clock: Clock) -> None:
         self.engine = engine
         self.clock = clock
         self._queue: list[_Write] = []
-        self._scheduled = False
+        self._lagging = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
         self._connection: Connection | None = None  # one, kept: a pool checkout per commit adds up
         self.commits = 0
 
-    async def claim(self, attempt_id: int) -> bool:
-        """``planned → claimed``: whether this caller now owns the attempt."""
-        return bool(await self._submit("claim", attempt_id))
+    async def claim(self, attempt_ids: Sequence[int]) -> set[int]:
+        """``planned → claimed``: the ids this caller now owns."""
+        return set(await self._submit("claim", list(attempt_ids)))
 
     async def hand_over(self, attempt_id: int) -> bool:
         """``claimed → sending``, committed before the channel is called."""
@@ -75,6 +81,10 @@ class GroupCommitter:
         Returns the next try's id, or ``None`` (no next try, or it exists already).
         """
         return await self._submit("outcome", (outcome, next_try))  # type: ignore[no-any-return]
+
+    def record_soon(self, outcome: AttemptOutcome) -> None:
+        """Write a final outcome without waiting for it (committed within :data:`LAG_SECONDS`)."""
+        self._submit("outcome", (outcome, None), wait=False)
 
     async def insert_try(self, row: Mapping[str, Any]) -> int | None:
         """Insert a further try (a fallback channel); ``None`` when it exists already."""
@@ -88,27 +98,37 @@ class GroupCommitter:
         """Insert a decision row (try 0: a deferral)."""
         await self._submit("decision", row)
 
+    def flush(self) -> None:
+        """Commit every write still waiting, now."""
+        self._flush()
+
     def close(self) -> None:
-        """Give the connection back to the pool."""
+        """Commit what waits and give the connection back to the pool."""
+        if self._queue:
+            self._flush()
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
-    def _submit(self, kind: str, payload: Any) -> asyncio.Future[Any]:
+    def _submit(self, kind: str, payload: Any, *, wait: bool = True) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Write(kind, payload, future))
-        if len(self._queue) >= GROUP_SIZE:
-            loop.call_soon(self._flush)
-        elif not self._scheduled:
-            self._scheduled = True
-            loop.call_later(GROUP_WAIT, self._flush)
+        self._queue.append(_Write(kind, payload, future if wait else None))
+        self._lagging += not wait
+        if wait or self._lagging >= LAG_LIMIT:
+            if self._soon is None:
+                self._soon = loop.call_soon(self._flush)  # after the callbacks ready now: their writes join
+        elif self._timer is None:
+            self._timer = loop.call_later(LAG_SECONDS, self._flush)
         return future
 
     def _flush(self) -> None:
         """Commit what has gathered in one transaction and wake the writers."""
-        group, self._queue = self._queue, []
-        self._scheduled = False
+        for handle in (self._soon, self._timer):
+            if handle is not None:
+                handle.cancel()
+        self._soon = self._timer = None
+        group, self._queue, self._lagging = self._queue, [], 0
         if not group:
             return
         try:
@@ -117,16 +137,18 @@ class GroupCommitter:
             with self._connection.begin():
                 results = _apply(self._connection, group, self.clock())
         except SQLAlchemyError as exc:
-            self.close()  # a broken connection is not reused
+            if self._connection is not None:  # a broken connection is not reused
+                self._connection.close()
+                self._connection = None
             log.error("ledger: cannot commit %d write(s) of messages in flight: %s", len(group), exc)
             error = LedgerError(f"ledger: cannot record delivery: {exc}")
             for write in group:
-                if not write.future.done():
+                if write.future is not None and not write.future.done():
                     write.future.set_exception(error)
             return
         self.commits += 1
         for write, result in zip(group, results, strict=True):
-            if not write.future.done():
+            if write.future is not None and not write.future.done():
                 write.future.set_result(result)
 
 
@@ -136,8 +158,8 @@ def _apply(connection: Connection, group: Sequence[_Write], now: datetime) -> li
         by_kind.setdefault(write.kind, []).append(write)
     results: dict[int, Any] = {}
     if "claim" in by_kind:
-        moved = claims.claim(connection, [w.payload for w in by_kind["claim"]], now)
-        results.update((id(w), w.payload in moved) for w in by_kind["claim"])
+        moved = claims.claim(connection, [i for w in by_kind["claim"] for i in w.payload], now)
+        results.update((id(w), moved.intersection(w.payload)) for w in by_kind["claim"])
     if "hand_over" in by_kind:
         moved = claims.hand_over(connection, [w.payload for w in by_kind["hand_over"]], now)
         results.update((id(w), w.payload in moved) for w in by_kind["hand_over"])
