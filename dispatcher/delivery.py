@@ -1,10 +1,10 @@
 """Delivery: claim → re-check → render → hand over → send → record, with retries and fallback.
 
 The same code runs in the daemon's process and inside Celery workers. A job's
-attempt is claimed by a conditional update (``planned → claimed``) only when it
-is about to be sent, so a job handed out twice is sent once and a crash or a stop
-leaves the rest of a batch ``planned``; it is marked ``sending`` just before the
-provider call, so after a crash only those are in doubt.
+attempt is claimed by a conditional update (``planned → claimed``) only just
+before it is sent, so a job handed out twice is sent once and a crash or a stop
+leaves the rest of a batch ``planned``; on SMTP and FCM it is marked ``sending``
+just before the provider call, so after a crash only those can end unknown.
 """
 
 from __future__ import annotations
@@ -93,13 +93,16 @@ class DeliveryPolicy:
 class Deliverer:
     """Delivers batches of jobs through the configured channels and records every try as it happens.
 
-    Each message is claimed only when a place in flight is free (at most
-    ``policy.concurrency`` messages are claimed or in flight at once), handed over
-    just before its provider call and recorded when the provider answers; the
-    writes of the messages in flight are committed together
+    Messages are claimed just ahead of the places in flight (at most
+    ``policy.concurrency`` claimed and waiting, as many in flight), handed over just
+    before their provider call where the provider cannot be asked afterwards, and
+    recorded when the provider answers; the writes of the messages in flight are
+    committed together
     (:class:`~dispatcher.ledger.group_commit.GroupCommitter`). A crash therefore
-    leaves at most the messages in flight in doubt, and a stop leaves everything
-    not yet claimed ``planned`` for the next run.
+    leaves claimed only the messages in flight, the few claimed just ahead of them
+    (:class:`~dispatcher.claim_ahead.ClaimAhead`) and, for providers that can be
+    asked, outcomes not yet committed; only SMTP and FCM messages in flight can end
+    ``unknown``. A stop leaves everything not yet in flight ``planned`` for the next run.
     """
 
     def __init__(self, ledger: Ledger, composer: Composer, schedule: Schedule,
@@ -231,7 +234,7 @@ class Deliverer:
         elapsed_ms = int((time.monotonic() - started) * 1000)
         if result.outcome is Outcome.TRANSIENT and result.error_code in AMBIGUOUS_ERRORS:
             settled = await self._look_up(channel, job, message, began, result)
-            if settled is None:  # cannot tell: it stays 'sending' for the reconciler, never resent blindly
+            if settled is None:  # cannot tell: it stays claimed for the reconciler, never resent blindly
                 return None
             result = settled
         if result.outcome is Outcome.TRANSIENT and result.retry_after:
@@ -298,6 +301,7 @@ class Deliverer:
             log.warning("attempt %s: timed out and the provider cannot be asked (%s); its outcome is asked "
                         "again at reconciliation", job.attempt_id, exc)
             return None
+        self.commit.flush()  # outcomes still lagging hold the ids of this number's other messages
         fresh = [sid for sid in sids if not self.ledger.has_provider_id(sid)]
         if fresh:
             log.info("attempt %s: timed out but the provider had taken it (%s); not resent", job.attempt_id,
