@@ -183,14 +183,6 @@ class Ledger:
         except SQLAlchemyError as exc:
             raise self._guard("claim attempts", exc) from exc
 
-    def release(self, attempt_ids: Sequence[int], now: datetime) -> None:
-        """Give back claims that were never handed to a channel (``claimed → planned``)."""
-        try:
-            with self.engine.begin() as connection:
-                claims.give_back(connection, [claims.GiveBack(i) for i in attempt_ids], now)
-        except SQLAlchemyError as exc:
-            raise self._guard("release attempts", exc) from exc
-
     def record_decisions(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert rows that do not claim (try 0: deferrals)."""
         if rows:
@@ -241,13 +233,6 @@ class Ledger:
             (attempts.c.error_class.is_(None)) | (attempts.c.error_class != HELD_CLASS)).order_by(attempts.c.id)
         with self.engine.connect() as connection:
             return [int(i) for i in connection.execute(query).scalars()]
-
-    def held_count(self, run_id: int) -> int:
-        """The run's attempts held back because their template fails (``planned``, error class ``template``)."""
-        query = select(func.count()).select_from(attempts).where(
-            attempts.c.run_id == run_id, attempts.c.status == "planned", attempts.c.error_class == HELD_CLASS)
-        with self.engine.connect() as connection:
-            return int(connection.execute(query).scalar_one())
 
     def status_counts(self, run_id: int) -> dict[str, int]:
         """The run's attempts by status (the final tries: failed tries that were retried are left out)."""
