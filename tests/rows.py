@@ -9,6 +9,7 @@ from sqlalchemy import Engine, insert, select
 
 from dispatcher.app import App
 from dispatcher.demo import demo_accounts, demo_metadata
+from dispatcher.jobs import DeliveryJob
 from dispatcher.ledger.tables import attempts
 
 
@@ -35,3 +36,14 @@ def attempt_rows(app: App, **where: Any) -> list[dict[str, Any]]:
         query = query.where(attempts.c[name] == value)
     with app.engine.connect() as connection:
         return [dict(r) for r in connection.execute(query).mappings()]
+
+
+def book_all(app: App, run_id: int | None = None) -> list[DeliveryJob]:
+    """Plan and book every account with the app's pipeline at the clock's time (a run killed before delivery)."""
+    now = app.clock()
+    pipeline = app.pipeline
+    jobs: list[DeliveryJob] = []
+    for batch in pipeline.source.batches():
+        history = app.ledger.load_history(batch.accounts, pipeline.policy.contacts_since(now))
+        jobs += app.booker().book(pipeline.planner.plan(batch.accounts, history, now), run_id, now)[0]
+    return jobs

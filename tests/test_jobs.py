@@ -5,28 +5,17 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from rows import attempt_rows, demo_row, seed_rows
+from rows import attempt_rows, book_all, demo_row, seed_rows
 from sqlalchemy import delete, update
 
 from dispatcher.app import App
 from dispatcher.demo import demo_accounts
 from dispatcher.executors import task_payload
-from dispatcher.jobs import DeliveryJob
 from dispatcher.masking import address_hash
 from dispatcher.schedule.models import Source
 from dispatcher.source import AccountSource
 
 TODAY = __import__("conftest").NOW.date()
-
-
-def booked(app: App) -> list[DeliveryJob]:
-    now = app.clock()
-    pipeline = app.pipeline
-    jobs: list[DeliveryJob] = []
-    for batch in pipeline.source.batches():
-        history = app.ledger.load_history(batch.accounts, pipeline.policy.contacts_since(now))
-        jobs += app.booker().book(pipeline.planner.plan(batch.accounts, history, now), 7, now)[0]
-    return jobs
 
 
 def test_a_task_payload_carries_ids_and_the_version_only() -> None:
@@ -37,7 +26,7 @@ def test_a_task_payload_carries_ids_and_the_version_only() -> None:
 def test_the_loader_rebuilds_each_planned_job_from_the_ledger_and_the_source(app: App) -> None:
     seed_rows(app.engine, demo_row("L1", TODAY - timedelta(days=2)),
               demo_row("L2", TODAY - timedelta(days=5), phone="+8613812345600", email="l2@example.cn"))
-    jobs = booked(app)
+    jobs = book_all(app, run_id=7)
     loaded = app.job_loader(app.pipeline).load([job.attempt_id for job in jobs], app.clock())
     assert (loaded.gone, loaded.not_planned) == (0, 0)
     fields = ("attempt_id", "try_no", "reminder_key", "step", "occurrence", "days_overdue", "local_today", "channel",
@@ -51,7 +40,7 @@ def test_the_loader_rebuilds_each_planned_job_from_the_ledger_and_the_source(app
 def test_the_loader_skips_claimed_attempts_and_settles_gone_accounts(app: App) -> None:
     seed_rows(app.engine, *(demo_row(f"L{n}", TODAY - timedelta(days=2), phone=f"+861381234560{n}",
                                      email=f"l{n}@example.cn") for n in (1, 2, 3)))
-    jobs = {(job.account.account_id, job.channel.value): job for job in booked(app)}
+    jobs = {(job.account.account_id, job.channel.value): job for job in book_all(app, run_id=7)}
     first = jobs[("L1", "sms")]
     app.ledger.start_sending([first.attempt_id], app.clock())  # someone else has it
     with app.engine.begin() as connection:

@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from rows import attempt_rows, demo_row, seed_rows
+from rows import attempt_rows, book_all, demo_row, seed_rows
 from sqlalchemy import insert, update
 
 from dispatcher.accounts import Account
@@ -536,17 +536,6 @@ def test_superseded_deferred_reminder_of_an_earlier_delinquency_is_ignored(app: 
 
 
 # send-time re-check (SendCheck) ----------------------------------------------------------------------------------
-def book_all(app: App) -> list[DeliveryJob]:
-    """Plan and book every account with the app's pipeline at the clock's time (a run killed before delivery)."""
-    now = app.clock()
-    pipeline = app.pipeline
-    jobs: list[DeliveryJob] = []
-    for batch in pipeline.source.batches():
-        history = app.ledger.load_history(batch.accounts, pipeline.policy.contacts_since(now))
-        jobs += app.booker().book(pipeline.planner.plan(batch.accounts, history, now), None, now)[0]
-    return jobs
-
-
 def deliver(app: App, jobs: Sequence[DeliveryJob]) -> RunCounts:
     deliverer = app.deliverer(app.pipeline)
 

@@ -59,9 +59,7 @@ def retry_command(args: argparse.Namespace) -> int:
     verb = "would send" if args.dry_run else "booked"
     print(f"{len(lines)} attempt(s) chosen: {len(lines) - held} {verb}, {held} held back")
     if run_id is not None:
-        counts = RunCounts(planned=len(booked))
-        counts.suppressed = held
-        _finish(app, run_id, counts, booked)
+        _finish(app, run_id, held, booked)
     return 0
 
 
@@ -76,11 +74,11 @@ def _deliver(app: App, run_id: int, booked: list[int]) -> None:
     loops.run(go(), app.settings.event_loop)
 
 
-def _finish(app: App, run_id: int, counts: RunCounts, booked: list[int]) -> None:
-    held_at_planning = counts.suppressed
-    counts.suppressed = 0
+def _finish(app: App, run_id: int, held: int, booked: list[int]) -> None:
+    """Record the retry run: every booked try's outcome, and the attempts held back as suppressed at planning."""
+    counts = RunCounts(planned=len(booked))
     settle_counts(counts, job_outcomes(app.engine, booked))
-    counts.suppressed += held_at_planning
+    counts.suppressed += held
     app.runs.finish(run_id, "completed", counts.as_dict(), app.clock(), app.settings.daemon_id)
     print(f"run {RUN_NAME} #{run_id}: {summary(counts)}")
 
