@@ -32,7 +32,7 @@ from dispatcher.schedule.loader import LoadedSchedule, load_schedule
 from dispatcher.schedule.models import Schedule
 from dispatcher.settings import Settings
 from dispatcher.source import AccountSource
-from dispatcher.unsubscribe import UnsubscribeLinks, unsubscribe_mailbox
+from dispatcher.unsubscribe import UnsubscribeLinks
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,7 @@ class App:
 
     def unsubscribe_links(self) -> UnsubscribeLinks:
         settings = self.settings
-        return UnsubscribeLinks(settings.public_url, settings.secret_key,
-                                unsubscribe_mailbox(self.providers.email_from, settings.unsubscribe_email))
+        return UnsubscribeLinks(settings.public_url, settings.secret_key)
 
     def booker(self) -> Booker:
         return Booker(self.ledger)

@@ -9,6 +9,10 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Column, Date, Engine, MetaData, String, Table, func, insert, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+
+from dispatcher.errors import DispatcherError, LedgerError
+from dispatcher.masking import mask_text
 
 demo_metadata = MetaData()
 
@@ -110,7 +114,24 @@ def demo_rows(count: int, today: date, seed: int = 7, bad_fraction: float = 0.00
 
 
 def seed_demo(engine: Engine, count: int, today: date, *, replace: bool = False) -> int:
-    """Create the demo table and fill it with ``count`` borrowers; returns the rows now in it."""
+    """Create the demo table and fill it with ``count`` borrowers; returns the rows now in it.
+
+    Raises :class:`DispatcherError` when the table already holds some of these
+    account ids and :class:`LedgerError` when the database refuses the rows; neither
+    message quotes a row (the database driver's own text would hold names and numbers).
+    """
+    try:
+        _insert(engine, count, today, replace=replace)
+    except IntegrityError:
+        raise DispatcherError(f"demo_accounts already holds some of the first {count} demo account ids; "
+                              "seed with --replace to start afresh") from None
+    except SQLAlchemyError as exc:
+        reason = exc.orig if isinstance(exc, DBAPIError) else type(exc).__name__  # the driver's text, no rows
+        raise LedgerError(f"cannot fill demo_accounts: {mask_text(str(reason))}") from None
+    return demo_count(engine)
+
+
+def _insert(engine: Engine, count: int, today: date, *, replace: bool) -> None:
     demo_metadata.create_all(engine)
     with engine.begin() as connection:
         if replace:
@@ -123,7 +144,6 @@ def seed_demo(engine: Engine, count: int, today: date, *, replace: bool = False)
                 chunk = []
         if chunk:
             connection.execute(insert(demo_accounts), chunk)
-    return demo_count(engine)
 
 
 def demo_count(engine: Engine) -> int:

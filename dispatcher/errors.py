@@ -7,6 +7,7 @@ Every error the package raises on purpose derives from :class:`DispatcherError`:
      ├── SourceError              the lender's account source cannot be read
      ├── TemplateError            a template is missing or fails to render
      ├── LedgerError              the ledger cannot be read or written
+     ├── BrokerError              the Celery broker (DISPATCHER_BROKER_URL) cannot be reached
      └── DeliveryError            a channel could not hand a message over
           ├── TransientDeliveryError   worth retrying later (carries retry_after)
           └── PermanentDeliveryError   never retried (bad address, opt-out, ...)
@@ -74,6 +75,10 @@ class TemplateError(DispatcherError):
 
 class LedgerError(DispatcherError):
     """The ledger database cannot be read or written."""
+
+
+class BrokerError(DispatcherError):
+    """The Celery broker (``DISPATCHER_BROKER_URL``) cannot be reached: tasks cannot be enqueued."""
 
 
 class DeliveryError(DispatcherError):

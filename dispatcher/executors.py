@@ -12,11 +12,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from kombu.exceptions import ChannelError
+from kombu.exceptions import ChannelError, KombuError
 
 from dispatcher.delivery import Deliverer
+from dispatcher.errors import BrokerError
 from dispatcher.job_loader import JobLoader
 from dispatcher.jobs import DeliveryJob, RunCounts
+from dispatcher.masking import mask_url
 
 QUEUE = "dispatcher"
 """The queue the daemon publishes to and workers consume (its Redis list has the same name)."""
@@ -87,10 +89,16 @@ class CeleryExecutor:
         return await self.submit_ids([job.attempt_id for job in jobs])
 
     async def submit_ids(self, attempt_ids: Sequence[int]) -> RunCounts:
+        """Enqueue the ids; raises :class:`BrokerError` when the broker cannot be reached (they stay planned)."""
         for start in range(0, len(attempt_ids), self.task_batch):
-            self.task.apply_async(args=[task_payload(self.config_version, self.run_id,
-                                                     attempt_ids[start : start + self.task_batch])],
-                                  expires=self.expires_after, retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+            payload = task_payload(self.config_version, self.run_id, attempt_ids[start : start + self.task_batch])
+            try:
+                self.task.apply_async(args=[payload], expires=self.expires_after, retry=True,
+                                      retry_policy=PUBLISH_RETRY_POLICY)
+            except (KombuError, OSError) as exc:  # kombu re-raises the transport's connection errors as its own
+                raise BrokerError(f"the broker at {mask_url(str(self.task.app.conf.broker_url))} cannot be "
+                                  f"reached ({str(exc).rstrip('.')}); the attempts not handed over stay planned "
+                                  "for the next run") from exc
         return RunCounts()
 
     def queued(self) -> int:

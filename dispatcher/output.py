@@ -10,7 +10,15 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal, TextIO
 
+from dispatcher.masking import mask_text
+
 Format = Literal["table", "json", "csv"]
+
+IDENTIFIER_COLUMNS = frozenset({"account_id", "reminder_key", "provider_message_id", "content_hash", "address_hash",
+                                "borrower_hash"})
+"""Columns printed as they are; every other text is masked (:func:`~dispatcher.masking.mask_text`), so rows
+written before provider texts were masked show no address either. An account id or a Message-ID may look
+like a number or an email without being one."""
 
 
 def plain(value: Any) -> Any:
@@ -22,6 +30,21 @@ def plain(value: Any) -> Any:
     return value
 
 
+def masked(value: Any) -> Any:
+    """``value`` with the personal data in its texts masked, lists and mappings included."""
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, list | tuple):
+        return [masked(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: masked(item) for key, item in value.items()}
+    return value
+
+
+def _shown(row: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    return {c: row.get(c) if c in IDENTIFIER_COLUMNS else masked(row.get(c)) for c in columns}
+
+
 def _cell(value: Any, width: int) -> str:
     text = "" if value is None else str(plain(value))
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -29,7 +52,8 @@ def _cell(value: Any, width: int) -> str:
 
 def write_rows(out: TextIO, rows: Iterable[Mapping[str, Any]], columns: Sequence[str], fmt: Format,
                *, widths: Mapping[str, int] | None = None) -> int:
-    """Write ``rows`` in ``fmt``; returns how many were written. JSON is one array, streamed."""
+    """Write ``rows`` in ``fmt``, personal data masked; returns how many were written. JSON is one array, streamed."""
+    rows = (_shown(row, columns) for row in rows)
     if fmt == "json":
         return _json(out, rows, columns)
     if fmt == "csv":

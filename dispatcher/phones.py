@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 
 import phonenumbers
@@ -15,3 +16,31 @@ def parse(raw: str) -> PhoneNumber | str:
         return phonenumbers.parse(raw, None)
     except phonenumbers.NumberParseException as exc:
         return str(exc)
+
+
+def region_of(raw: str) -> str | None:
+    """The region (``CN``, ``US``) of an E.164 number, or ``None``."""
+    number = parse(raw)
+    if isinstance(number, str):
+        return None
+    return phonenumbers.region_code_for_number(number) or None
+
+
+def to_e164(raw: str, regions: Iterable[str | None] = ()) -> str:
+    """``raw`` as E.164, read with the first of ``regions`` under which it is a valid number.
+
+    ``8613800138007`` and ``0086 138 0013 8007`` (region CN) and ``+86 138 0013 8007`` all
+    give ``+8613800138007``; digits alone are also tried with a ``+`` before them. A number
+    valid under no region is returned stripped, as received: it then matches nothing.
+    """
+    digits = "".join(c for c in raw if c.isdigit())
+    candidates: list[tuple[str, str | None]] = [(raw, r) for r in dict.fromkeys(r.upper() for r in regions if r)]
+    candidates += [(raw, None), ("+" + digits.removeprefix("00"), None)]
+    for text, region in candidates:
+        try:
+            number = phonenumbers.parse(text, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return raw.strip()

@@ -20,7 +20,11 @@ _EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z
 _LOCALE_RE = re.compile(r"^[a-z]{2,3}(?:[-_][A-Za-z]{4})?(?:[-_](?:[A-Z]{2}|\d{3}))?$")
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _CHANNELS = frozenset({"sms", "email", "push"})
-_TRUE = frozenset({"1", "true", "t", "yes", "y"})
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "是"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "否"})
+
+FLAGGED = "flagged in the source"
+"""The reason recorded for a ``do_not_contact`` column that holds a flag (true, 1, yes) instead of a reason."""
 
 MAX_ACCOUNT_ID = 100
 """Longest account id accepted (the ledger's reminder key also holds the step and the due date)."""
@@ -114,10 +118,31 @@ def _opt_outs(row: Mapping[str, Any]) -> frozenset[str]:
 
 
 def _flag(row: Mapping[str, Any], name: str) -> bool:
+    """A boolean, 0 or 1, or a recognised text (yes/no, true/false, 1/0, empty); anything else is refused,
+    never read as "not set"."""
     value = row.get(name)
     if value is None or isinstance(value, bool):
         return bool(value)
-    return str(value).strip().lower() in _TRUE
+    if isinstance(value, (int, float, Decimal)):
+        if value in (0, 1):
+            return bool(value)
+        raise BadField(name, f"not a flag (0 or 1): {value!r}")
+    word = str(value).strip().lower()
+    if word in _TRUE or word in _FALSE or not word:
+        return word in _TRUE
+    raise BadField(name, f"not a flag (true/false, yes/no, 1/0): {value!r}")
+
+
+def _do_not_contact(row: Mapping[str, Any]) -> str | None:
+    """The reason not to contact: a reason text as written, :data:`FLAGGED` for a set flag, ``None`` for a
+    false one (a boolean ``False``, 0, ``no``) or an empty value."""
+    value = row.get("do_not_contact")
+    if value is None or isinstance(value, (bool, int, float, Decimal)):
+        return FLAGGED if _flag(row, "do_not_contact") else None
+    reason = str(value).strip()
+    if reason.lower() in _FALSE or not reason:
+        return None
+    return FLAGGED if reason.lower() in _TRUE else reason
 
 
 def _optional(parse: Callable[[str], str], value: str | None) -> str | None:
@@ -161,7 +186,7 @@ def _account(account_id: str, row: Mapping[str, Any], known_phones: Container[st
         due_date=due_date,
         deadline=_date(row, "deadline", required=False),
         repayment_account=_text(row, "repayment_account") or "",
-        do_not_contact=_text(row, "do_not_contact"),
+        do_not_contact=_do_not_contact(row),
         dispute=_flag(row, "dispute"),
         promise_to_pay_until=_date(row, "promise_to_pay_until", required=False),
         opt_out_channels=_opt_outs(row),

@@ -25,6 +25,8 @@ from dispatcher.errors import DispatcherError
 from dispatcher.executors import Executor
 from dispatcher.jobs import RunCounts
 from dispatcher.ledger.tally import job_outcomes
+from dispatcher.reject_limit import RejectLimit, TooManyRejects
+from dispatcher.replies.inbound import drain_spool
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class Runner:
             log.info("run %s at %s already happened or is running elsewhere; skipped", name, fire_time.isoformat())
             return RunReport(None, name, fire_time, "skipped", counts)
         log.info("run %s (#%s) started with configuration version %s", name, run_id, pipeline.loaded.version)
+        self._apply_spooled_replies()
         loops.settle_heap()
         lease = _Lease(app, run_id, self.stopping)
         lease.start()
@@ -99,7 +102,7 @@ class Runner:
         try:
             finished = loops.run(self._execute(run_id, pipeline, counts, jobs, lease.halt), app.settings.event_loop)
             status, error = ("completed", "") if finished else ("interrupted", "")
-        except RunFailed as exc:
+        except (RunFailed, TooManyRejects) as exc:
             error = str(exc)
         except DispatcherError as exc:
             error = str(exc)
@@ -109,6 +112,17 @@ class Runner:
             lease.join()
             status = self._close(run_id, name, status, error, counts, jobs)
         return RunReport(run_id, name, fire_time, status, counts)
+
+    def _apply_spooled_replies(self) -> None:
+        """Opt-outs the web app spooled while the ledger was locked count from this run on."""
+        app = self.app
+        try:
+            applied = drain_spool(app.engine, app.settings.database_url, app.settings.outbox_dir, app.clock())
+        except (DispatcherError, OSError) as exc:
+            log.warning("cannot apply the replies spooled by the web app: %s", exc)
+            return
+        if applied:
+            log.info("applied %d reply(ies) the web app had spooled", applied)
 
     def _close(self, run_id: int, name: str, status: str, error: str, counts: RunCounts, jobs: list[int]) -> str:
         """Count every booked attempt's outcome from the ledger and record the run's end."""
@@ -142,19 +156,22 @@ class Runner:
                         jobs: list[int], halt: threading.Event) -> bool:
         """Plan and book every batch of the source, handing each batch's jobs to ``executor``."""
         ledger, booker = self.app.ledger, self.app.booker()
+        limit = RejectLimit(pipeline.loaded.schedule.source.max_reject_ratio)
         for batch in pipeline.source.batches():
             if halt.is_set():
                 return False
             now = self.app.clock()
             ledger.record_rejects(run_id, batch.rejects, now)
+            limit.admit(batch, counts)  # too many rejects so far: nothing more is booked, the run fails
             history = ledger.load_history(batch.accounts, pipeline.policy.contacts_since(now))
             decisions = pipeline.planner.plan(batch.accounts, history, now)
             booked_jobs, booked = booker.book(decisions, run_id, now)
             booked.rejected = len(batch.rejects)
             booked.accounts += len(batch.rejects)
             jobs.extend(job.attempt_id for job in booked_jobs)
+            counts.add(booked)  # booked is booked: counted even when handing it over fails (a dead broker)
             await executor.submit(booked_jobs)
-            counts.add(booked)
+        limit.finish()
         return True
 
     async def _follow(self, run_id: int, pipeline: Pipeline, executor: Executor, halt: threading.Event) -> bool:

@@ -43,11 +43,20 @@ DEFAULT_SWEEP_AFTER = 30
 DEFAULT_STALL_TIMEOUT = 600
 """Seconds a run with a broker may go without any progress before it is marked failed."""
 
+DEFAULT_WEB_BODY_TIMEOUT = 10
+"""Seconds ``dispatcher web`` waits for a request's whole body before answering 408 and closing."""
+
+DEFAULT_WEB_MAX_BODY = 64 * 1024
+"""Bytes a request body to ``dispatcher web`` may have; a larger one gets 413 (webhooks and forms are small)."""
+
 EVENT_LOOPS = ("uvloop", "asyncio")
 """The event loop delivery runs on: uvloop (libuv, where installed) or the standard library's."""
 
 UNKNOWN_OUTCOME_POLICIES = ("mark-unknown", "resend")
 """What to do with a crashed send the provider cannot be asked about."""
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+"""The values of ``DISPATCHER_LOG_LEVEL`` and ``--log-level`` (any case); INFO when unset."""
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -70,6 +79,15 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def log_level(env: Mapping[str, str]) -> str:
+    """``DISPATCHER_LOG_LEVEL`` in capitals, INFO when unset; raises :class:`ConfigError` for another word."""
+    value = env.get("DISPATCHER_LOG_LEVEL", "").strip().upper() or LOG_LEVELS[1]
+    if value not in LOG_LEVELS:
+        raise ConfigError(f"DISPATCHER_LOG_LEVEL={env['DISPATCHER_LOG_LEVEL']!r} must be one of "
+                          f"{', '.join(LOG_LEVELS)}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the dispatcher reads from the environment (see the README's reference)."""
@@ -84,7 +102,6 @@ class Settings:
     max_tries: int
     log_level: str
     daemon_id: str
-    unsubscribe_email: str | None
     visibility_timeout: int
     reconcile_after: int
     run_timeout: int
@@ -94,6 +111,9 @@ class Settings:
     unknown_outcome: str
     event_loop: str
     env: Mapping[str, str] = field(repr=False, compare=False)
+    metrics_token: str | None = field(default=None, repr=False)
+    web_body_timeout: int = DEFAULT_WEB_BODY_TIMEOUT
+    web_max_body: int = DEFAULT_WEB_MAX_BODY
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, schedules: str | None = None) -> Settings:
@@ -112,9 +132,8 @@ class Settings:
             secret_key=secret.encode() if secret else b"",
             concurrency=_int(env, "DISPATCHER_CONCURRENCY", DEFAULT_CONCURRENCY),
             max_tries=_int(env, "DISPATCHER_MAX_TRIES", DEFAULT_MAX_TRIES),
-            log_level=(env.get("DISPATCHER_LOG_LEVEL") or "INFO").upper(),
+            log_level=log_level(env),
             daemon_id=env.get("DISPATCHER_DAEMON_ID") or f"{socket.gethostname()}:{os.getpid()}",
-            unsubscribe_email=env.get("DISPATCHER_UNSUBSCRIBE_EMAIL") or None,
             visibility_timeout=_int(env, "DISPATCHER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT),
             reconcile_after=_int(env, "DISPATCHER_RECONCILE_AFTER", DEFAULT_RECONCILE_AFTER),
             run_timeout=_int(env, "DISPATCHER_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT),
@@ -124,4 +143,7 @@ class Settings:
             unknown_outcome=_choice(env, "DISPATCHER_UNKNOWN_OUTCOME", UNKNOWN_OUTCOME_POLICIES),
             event_loop=_choice(env, "DISPATCHER_EVENT_LOOP", EVENT_LOOPS),
             env=env,
+            metrics_token=env.get("DISPATCHER_METRICS_TOKEN", "").strip() or None,
+            web_body_timeout=_int(env, "DISPATCHER_WEB_BODY_TIMEOUT", DEFAULT_WEB_BODY_TIMEOUT),
+            web_max_body=_int(env, "DISPATCHER_WEB_MAX_BODY", DEFAULT_WEB_MAX_BODY),
         )

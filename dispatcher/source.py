@@ -5,6 +5,13 @@ BY account_id LIMIT n`` around the configured query), each in its own short stat
 a cursor held open for a whole run would pin a database snapshot for its length (on
 SQLite it stops WAL checkpoints, and the ledger written meanwhile slows down as the WAL
 grows). Rows without an id are read once, first, to be rejected with their reason.
+
+Before the first row, the query's columns are read without fetching a row and checked
+against the account contract (:mod:`dispatcher.source_contract`): a broken mapping
+(a misspelt alias, a missing column, a column of the wrong type) stops a run or a plan
+with a :class:`~dispatcher.errors.ConfigError` naming every finding. Ids of any type
+work as they are: the comparisons with ``''`` that find rows without an id are only
+made when the id column holds text (or its type is unknown, as on SQLite).
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ from sqlalchemy import Engine, RowMapping, TextClause, bindparam, create_engine,
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.accounts import Account, RejectedRow
-from dispatcher.errors import SourceError
+from dispatcher.errors import ConfigError, Problem, SourceError
 from dispatcher.row_checks import parse_row
+from dispatcher.source_contract import SourceColumn, contract_findings, describe, wrapped
 
 
 @dataclass(slots=True)
@@ -33,28 +41,31 @@ class AccountSource:
 
     def __init__(self, engine: Engine, query: str, batch_size: int, recheck_query: str | None = None) -> None:
         self._engine = engine
-        inner = query.strip().rstrip(";")
-        self._page = text(f"SELECT * FROM ({inner}) AS source_rows WHERE account_id > :after "
-                          "ORDER BY account_id LIMIT :limit")
-        self._first_page = text(f"SELECT * FROM ({inner}) AS source_rows WHERE account_id <> '' "
-                                "ORDER BY account_id LIMIT :limit")
-        self._without_id = text(f"SELECT * FROM ({inner}) AS source_rows WHERE account_id IS NULL "
-                                "OR account_id = ''")
+        self._query = query
+        source = wrapped(query)
+        self._page = text(f"SELECT * FROM {source} WHERE account_id > :after ORDER BY account_id LIMIT :limit")
+        self._pages = {  # (rows without an id, the first page) when the id column holds text, and when not
+            True: (text(f"SELECT * FROM {source} WHERE account_id IS NULL OR account_id = ''"),
+                   text(f"SELECT * FROM {source} WHERE account_id <> '' ORDER BY account_id LIMIT :limit")),
+            False: (text(f"SELECT * FROM {source} WHERE account_id IS NULL"),
+                    text(f"SELECT * FROM {source} WHERE account_id IS NOT NULL ORDER BY account_id LIMIT :limit")),
+        }
         self._recheck = text(recheck_query).bindparams(bindparam("ids", expanding=True)) if recheck_query else None
         self._batch_size = batch_size
         self._last: dict[str, tuple[dict[str, object], Account]] = {}  # the last batch: raw row and account
 
     @classmethod
     def from_url(cls, url: str, query: str, batch_size: int, recheck_query: str | None = None) -> AccountSource:
-        return cls(create_engine(url), query, batch_size, recheck_query)
+        return cls(create_engine(url, hide_parameters=True), query, batch_size, recheck_query)
 
     def batches(self) -> Iterator[SourceBatch]:
         """The query's rows as validated batches of at most ``batch_size``, in account id order."""
         try:
-            missing = self._read(self._without_id, {})
+            without_id, first_page = self._pages[self._textual_ids()]
+            missing = self._read(without_id, {})
             if missing:
                 yield self._validate(missing)
-            rows = self._read(self._first_page, {"limit": self._batch_size})
+            rows = self._read(first_page, {"limit": self._batch_size})
             while rows:
                 yield self._validate(rows)
                 if len(rows) < self._batch_size:
@@ -64,6 +75,27 @@ class AccountSource:
             raise SourceError(f"cannot read accounts from {self._engine.url!r}: {exc}") from exc
         finally:
             self._last = {}
+
+    def check_contract(self) -> None:
+        """Raise :class:`ConfigError` when the query's columns break the account contract (no row is read)."""
+        try:
+            self._textual_ids()
+        except SQLAlchemyError as exc:
+            raise SourceError(f"cannot read accounts from {self._engine.url!r}: {exc}") from exc
+
+    def columns(self) -> list[SourceColumn]:
+        """The query's columns and their kinds, read without fetching a row; raises SQLAlchemy's errors."""
+        with self._engine.connect() as connection:
+            return describe(connection, self._query)
+
+    def _textual_ids(self) -> bool:
+        """Check the query's columns against the contract (raises ConfigError); whether ids may be text."""
+        columns = self.columns()
+        findings = contract_findings(columns)
+        if findings:
+            raise ConfigError([Problem("", 0, 0, f"source.query: {finding}", rule="source") for finding in findings])
+        kind = next((c.kind for c in columns if c.name == "account_id"), "unknown")
+        return kind in ("text", "unknown")
 
     def _read(self, statement: TextClause, params: dict[str, object]) -> list[RowMapping]:
         with self._engine.connect() as connection:

@@ -43,7 +43,7 @@ NOW = datetime(2026, 3, 10, 1, 0, tzinfo=UTC)
 """The fixed moment of in-process tests: 09:00 in Asia/Shanghai, the shipped schedule's zone."""
 
 UNSET = ("DISPATCHER_SOURCE_URL", "DISPATCHER_PUBLIC_URL", "DISPATCHER_SECRET_KEY", "TWILIO_ACCOUNT_SID",
-         "SMTP_HOST", "FCM_PROJECT_ID", "FCM_CREDENTIALS_FILE")
+         "SMTP_HOST", "FCM_PROJECT_ID", "FCM_CREDENTIALS_FILE", "DISPATCHER_METRICS_TOKEN")
 """Variables that would point the workdir's app at a real source or real providers instead of the outbox."""
 
 

@@ -14,14 +14,14 @@ import pytest
 from standins.smtp_server import SmtpStandin, free_port, tls_contexts
 
 from dispatcher.channels.base import Channel, ChannelKind, DeliveryResult, Effect, Message, Outcome
+from dispatcher.channels.headers import UNSAFE_HEADER
 from dispatcher.channels.provider_settings import SmtpSecurity, SmtpSettings
 from dispatcher.channels.smtp_email import SmtpEmailChannel, build_email
 from dispatcher.errors import ConfigError
 
 T = TypeVar("T")
 SENDER = "ACME Collections <reminders@acme.example>"
-UNSUBSCRIBE = ("<https://reminders.acme.example/unsubscribe/TOKEN>, "
-               "<mailto:unsubscribe@acme.example?subject=unsubscribe>")
+UNSUBSCRIBE = "<https://reminders.acme.example/unsubscribe/TOKEN>"
 ONE_CLICK = "List-Unsubscribe=One-Click"
 
 
@@ -89,11 +89,43 @@ def test_text_only_message_is_a_single_part() -> None:
     assert build_email(plain, SENDER)["Message-ID"] == built["Message-ID"]  # stable for one attempt
 
 
-def test_header_injection_is_refused_as_permanent(smtp: SmtpStandin) -> None:
-    evil = Message(1, "k", "a", ChannelKind.EMAIL, "b@example.com", "x", subject="hi\r\nBcc: all@example.com")
-    result = with_channel(settings_for(smtp), lambda c: c.send(evil))
-    assert (result.outcome, result.error_code) == (Outcome.PERMANENT, "invalid_message")
-    assert smtp.messages == []
+INJECTIONS = [
+    pytest.param({"subject": "Dear 王伟\r\nBcc: x@evil.example"}, "Subject", id="crlf-in-subject"),
+    pytest.param({"subject": "Dear Li\nBcc: x@evil.example"}, "Subject", id="lf-in-subject"),
+    pytest.param({"subject": "Dear Li\rBcc: x@evil.example"}, "Subject", id="cr-in-subject"),
+    pytest.param({"subject": "Dear Li\u2028Bcc: x@evil.example"}, "Subject", id="line-separator"),
+    pytest.param({"subject": "Dear Li\x00"}, "Subject", id="nul"),
+    pytest.param({"to": "b@example.com\r\nBcc: x@evil.example"}, "To", id="crlf-in-to"),
+    pytest.param({"headers": {"List-Unsubscribe": "<https://u.example/t>\r\nBcc: x@evil.example"}},
+                 "List-Unsubscribe", id="crlf-in-extra-header"),
+    pytest.param({"headers": {"X-Evil\r\nBcc": "x@evil.example"}}, "X-Evil\r\nBcc", id="crlf-in-header-name"),
+]
+"""A borrower's name (in the subject), address or an extra header carrying a line break or control character."""
+
+
+def injected(fields: dict[str, Any]) -> Message:
+    base: dict[str, Any] = {"subject": "Dear Li", "to": "b@example.com", "headers": {}}
+    base.update(fields)
+    return Message(1, "k", "a", ChannelKind.EMAIL, base["to"], "x", subject=base["subject"], headers=base["headers"])
+
+
+@pytest.mark.parametrize(("fields", "header"), INJECTIONS)
+def test_a_control_character_in_any_header_refuses_the_message(
+    smtp: SmtpStandin, fields: dict[str, Any], header: str
+) -> None:
+    """Regression: a CR/LF in a borrower's name could add a Bcc; such a message is refused, never stripped."""
+    result = with_channel(settings_for(smtp), lambda c: c.send(injected(fields)))
+    assert (result.outcome, result.error_code, result.effect) == (Outcome.PERMANENT, UNSAFE_HEADER, Effect.NONE)
+    assert result.error_message is not None and f"header {header!r} contains U+" in result.error_message
+    assert smtp.messages == [] and smtp.connections == 0  # refused before the relay is even reached
+
+
+def test_a_tab_and_non_ascii_in_headers_are_fine(smtp: SmtpStandin) -> None:
+    long_subject = "还款提醒：" + "您的借款已逾期，请尽快还款。" * 6  # folded over several encoded lines
+    fine = injected({"subject": long_subject + "\tend"})
+    result = with_channel(settings_for(smtp), lambda c: c.send(fine))
+    assert result.outcome is Outcome.SENT
+    assert smtp.messages[0].message["Subject"] == long_subject + "\tend"
 
 
 def test_one_connection_is_reused_across_sends(smtp: SmtpStandin) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -230,21 +231,21 @@ def test_preview_an_email_of_a_named_step(cli: Cli, seeded: Path) -> None:
 
 def test_preview_of_an_unknown_account_fails_cleanly(cli: Cli, seeded: Path) -> None:
     code, _, err = cli("preview", "NOPE")
-    assert code != 0
+    assert code == 2 and err.count("\n") == 1
     assert "NOPE" in err
 
 
 def test_a_bad_at_time_is_reported_without_a_traceback(cli: Cli, seeded: Path) -> None:
     """Regression: moment() raised argparse.ArgumentTypeError, which main() did not catch."""
     code, _, err = cli("plan", "--at", "yesterday")
-    assert code != 0
+    assert code == 2 and err.count("\n") == 1
     assert "yesterday" in err
 
 
 def test_a_bad_since_is_reported_without_a_traceback(cli: Cli, seeded: Path) -> None:
     """Regression: _since() let datetime.fromisoformat's ValueError escape main()."""
     code, _, err = cli("attempts", "--since", "yesterday")
-    assert code != 0
+    assert code == 2 and err.count("\n") == 1
     assert "yesterday" in err
 
 
@@ -260,5 +261,18 @@ def test_plan_json_lists_deferrals_with_their_time(cli: Cli, workdir: Path, ledg
 
 def test_preview_names_an_unknown_step(cli: Cli, seeded: Path) -> None:
     code, _, err = cli("preview", "L00000002", "--step", "nosuch")
-    assert code != 0
+    assert code == 2 and err.count("\n") == 1
     assert "nosuch" in err
+
+
+def test_the_log_level_is_read_in_any_case(cli: Cli, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = logging.getLogger()
+    previous = root.level
+    monkeypatch.setenv("DISPATCHER_LOG_LEVEL", "warning")
+    try:
+        assert cli("validate")[0] == 0
+        assert root.level == logging.WARNING
+        assert cli("--log-level", "error", "validate")[0] == 0
+        assert root.level == logging.ERROR
+    finally:
+        root.setLevel(previous)

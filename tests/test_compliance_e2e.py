@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,12 @@ from sqlalchemy import Engine, create_engine, func, insert, select
 from dispatcher import daemon
 from dispatcher.app import App, build_app
 from dispatcher.cli.inspect import decisions_at
-from dispatcher.cli.parser import build_parser
 from dispatcher.daemon import trigger_for
-from dispatcher.ledger.store import Ledger
-from dispatcher.ledger.tables import attempts, reminders, runs
+from dispatcher.ledger.replies import InboundReply, list_replies, mark_read, record_reply
+from dispatcher.ledger.retention import PERSONAL_COLUMNS
+from dispatcher.ledger.suppressions import lift, suppress
+from dispatcher.ledger.tables import attempts, inbound_replies, reminders, runs, suppressions
+from dispatcher.masking import address_hash
 from dispatcher.runner import Runner
 from dispatcher.settings import Settings
 
@@ -198,42 +200,53 @@ def test_attempts_lists_deferred_and_suppressed_rows_with_their_rule(app: App, c
     assert code == 0 and "opt-out" in out
 
 
-# (f) purge keeps the retention period ----------------------------------------------------------------------------
-def _has_command(name: str) -> bool:
-    parser = build_parser()
-    return any(isinstance(a, argparse._SubParsersAction) and name in a.choices for a in parser._actions)
-
-
+# (f) purge keeps the retention period, the reminder keys and active opt-outs -------------------------------------
 def _old_rows(engine: Engine, now: datetime) -> None:
-    """A reminder with one attempt and a run created 5 years ago, and the same 2 years ago."""
+    """Per age (5 and 2 years ago): a run, a reminder with a sent claim and a deferral, a reminder never claimed
+    (held), an active opt-out and a lifted one."""
     with engine.begin() as connection:
         for label, age in (("old", timedelta(days=5 * 365)), ("recent", timedelta(days=2 * 365))):
             at = now - age
-            key = f"{label}|2020-01-01|gentle|0"
+            key, held = f"{label}|2020-01-01|gentle|0", f"{label}|2020-01-01|firm|0"
             connection.execute(insert(runs), [{"name": label, "fire_time": at, "status": "completed",
                                                "config_version": "x", "daemon_id": "test", "started_at": at,
                                                "finished_at": at, "counts": "{}"}])
-            connection.execute(insert(reminders), [{"key": key, "account_id": label, "due_date": date(2020, 1, 1),
-                                                    "step": "gentle", "occurrence": 0, "created_at": at}])
-            connection.execute(insert(attempts), [{"reminder_key": key, "account_id": label, "step": "gentle",
-                                                   "occurrence": 0, "channel": "sms", "try_no": 1, "status": "sent",
-                                                   "address": "+86138****5678", "created_at": at,
-                                                   "attempted_at": at, "updated_at": at}])
+            connection.execute(insert(reminders), [
+                {"key": k, "account_id": label, "due_date": date(2020, 1, 1), "step": k.split("|")[2],
+                 "occurrence": 0, "created_at": at} for k in (key, held)])
+            row = {"reminder_key": key, "account_id": label, "step": "gentle", "occurrence": 0, "channel": "sms",
+                   "created_at": at, "updated_at": at}
+            connection.execute(insert(attempts), [
+                {**row, "try_no": 0, "status": "deferred", "rule_id": "window", "not_before": at}])
+            connection.execute(insert(attempts), [
+                {**row, "try_no": 1, "status": "sent", "address": "+86138****5678",
+                 "address_hash": address_hash("+8613812345678"), "borrower_hash": address_hash("+8613812345678"),
+                 "provider_message_id": f"SM{label}", "error_message": "+8613812345678 was slow", "detail": "x",
+                 "content_hash": "c0ffee", "attempted_at": at}])
+            connection.execute(insert(suppressions), [
+                {"channel": "sms", "address_hash": address_hash(f"+86139{n}{label}"), "address": "+86139****0000",
+                 "account_id": label, "source": "inbound_stop", "created_at": at, "lifted_at": lifted}
+                for n, lifted in ((1, None), (2, at + timedelta(days=1)))])
 
 
 def _counts(engine: Engine) -> dict[str, int]:
     with engine.connect() as connection:
         return {t.name: int(connection.execute(select(func.count()).select_from(t)).scalar_one())
-                for t in (attempts, reminders, runs)}
+                for t in (attempts, reminders, runs, suppressions)}
 
 
-@pytest.mark.xfail(not _has_command("purge"), strict=True, reason="purge not implemented yet")
+def _suppressions(engine: Engine) -> set[tuple[str | None, bool]]:
+    """(account id, active) of every suppression."""
+    with engine.connect() as connection:
+        return {(r.account_id, r.lifted_at is None) for r in connection.execute(select(suppressions))}
+
+
 def test_purge_refuses_less_than_the_retention_and_deletes_only_older_rows(app: App, clock: Any, cli: Cli) -> None:
     seed_rows(app.engine, demo_row("R1", date(2026, 3, 8)))
     run_at(app, clock, shanghai(2026, 3, 10, 9))  # today's rows, on the fixed clock
     _old_rows(app.engine, datetime.now(UTC))
     before = _counts(app.engine)
-    assert before == {"attempts": 4, "reminders": 3, "runs": 3}
+    assert before == {"attempts": 6, "reminders": 5, "runs": 3, "suppressions": 4}
 
     code, out, err = cli("purge", "--older-than", "1y")
     assert code != 0
@@ -241,11 +254,108 @@ def test_purge_refuses_less_than_the_retention_and_deletes_only_older_rows(app: 
     assert re.search(r"1095 days|\b3 ?y(ears?)?\b|three years", out + err), out + err
     assert _counts(app.engine) == before
 
+    code, out, err = cli("purge", "--older-than", "4y", "--dry-run")
+    assert code == 0, err
+    assert "would delete: attempts=1, reminders=1, rejects=0, runs=1, suppressions=1" in out
+    assert _counts(app.engine) == before
+
     code, out, err = cli("purge", "--older-than", "4y")
     assert code == 0, err
-    assert _counts(app.engine) == {"attempts": 3, "reminders": 2, "runs": 2}
-    remaining = {r["account_id"] for r in attempt_rows(app)}
-    assert remaining == {"recent", "R1"}
+    assert "deleted: attempts=1, reminders=1, rejects=0, runs=1, suppressions=1" in out
+    assert "erased the personal data of 1 attempt(s)" in out and "kept 2 active suppression(s)" in out
+    # the old deferral, held reminder, run and lifted opt-out are gone; its claim and active opt-out are kept
+    assert _counts(app.engine) == {"attempts": 5, "reminders": 4, "runs": 2, "suppressions": 3}
+    assert _suppressions(app.engine) == {("old", True), ("recent", True), ("recent", False)}
+    (old,) = attempt_rows(app, account_id="old")
+    assert (old["reminder_key"], old["channel"], old["try_no"], old["status"]) == ("old|2020-01-01|gentle|0", "sms",
+                                                                                   1, "sent")
+    assert [old[c] for c in PERSONAL_COLUMNS] == [None] * len(PERSONAL_COLUMNS)
+    recent = attempt_rows(app, account_id="recent", try_no=1)[0]
+    assert recent["address_hash"] and recent["error_message"]  # younger than the cut-off: untouched
+    assert {r["account_id"] for r in attempt_rows(app)} == {"old", "recent", "R1"}
+
+
+def _reply(sid: str, decision: str, text: str, at: datetime) -> InboundReply:
+    return InboundReply(sid, "sms", "+86139****4444", address_hash("+8613900004444"), text, decision,
+                        text if decision.startswith("opt") else None, at)
+
+
+def _replies(engine: Engine) -> dict[str, tuple[str, str, str]]:
+    """message id → (sender, text, address hash) of every kept reply."""
+    with engine.connect() as connection:
+        return {r.message_sid: (r.sender, r.text, r.address_hash) for r in connection.execute(select(inbound_replies))}
+
+
+def test_purge_keeps_replies_to_read_and_the_message_id_of_every_reply(app: App, cli: Cli) -> None:
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(days=5 * 365), now - timedelta(days=365)
+    start = _reply("SMstart", "opt_in", "START", old)
+    for reply in (start, _reply("SMunclear", "unclear", "who is this?", old),
+                  _reply("SMread", "unclear", "wrong number?", old), _reply("SMstop", "opt_out", "STOP", recent)):
+        record_reply(app.engine, reply, reply.received_at)
+    (read,) = [r["id"] for r in list_replies(app.engine) if r["text"] == "wrong number?"]
+    assert mark_read(app.engine, [read], old) == 1
+
+    code, out, err = cli("purge", "--older-than", "4y")
+    assert code == 0, err
+    kept = _replies(app.engine)
+    assert kept["SMunclear"] == ("+86139****4444", "who is this?", address_hash("+8613900004444"))  # still to read
+    assert kept["SMstart"] == kept["SMread"] == ("", "", "")  # erased, their message ids kept
+    assert kept["SMstop"][1] == "STOP"  # younger than the cut-off
+    assert "and of 2 inbound reply(ies)" in out and "1 old reply(ies) still to read" in out
+
+    assert record_reply(app.engine, replace(start, received_at=now), now) is None  # a replayed START: nothing
+    assert _suppressions(app.engine) == {(None, True)}  # the STOP of a year ago still holds
+
+
+@pytest.fixture
+def open_ended(workdir: Path, clock: Any) -> Iterator[App]:
+    """The shipped schedule whose last step (``final``, day 15 onwards) has no ``every``: it goes out once."""
+    path = workdir / "schedules.yaml"
+    text, found = re.subn(r"(?m)^    every: 7d\n", "", path.read_text(encoding="utf-8"))
+    assert found == 1
+    path.write_text(text, encoding="utf-8")
+    built = build_app(Settings.from_env(), clock=clock)
+    final = built.pipeline.loaded.schedule.step_named("final")
+    assert final is not None and final.every_days is None
+    yield built
+    built.engine.dispose()
+
+
+def test_after_a_purge_nothing_is_sent_twice_and_active_opt_outs_still_hold(open_ended: App, clock: Any,
+                                                                           cli: Cli) -> None:
+    app = open_ended
+    first, later = shanghai(2021, 3, 10, 9), shanghai(2026, 3, 10, 9)  # more than 3 years apart
+    seed_rows(app.engine, demo_row("P1", date(2021, 2, 20)),  # day 18 in 2021: final, for good
+              demo_row("P2", date(2026, 2, 20), phone="+8613900002222", email="p2@example.cn"))  # overdue in 2026
+    stopped = datetime(2021, 1, 5, tzinfo=UTC)
+    assert suppress(app.engine, "email", "wang@example.cn", "unsubscribe", stopped, account_id="P1")
+    assert suppress(app.engine, "sms", "+8613900002222", "inbound_stop", stopped, account_id="P2")
+    assert suppress(app.engine, "sms", "+8613900003333", "inbound_stop", stopped, account_id="P3")
+    assert lift(app.engine, "sms", "+8613900003333", stopped + timedelta(days=1), sources=("inbound_stop",)) == 1
+
+    assert run_at(app, clock, first).counts.sent == 2  # P1: SMS and push; its email is opted out
+    final = "P1|2021-02-20|final|0"
+    assert sent(app) == Counter({(final, "sms"): 1, (final, "push"): 1})
+
+    code, purged, err = cli("purge", "--older-than", "3y")  # on the real clock: 2021 is past the retention
+    assert code == 0, err
+
+    code, out, err = cli("plan", "--at", later.isoformat(), "--format", "json")
+    assert code == 0, err
+    plan = {row["account_id"]: row for row in json.loads(out)}
+    assert plan["P1"]["reason"] == "already_sent" and plan["P1"]["reminder_key"] == final
+
+    report = run_at(app, clock, later)
+    assert sent(app, account_id="P1") == Counter({(final, "sms"): 1, (final, "push"): 1})  # nothing twice
+    (p2_sms,) = attempt_rows(app, account_id="P2", channel="sms")
+    assert (p2_sms["status"], p2_sms["rule_id"]) == ("suppressed", "opt-out")  # the 2021 STOP still holds
+    assert (report.counts.sent, report.counts.suppressed) == (2, 1)  # P2: email and push
+    assert [line["account_id"] for line in outbox_lines(app, "sms")] == ["P1"]
+
+    assert _suppressions(app.engine) == {("P1", True), ("P2", True)}  # the lifted one is gone
+    assert all(r["address_hash"] is None and r["address"] is None for r in attempt_rows(app, account_id="P1"))
+    assert "erased the personal data of 3 attempt(s)" in purged and "kept 2 active suppression(s)" in purged
 
 
 # the shipped run times and borrowers in other zones ---------------------------------------------------------------
@@ -262,23 +372,41 @@ def fire_times(app: App, start: datetime, end: datetime) -> list[tuple[datetime,
     return sorted(found)
 
 
-def run_like_the_daemon(app: App, clock: Any, start: datetime, end: datetime) -> None:
-    """The shipped cron runs from ``start`` to ``end``, plus the follow-up run the daemon schedules after each run
-    for the earliest deferred reminder (when the ledger offers ``next_deferral``)."""
+def run_like_the_daemon(app: App, clock: Any, start: datetime, end: datetime) -> list[tuple[datetime, str]]:
+    """The daemon itself (:class:`dispatcher.daemon.Daemon`) from ``start`` to ``end`` on the fixed clock.
+
+    Its scheduler is started paused: it keeps and times the jobs the daemon adds
+    (the follow-up run for deferred reminders, scheduled by the daemon after each
+    run) but never fires them on the real clock. The test plays the timer: it moves
+    the clock to the next cron time of the shipped runs or to the follow-up job's
+    time, whichever comes first, and calls the daemon's job there. Returns every
+    (moment, run name) fired; each run must have completed.
+    """
     scheduled = fire_times(app, start, end)
-    follow_up: datetime | None = None
-    next_deferral = getattr(app.ledger, "next_deferral", None)
-    horizon = getattr(daemon, "FOLLOW_UP_HORIZON", timedelta(days=14))
-    while scheduled or follow_up is not None:
-        if follow_up is not None and (not scheduled or follow_up < scheduled[0][0]):
-            moment, name, follow_up = follow_up, "follow-up", None
-        else:
-            moment, name = scheduled.pop(0)
-        run_at(app, clock, moment, name)
-        if next_deferral is not None:
-            due = next_deferral(clock.now, horizon)
-            if due is not None and due < end and (follow_up is None or due < follow_up):
-                follow_up = due
+    clock.now = start
+    fired: list[tuple[datetime, str]] = []
+    runner = daemon.Daemon(app)
+    runner._scheduler.start(paused=True)
+    try:
+        while True:
+            job = runner._scheduler.get_job("follow-up")
+            due = job.next_run_time if job is not None and job.next_run_time < end else None
+            if scheduled and (due is None or scheduled[0][0] <= due):
+                clock.now, name = scheduled.pop(0)
+                runner._fire(name)
+            elif job is not None and due is not None:
+                job.remove()  # a date job is gone once it fired
+                clock.now, name = due, "follow-up"
+                job.func(*job.args)
+            else:
+                break
+            fired.append((clock.now, name))
+    finally:
+        runner.shutdown()
+    with app.engine.connect() as connection:
+        statuses = connection.execute(select(runs.c.name, runs.c.status).order_by(runs.c.id)).all()
+    assert [tuple(s) for s in statuses] == [(name, "completed") for _, name in fired]
+    return fired
 
 
 def test_a_new_york_borrower_in_winter_is_reached_by_the_shipped_runs(app: App, clock: Any) -> None:
@@ -287,13 +415,12 @@ def test_a_new_york_borrower_in_winter_is_reached_by_the_shipped_runs(app: App, 
     assert sent(app)  # 09:00 Shanghai is 20:00 in New York in winter: inside the window
 
 
-@pytest.mark.xfail(not hasattr(Ledger, "next_deferral"), strict=True,
-                   reason="BUG: deferrals are only retried by the next cron run (daemon.py schedules schedules.yaml "
-                          "runs only); with the shipped runs (09:00 and 18:30 Shanghai = 21:00 and 06:30 EDT) a New "
-                          "York borrower is deferred at every run of the summer and never contacted")
-def test_a_new_york_borrower_in_summer_is_reached_by_the_shipped_runs(app: App, clock: Any) -> None:
+def test_a_new_york_borrower_in_summer_is_reached_by_the_daemons_follow_up_run(app: App, clock: Any) -> None:
+    """The shipped runs (09:00 and 18:30 Shanghai = 21:00 and 06:30 EDT) defer a New York borrower every time;
+    the follow-up run the daemon schedules for the deferral's ``not_before`` reaches them."""
     seed_rows(app.engine, new_yorker("NYS", date(2026, 6, 30)))
-    run_like_the_daemon(app, clock, datetime(2026, 7, 1, tzinfo=UTC), datetime(2026, 7, 8, tzinfo=UTC))
+    fired = run_like_the_daemon(app, clock, datetime(2026, 7, 1, tzinfo=UTC), datetime(2026, 7, 8, tzinfo=UTC))
+    assert (datetime(2026, 7, 1, 12, 0, tzinfo=UTC), "follow-up") in fired
     reached = attempt_rows(app, status="sent")
     assert reached, f"{len(attempt_rows(app, status='deferred'))} deferrals and no contact in a week"
     first = min(r["attempted_at"] for r in reached)

@@ -21,8 +21,9 @@ from dispatcher.channels.base import ChannelKind
 from dispatcher.compose.renderer import Composer, RenderContext, TemplateProblem
 from dispatcher.demo import demo_accounts, demo_metadata
 from dispatcher.ledger.tables import attempts
-from dispatcher.rules.content import ContentCheck, lint_templates
+from dispatcher.rules.content import ContentCheck, civil_violations, lint_templates
 from dispatcher.rules.policy import Policy, resolve_policy
+from dispatcher.rules.wordlists import CIVIL_RULES
 from dispatcher.runner import Runner
 from dispatcher.schedule.loader import load_schedule
 from dispatcher.schedule.models import Schedule
@@ -92,6 +93,93 @@ def test_the_lint_covers_every_template_locale_and_channel() -> None:
                      for c in ChannelKind}
 
 
+# the civil-language rules, as a table -------------------------------------------------------------------------------
+CIVIL_CASES: list[tuple[str, str, set[str]]] = [
+    # the issue's two messages
+    ("zh-CN", "否则我们将起诉至法院，并上报征信，追究法律责任", {"civil-court", "civil-credit"}),
+    ("en-US", "We will take you to court and take legal action.", {"civil-court"}),
+    # court and lawsuits
+    ("zh-CN", "我司已委托律师发出律师函", {"civil-court"}),
+    ("zh-CN", "法院传票将寄至您的住址", {"civil-court"}),
+    ("zh-CN", "我们将通过诉讼追讨欠款", {"civil-court"}),
+    ("zh-CN", "将申请强制执行，列为失信被执行人", {"civil-court"}),
+    ("en-US", "We will sue you for the full balance", {"civil-court"}),
+    ("en-US", "A lawsuit will be filed today", {"civil-court"}),
+    ("en-US", "You will receive a SUMMONS", {"civil-court"}),
+    ("en-US", "Our lawyers are preparing the case", {"civil-court"}),
+    ("en-US", "We will garnish your wages", {"civil-court"}),
+    # arrest and police
+    ("zh-CN", "我们已经报警", {"civil-police"}),
+    ("zh-CN", "公安机关将上门", {"civil-police", "civil-contacts"}),
+    ("zh-CN", "你将被拘留", {"civil-police"}),
+    ("zh-CN", "欠钱不还是要坐牢的", {"civil-police"}),
+    ("en-US", "You could be ARRESTED", {"civil-police"}),
+    ("en-US", "We have contacted the Police", {"civil-police"}),
+    ("en-US", "a warrant for your arrest", {"civil-police"}),
+    ("en-US", "You may go to jail", {"civil-police"}),
+    # criminal records
+    ("zh-CN", "将追究您的刑事责任", {"civil-criminal"}),
+    ("zh-CN", "留下案底", {"civil-criminal"}),
+    ("en-US", "This is a criminal matter", {"civil-criminal"}),
+    ("en-US", "We will press charges", {"civil-criminal"}),
+    # credit-report threats
+    ("zh-CN", "马上给你上征信", {"civil-credit"}),
+    ("zh-CN", "您将被列入黑名单", {"civil-credit"}),
+    ("zh-CN", "如不还款，将影响您的信用记录", {"civil-credit"}),
+    ("zh-CN", "再不还款，您的征信就花了", {"civil-credit"}),
+    ("en-US", "Non-payment will ruin your credit", {"civil-credit"}),
+    ("en-US", "We will report you to the credit bureaus", {"civil-credit"}),
+    ("en-US", "Pay today or your credit score will drop", {"civil-credit"}),
+    ("en-US", "If you don't pay, we will tell every credit bureau", {"civil-credit"}),
+    ("en-US", "Unless you pay, this goes on your credit report", {"civil-credit"}),
+    # family, employer, contacts
+    ("zh-CN", "我们将联系您的家人", {"civil-contacts"}),
+    ("zh-CN", "将通知你的单位和领导", {"civil-contacts"}),
+    ("zh-CN", "我们会打给你通讯录里的人", {"civil-contacts"}),
+    ("zh-CN", "我们将联系您的紧急联系人", {"civil-contacts"}),
+    ("en-US", "We will contact your family", {"civil-contacts"}),
+    ("en-US", "We will call your employer", {"civil-contacts"}),
+    ("en-US", "Someone will visit your workplace", {"civil-contacts"}),
+    # the general list (rule civil) is the policy's, not these rules': nothing here
+    ("zh-CN", "老赖", set()),
+    # civil, factual wording stays allowed
+    ("en-US", "We may report information about your account to credit bureaus. Late payments, missed payments, or "
+              "other defaults on your account may be reflected in your credit report.", set()),
+    ("en-US", "This may be reported to credit bureaus as required by law.", set()),
+    ("en-US", "If you do not recognise this message, call us.", set()),
+    ("en-US", "To protect you from fraud, please verify this email only through our official channels.", set()),
+    ("en-US", "Dear Sue Court, please pay by 3 April.", set()),
+    ("en-US", "Hi Jailyn, your repayment is 3 days overdue. We pursue fair outcomes.", set()),
+    ("en-US", "If paying is difficult, call us and we will look at the options with you.", set()),
+    ("zh-CN", "根据《征信业管理条例》，您的借款信息将依法报送金融信用信息基础数据库。", set()),
+    ("zh-CN", "为防范诈骗，请仅通过官方渠道核实本邮件的真伪。我们不会要求您向任何个人账户转账。", set()),
+    ("zh-CN", "如已还款请忽略。如还款有困难，请致电客服协商。", set()),
+    ("zh-CN", "征信相关问题请致电客服。", set()),
+]
+
+
+@pytest.mark.parametrize(("locale", "text", "rules"), CIVIL_CASES, ids=[c[1][:40] for c in CIVIL_CASES])
+def test_civil_rules(locale: str, text: str, rules: set[str]) -> None:
+    found = list(civil_violations(locale, [text]))
+    assert {rule for rule, _, _ in found} == rules, found
+    for _rule, message, phrase in found:
+        assert phrase.lower() in text.lower() and repr(phrase) in message
+
+
+def test_each_civil_rule_is_checked_in_both_languages() -> None:
+    rules = {rule.rule_id for rule in CIVIL_RULES}
+    assert rules == {"civil-court", "civil-police", "civil-criminal", "civil-credit", "civil-contacts"}
+    for locale in ("zh-CN", "en-US"):
+        assert {rule for case_locale, _, found in CIVIL_CASES if case_locale == locale for rule in found} == rules
+
+
+def test_a_credit_term_in_another_sentence_than_the_condition_is_a_notice() -> None:
+    """The condition and the credit term must share a sentence: a notice after a request to pay is not a threat."""
+    assert list(civil_violations("en-US", ["If you do not recognise this message, call us. We may report "
+                                           "information about your account to credit bureaus."])) == []
+    assert list(civil_violations("zh-CN", ["如不认识本短信，请致电客服。您的借款信息将依法报送征信系统。"])) == []
+
+
 # broken copies ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Breakage:
@@ -108,12 +196,24 @@ EMAIL_PARTS = ("email_subject.txt.j2", "email.txt.j2", "email.html.j2")
 WITHOUT_HOTLINE = replacing(("{{ brand.hotline }}", ""), ("{{ brand.help_email }}", ""))
 BREAKAGES = {
     "zh-sms-third-party-contacts": Breakage(
-        "gentle/zh-CN/sms.txt.j2", insert_line(2, "我们将通知你的通讯录联系人"), "civil", 2, "通讯录"),
+        "gentle/zh-CN/sms.txt.j2", insert_line(2, "我们将通知你的通讯录联系人"), "civil-contacts", 2, "通讯录"),
     "en-email-employer": Breakage(
-        "firm/en-US/email.txt.j2", insert_line(4, "If you do not pay, we will contact your employer."), "civil", 4,
-        "your employer"),
+        "firm/en-US/email.txt.j2", insert_line(4, "If you do not pay, we will contact your employer."),
+        "civil-contacts", 4, "your employer"),
     "en-email-html-police": Breakage(
-        "firm/en-US/email.html.j2", insert_line(20, "<p>We have informed the police.</p>"), "civil", 20, "police"),
+        "firm/en-US/email.html.j2", insert_line(20, "<p>We have informed the police.</p>"), "civil-police", 20,
+        "police"),
+    "zh-sms-court-and-credit": Breakage(
+        "final_notice/zh-CN/sms.txt.j2", insert_line(2, "否则我们将起诉至法院，并上报征信，追究法律责任"),
+        "civil-court", 2, "起诉"),
+    "zh-email-credit-ultimatum": Breakage(
+        "firm/zh-CN/email.txt.j2", insert_line(6, "如不按时还款，将影响您的征信。"), "civil-credit", 6, "征信"),
+    "en-sms-take-you-to-court": Breakage(
+        "final_notice/en-US/sms.txt.j2", insert_line(2, "We will take you to court and take legal action."),
+        "civil-court", 2, "to court"),
+    "en-email-credit-ultimatum": Breakage(
+        "final_notice/en-US/email.txt.j2", insert_line(4, "Pay now, otherwise this goes on your credit report."),
+        "civil-credit", 4, "credit report"),
     "unmasked-account-in-sms": Breakage(
         "final_notice/zh-CN/sms.txt.j2", replacing(("{{ repayment_account|mask }}", "{{ repayment_account }}")),
         "content", 1, "digits"),
@@ -195,7 +295,7 @@ def test_validate_prints_a_civil_problem_at_the_template_line(cli: Cli, workdir:
     assert printed, err
     assert {(p["file"], p["line"], p["col"]) for p in printed} == {(f"templates/{breakage.part}", str(breakage.line),
                                                                     "1")}
-    assert all(p["message"].startswith("civil: ") and breakage.words in p["message"] for p in printed)
+    assert all(p["message"].startswith(f"{breakage.rule}: ") and breakage.words in p["message"] for p in printed)
     assert "Traceback" not in err
 
 
@@ -217,6 +317,22 @@ def test_validate_json_names_the_rule_of_a_lint_problem(cli: Cli, workdir: Path)
     assert problem["rule"] == "content"
 
 
+@pytest.mark.parametrize(("part", "line", "rules"), [
+    ("final_notice/zh-CN/sms.txt.j2", "否则我们将起诉至法院，并上报征信，追究法律责任",
+     {"civil-court", "civil-credit"}),
+    ("final_notice/en-US/sms.txt.j2", "We will take you to court and take legal action.", {"civil-court"}),
+])
+def test_validate_names_each_threat_by_its_rule_id(cli: Cli, workdir: Path, part: str, line: str,
+                                                   rules: set[str]) -> None:
+    edit(workdir / "templates" / part, insert_line(2, line))
+    code, out, _ = cli("validate", "schedules.yaml", "--format", "json")
+    assert code != 0
+    problems = json.loads(out)["problems"]
+    assert {p["rule"] for p in problems} == rules
+    assert {(p["file"], p["line"]) for p in problems} == {(f"templates/{part}", 2)}
+    assert all(p["message"].startswith(f"{p['rule']}: ") for p in problems)
+
+
 # compliance.blocklist ----------------------------------------------------------------------------------------------
 def add_compliance(folder: Path, block: str) -> None:
     """Replace the shipped ``compliance:`` section by ``block``."""
@@ -229,7 +345,7 @@ def add_compliance(folder: Path, block: str) -> None:
 def test_a_blocklist_phrase_from_schedules_yaml_is_enforced(copy: Path) -> None:
     add_compliance(copy, "{blocklist: {zh-CN: [温馨提示]}}")
     _, policy = load(copy)
-    assert "温馨提示" in policy.blocked_phrases("zh-CN") and "通讯录" in policy.blocked_phrases("zh-CN")
+    assert "温馨提示" in policy.blocked_phrases("zh-CN") and "老赖" in policy.blocked_phrases("zh-CN")
     assert "温馨提示" not in policy.blocked_phrases("en-US")
     problems = lint(copy)
     assert problems

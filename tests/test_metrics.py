@@ -6,19 +6,26 @@ one run goes out (SMS through the Twilio stand-in, which refuses the first
 message once with a 503 so that one SMS is retried; push and email to the
 outbox). The metrics are then compared with the ledger itself. The queue gauge
 and the broker health check use a Redis database of their own (``broker_url_db``).
+
+The metrics text is computed at most once per 15 s and shared by concurrent scrapes
+(counted at the ledger, with the counting statement held by an SQLAlchemy hook
+while /healthz is asked); ``DISPATCHER_METRICS_TOKEN`` guards it when set.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
@@ -26,6 +33,7 @@ from conftest import NOW, FixedClock
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event, func, select
 from standins.twilio_server import TwilioStandin
+from webserver import serving
 
 from dispatcher.app import App, build_app
 from dispatcher.demo import seed_demo
@@ -255,3 +263,106 @@ def test_healthz_is_red_while_a_run_is_abandoned_and_green_once_it_is_closed(app
     assert app.runs.close(run_id, clock()).closed
     assert health(app) == (200, {"status": "ok", "database": "ok", "runs": "ok"})
     assert run_samples(app)[1] == {"morning": 0.0}
+
+
+# the cache, the token, a broken ledger ---------------------------------------------------------------------------
+PATIENCE = 30.0
+"""Generous bound on a single answer (a failure when exceeded, not a measurement)."""
+
+GROUPED_ATTEMPTS = re.compile(r"FROM attempts GROUP BY attempts\.channel, attempts\.status")
+"""The statement /metrics counts attempts with."""
+
+
+class Gate:
+    """Holds every statement counting attempts by channel and status until opened (an SQLAlchemy event hook)."""
+
+    def __init__(self, app: App) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self.held = 0
+        event.listen(app.engine, "before_cursor_execute", self._hold)
+
+    def _hold(self, _connection: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if GROUPED_ATTEMPTS.search(statement):
+            self.held += 1
+            self.entered.set()
+            self.opened.wait(PATIENCE)
+
+
+def test_parallel_scrapes_share_one_computation_and_healthz_answers_meanwhile(ran: Any) -> None:
+    app = ran()
+    gate = Gate(app)
+
+    async def fetch(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+        async with session.get(url) as response:
+            return response.status, await response.text()
+
+    async def go() -> tuple[tuple[int, str], int, list[tuple[int, str]]]:
+        async with serving(app) as (host, port), \
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            scrapes = [asyncio.create_task(fetch(session, f"http://{host}:{port}/metrics")) for _ in range(100)]
+            try:
+                for _ in range(int(PATIENCE / 0.01)):  # until the one computation is held in the ledger
+                    if gate.entered.is_set():
+                        break
+                    await asyncio.sleep(0.01)
+                health = await asyncio.wait_for(fetch(session, f"http://{host}:{port}/healthz"), PATIENCE)
+                waiting = sum(1 for scrape in scrapes if not scrape.done())
+            finally:
+                gate.opened.set()
+            return health, waiting, await asyncio.gather(*scrapes)
+
+    (health_status, health_body), waiting, answers = asyncio.run(go())
+    assert (health_status, json.loads(health_body)["status"]) == (200, "ok")
+    assert waiting == 100  # /healthz answered while every scrape waited on the ledger
+    assert gate.held == 1  # 100 scrapes, one reading of the ledger
+    assert {status for status, _ in answers} == {200}
+    assert len({body for _, body in answers}) == 1
+
+
+def test_metrics_are_read_from_the_ledger_at_most_once_per_15_seconds(app: App, clock: FixedClock) -> None:
+    statements: list[str] = []
+    event.listen(app.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    async def go() -> list[str]:
+        async with TestClient(TestServer(build_web_app(app))) as client:
+            bodies = [await (await client.get("/metrics")).text()]
+            ended(app, "morning", NOW, "completed", clock())
+            bodies.append(await (await client.get("/metrics")).text())
+            return bodies
+
+    first, second = asyncio.run(go())
+    assert first == second  # the run ended in between shows at the next computation, not before
+    assert "dispatcher_run_failed{" not in second
+    assert sum(1 for s in statements if GROUPED_ATTEMPTS.search(s)) == 1
+
+
+TOKEN = "scrape-7f3a9c"
+
+
+def test_metrics_token_is_required_when_set(ran: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    app = ran(DISPATCHER_METRICS_TOKEN=TOKEN)
+    tries = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+             {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": f"Bearer {TOKEN}"}]
+
+    async def go() -> tuple[list[tuple[int, str]], int]:
+        async with TestClient(TestServer(build_web_app(app))) as client:
+            answers = []
+            for headers in tries:
+                response = await client.get("/metrics", headers=headers)
+                answers.append((response.status, response.headers.get("WWW-Authenticate", "")))
+            return answers, (await client.get("/healthz")).status
+
+    answers, health = asyncio.run(go())
+    assert answers[:4] == [(401, 'Bearer realm="metrics"')] * 4
+    assert answers[4][0] == 200
+    assert health == 200  # /healthz stays open to load balancers
+    assert TOKEN not in caplog.text and TOKEN not in repr(app.settings)
+
+
+def test_metrics_and_healthz_answer_503_when_the_ledger_is_broken(app: App, ledger_backend: str) -> None:
+    with app.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE attempts" + (" CASCADE" if ledger_backend == "postgresql" else ""))
+    status, body = get(app, "/metrics")
+    assert status == 503 and body.startswith("metrics unavailable: ") and "Traceback" not in body

@@ -18,12 +18,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
-from dispatcher.channels.base import AttemptLookup, ChannelKind, Message, Outcome
+from dispatcher.channels.base import AttemptLookup, ChannelKind, DeliveryResult, Message, Outcome
+from dispatcher.channels.headers import UNSAFE_HEADER
 from dispatcher.channels.outbox import OutboxChannel
 from dispatcher.errors import DeliveryError
 
@@ -146,6 +148,45 @@ def test_an_email_is_found_only_once_renamed_into_place(tmp_path: Path) -> None:
 
     assert ask(OutboxChannel(ChannelKind.EMAIL, tmp_path), 5) == "outbox-email-5"
     assert ask(OutboxChannel(ChannelKind.EMAIL, tmp_path), 6) is None
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [{"subject": "Dear Li Wei\r\nBcc: x@evil.example"}, {"subject": "Dear Li\nBcc: x@evil.example"},
+     {"subject": "尊敬的王伟\r\nBcc: x@evil.example"}, {"to": "b@example.com\r\nBcc: x@evil.example"},
+     {"headers": {"List-Unsubscribe": "<https://u.example/t>\rBcc: x@evil.example"}}],
+    ids=["crlf-subject", "lf-subject", "crlf-non-ascii-subject", "crlf-to", "cr-extra-header"],
+)
+def test_a_line_break_in_a_header_refuses_the_email(tmp_path: Path, evil: dict[str, object]) -> None:
+    """Regression: a CR/LF in a borrower's name injected headers into the outbox .eml files."""
+    message_ = replace(message(ChannelKind.EMAIL, 9), **evil)  # type: ignore[arg-type]
+    channel = OutboxChannel(ChannelKind.EMAIL, tmp_path)
+
+    async def run() -> DeliveryResult:
+        try:
+            return await channel.send(message_)
+        finally:
+            await channel.aclose()
+
+    result = asyncio.run(run())
+    assert (result.outcome, result.error_code) == (Outcome.PERMANENT, UNSAFE_HEADER)
+    assert list((tmp_path / "email").glob("*.eml")) == []
+    assert ask(OutboxChannel(ChannelKind.EMAIL, tmp_path), 9) is None
+
+
+def test_a_long_non_ascii_subject_is_folded_with_crlf(tmp_path: Path) -> None:
+    subject = "还款提醒：" + "您的借款已逾期，请尽快还款。" * 6
+    channel = OutboxChannel(ChannelKind.EMAIL, tmp_path)
+
+    async def run() -> None:
+        assert (await channel.send(replace(message(ChannelKind.EMAIL, 3), subject=subject))).outcome is Outcome.SENT
+        await channel.aclose()
+
+    asyncio.run(run())
+    (written,) = (tmp_path / "email").glob("*.eml")
+    data = written.read_bytes()
+    assert b"\n" not in data.replace(b"\r\n", b"")  # every line ends with CRLF, folded headers too
+    assert parse_eml(data)["Subject"] == subject
 
 
 @pytest.mark.parametrize("kind", list(ChannelKind))

@@ -28,6 +28,9 @@ from dispatcher.jobs import DeliveryJob
 from dispatcher.ledger.suppressions import suppress
 from dispatcher.ledger.tables import rejects, runs
 from dispatcher.masking import mask_address
+from dispatcher.replies.inbound import read_reply, to_entry
+from dispatcher.replies.spool import Spool, spool_path
+from dispatcher.replies.words import Vocabulary
 from dispatcher.row_checks import parse_row
 from dispatcher.runner import Runner
 
@@ -393,3 +396,21 @@ def test_a_stop_between_tries_leaves_the_message_to_the_next_run(app: App, outbo
     assert [r["account_id"] for r in lines(outbox, "sms")] == ["F1"]
     tries = attempt_rows(app, channel="sms")
     assert [(t["try_no"], t["status"]) for t in tries] == [(1, "failed"), (2, "sent")]
+
+
+def test_a_stop_spooled_by_the_web_app_is_honoured_by_the_next_run(app: App) -> None:
+    borrower(app, 20, phone="+8613800138007", email="wang@example.cn")
+    form = {"MessageSid": "SM" + "5" * 32, "From": "8613800138007", "To": "+15005550006", "FromCountry": "CN",
+            "Body": "退订。"}
+    reply = read_reply(form, Vocabulary.build(), "CN", app.clock())
+    assert reply is not None
+    spool = Spool(spool_path(app.settings.database_url, app.settings.outbox_dir))
+    spool.append(to_entry(reply))  # what the web app does when the ledger is locked
+
+    report = Runner(app).run("manual", app.clock())
+
+    assert report.status == "completed"
+    assert spool.entries() == []
+    by_channel = {r["channel"]: r for r in attempt_rows(app, account_id="F1")}
+    assert (by_channel["sms"]["status"], by_channel["sms"]["rule_id"]) == ("suppressed", "opt-out")
+    assert by_channel["email"]["status"] == "sent"

@@ -14,6 +14,7 @@ import logging
 import re
 import shutil
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -173,7 +174,7 @@ FINAL = borrower("A-FINAL", 20, 3)  # final, occurrence 0 (day 15-21): SMS + ema
 
 def post_inbound(app: App, auth_token: str, sender: str, body: str) -> int:
     """POST a correctly signed Twilio inbound message to the web app; returns the HTTP status."""
-    params = {"MessageSid": "SM" + "f" * 32, "AccountSid": "AC" + "0" * 32, "From": sender,
+    params = {"MessageSid": "SM" + uuid.uuid4().hex, "AccountSid": "AC" + "0" * 32, "From": sender,
               "To": FROM_NUMBER, "Body": body, "NumMedia": "0"}
     signature = RequestValidator(auth_token).compute_signature(PUBLIC_URL + INBOUND_PATH, params)
 
@@ -186,14 +187,12 @@ def post_inbound(app: App, auth_token: str, sender: str, body: str) -> int:
     return asyncio.run(go())
 
 
-def unsubscribe_links(received: Received) -> tuple[str, str]:
-    """The https and mailto targets of a received email's List-Unsubscribe header."""
+def unsubscribe_link(received: Received) -> str:
+    """The one target of a received email's List-Unsubscribe header: the signed https link, never a mailto."""
     header = str(received.message["List-Unsubscribe"])
     targets = re.findall(r"<([^<>]+)>", header)
-    https = [t for t in targets if t.startswith("https://")]
-    mailto = [t for t in targets if t.startswith("mailto:")]
-    assert len(https) == 1 and len(mailto) == 1 and len(targets) == 2, header
-    return https[0], mailto[0]
+    assert len(targets) == 1 and targets[0].startswith("https://"), header
+    return str(targets[0])
 
 
 def check_email(received: Received) -> None:
@@ -201,12 +200,11 @@ def check_email(received: Received) -> None:
     assert message.get_content_type() == "multipart/alternative"
     assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
     assert message["Message-ID"]
-    link, mailto = unsubscribe_links(received)
+    link = unsubscribe_link(received)
     assert link.startswith(f"{PUBLIC_URL}/unsubscribe/")
     claim = verify_unsubscribe(SECRET.encode(), link.removeprefix(f"{PUBLIC_URL}/unsubscribe/"))
     assert claim is not None
     assert (claim.channel, claim.address) == ("email", received.rcpt_tos[0])
-    assert mailto.startswith("mailto:noreply@xinyongqianbao.example.cn?subject=unsubscribe")
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 
@@ -484,8 +482,22 @@ def test_an_email_whose_unsubscribe_token_spells_a_blocked_word_is_still_sent(
     (email,) = world.attempts(BLOCKLIST_TRIPPER, channel="email")
     assert (email["status"], email["rule_id"], email["provider"]) == ("sent", None, "smtp")
     (received,) = smtp.messages
-    link, _ = unsubscribe_links(received)
+    link = unsubscribe_link(received)
     assert "jail" in link.lower()  # the "phrase" the blocklist saw
+
+
+def test_without_a_public_url_emails_carry_no_list_unsubscribe_header(
+    make_world: Callable[..., World], smtp: SmtpStandin
+) -> None:
+    """No mailbox is advertised instead: nothing would read it."""
+    world = make_world(smtp=smtp, DISPATCHER_PUBLIC_URL="")
+    world.add(FIRM)
+
+    world.run()
+
+    (received,) = smtp.messages
+    assert received.message["List-Unsubscribe"] is None and received.message["List-Unsubscribe-Post"] is None
+    assert b"mailto:" not in received.data
 
 
 def test_sends_in_flight_stay_within_the_bound_and_a_retry_wait_holds_up_no_other_message(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dispatcher.accounts import Account, RejectedRow
-from dispatcher.row_checks import parse_row
+from dispatcher.row_checks import FLAGGED, parse_row
 
 GOOD: dict[str, Any] = {
     "account_id": "L00000001",
@@ -152,3 +152,38 @@ def test_a_phone_validated_when_planned_is_not_parsed_again_but_any_other_is() -
     assert isinstance(trusted, Account) and trusted.phone == unassigned
     other = parse_row(row(phone="+86 138 0013 8000"), known_phones={unassigned})
     assert isinstance(other, Account) and other.phone == "+8613800138000"
+
+
+# flags: booleans or recognised texts, never an unknown text read as "not set" -----------------------------------
+@pytest.mark.parametrize(("raw", "expected"), [(0, False), (1, True), (Decimal(1), True), ("是", True), ("否", False),
+                                               (" Yes ", True), ("f", False)])
+def test_flags_from_numbers_and_words(raw: object, expected: bool) -> None:
+    parsed = parse_row(row(dispute=raw))
+    assert isinstance(parsed, Account) and parsed.dispute is expected
+
+
+@pytest.mark.parametrize("raw", ["disputed", "maybe", 2, -1])
+def test_an_unrecognised_flag_rejects_the_row(raw: object) -> None:
+    parsed = parse_row(row(dispute=raw))
+    assert isinstance(parsed, RejectedRow) and parsed.field == "dispute"
+    assert repr(raw) in parsed.reason
+
+
+def test_an_unrecognised_pause_flag_rejects_the_row() -> None:
+    parsed = parse_row(row(deceased="unknown"))
+    assert isinstance(parsed, RejectedRow) and parsed.field == "deceased"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (False, None), (True, FLAGGED), (0, None), (1, FLAGGED), ("false", None), ("No", None), ("0", None),
+    ("", None), (None, None), ("yes", FLAGGED), ("TRUE", FLAGGED), ("attorney", "attorney"),
+    (" legal hold ", "legal hold"),
+])
+def test_do_not_contact_is_a_reason_or_a_flag(raw: object, expected: str | None) -> None:
+    parsed = parse_row(row(do_not_contact=raw))
+    assert isinstance(parsed, Account) and parsed.do_not_contact == expected
+
+
+def test_numeric_account_ids_become_text() -> None:
+    parsed = parse_row(row(account_id=20600))
+    assert isinstance(parsed, Account) and parsed.account_id == "20600"

@@ -7,6 +7,7 @@ superseded and send-time cases go through the real ledger of the ``app`` fixture
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -432,6 +433,7 @@ PHONE, TOKEN, MAIL = BORROWER.phone or "", BORROWER.push_token or "", BORROWER.e
 )
 def test_opt_out_and_bad_address(account: Account, history: BatchHistory,
                                  expected: dict[str, tuple[str, str | None]]) -> None:
+    history = copy.deepcopy(history)  # the planner adds this batch's contacts: a case must not see a former run's
     decision = plan(account, AT_0900, history)
     assert verdicts(decision) == expected
     for found in decision.channels:

@@ -37,7 +37,8 @@ from dispatcher.settings import Settings
 LEASE = timedelta(seconds=1)
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 FIRE = datetime(2026, 3, 10, 9, 0, tzinfo=SHANGHAI)
-LEDGER_TABLES = {"alembic_version", "runs", "reminders", "attempts", "rejects", "suppressions", "early_callbacks"}
+LEDGER_TABLES = {"alembic_version", "runs", "reminders", "attempts", "rejects", "suppressions", "early_callbacks",
+                 "inbound_replies"}
 
 
 @pytest.fixture

@@ -281,3 +281,15 @@ def test_templates_of_valid_steps_are_checked_despite_other_errors(tmp_path: Pat
         "ladder[1].every: must be a whole number of days or weeks, like '3d' or '1w'",
     ]
     assert seen == [["firm", "final"]]  # the broken step is left out, the others still checked
+
+
+def test_max_reject_ratio_defaults_to_five_percent_and_stays_between_zero_and_one(tmp_path: Path) -> None:
+    loaded = load_schedule(SHIPPED, {}, check_templates=no_template_problems)
+    assert loaded.schedule.source.max_reject_ratio == 0.05
+    text = edited(("  batch_size: 1000", "  batch_size: 1000\n  max_reject_ratio: 1.5"))
+    (problem,) = problems_of(write(tmp_path, text))
+    assert places([problem]) == [position(text, "1.5", after="max_reject_ratio: ")]
+    assert "source.max_reject_ratio" in problem.message
+    text = edited(("  batch_size: 1000", "  batch_size: 1000\n  max_reject_ratio: 0.3"))
+    assert load_schedule(write(tmp_path, text), {}, check_templates=no_template_problems).schedule.source \
+        .max_reject_ratio == 0.3

@@ -140,7 +140,7 @@ def test_a_forbidden_word_is_refused_at_its_template_line(config: Path) -> None:
     edit(SMS, OLD_WORDING, f"{OLD_WORDING}\n否则将通知您的通讯录联系人。")
     with pytest.raises(ConfigError) as caught:
         checked(config)
-    assert {(p.file, p.line, p.rule) for p in caught.value.problems} == {(f"templates/{SMS}", 2, "civil")}
+    assert {(p.file, p.line, p.rule) for p in caught.value.problems} == {(f"templates/{SMS}", 2, "civil-contacts")}
 
 
 def test_the_checks_and_the_composer_see_the_same_snapshot(config: Path) -> None:

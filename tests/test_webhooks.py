@@ -12,8 +12,12 @@ import asyncio
 import base64
 import html
 import re
+import secrets
 import shutil
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import insert, select
+from sqlalchemy.engine import make_url
 from standins import Recorded, Reply
 from standins.smtp_server import SmtpStandin
 from standins.twilio_server import TwilioStandin
@@ -35,12 +40,16 @@ from dispatcher.app import App, build_app
 from dispatcher.channels.provider_settings import STATUS_CALLBACK_PATH
 from dispatcher.demo import demo_accounts, demo_metadata
 from dispatcher.ledger.suppressions import suppress
-from dispatcher.ledger.tables import attempts, suppressions
+from dispatcher.ledger.tables import attempts, inbound_replies, suppressions
 from dispatcher.masking import address_hash
+from dispatcher.replies.inbound import read_reply, to_entry
+from dispatcher.replies.spool import Spool, spool_path
+from dispatcher.replies.words import Vocabulary
 from dispatcher.runner import Runner
 from dispatcher.settings import Settings
 from dispatcher.tokens import sign_unsubscribe
 from dispatcher.web.server import INBOUND_PATH, build_web_app
+from dispatcher.web.twilio_hooks import web_inbox
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
@@ -171,9 +180,10 @@ def status_form(sid: str, status: str, error_code: str | None = None) -> dict[st
     return form
 
 
-def inbound_form(body: str, sender: str = PHONE) -> dict[str, str]:
-    return {"MessageSid": "SM" + "e" * 32, "AccountSid": "AC" + "0" * 32, "From": sender, "To": FROM_NUMBER,
-            "Body": body, "NumMedia": "0", "ApiVersion": "2010-04-01"}
+def inbound_form(body: str, sender: str = PHONE, sid: str | None = None, **extra: str) -> dict[str, str]:
+    """An inbound SMS as Twilio posts it; each gets a fresh MessageSid unless ``sid`` is given."""
+    return {"MessageSid": sid or "SM" + secrets.token_hex(16), "AccountSid": "AC" + "0" * 32, "From": sender,
+            "To": FROM_NUMBER, "Body": body, "NumMedia": "0", "ApiVersion": "2010-04-01", **extra}
 
 
 # Forgeries: (auth token, path, form) → headers of a request Twilio did not sign.
@@ -367,7 +377,10 @@ def test_status_callback_arriving_before_the_batch_is_recorded_is_not_lost(
 # -- inbound replies ---------------------------------------------------------------------------------------------
 
 STOP_BODIES = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT", "退订", "TD",
-               "  Stop  ", "td", "stop\n", "Td"]
+               "  Stop  ", "td", "stop\n", "Td",
+               # issue 10: every one of these was ignored
+               "Stop.", "STOP!", "退订。", "退订！", "TD退订", "回复TD", "OPT OUT", "opt-out", "Please stop",
+               "\u200bSTOP\u200b", "\ufeffSTOP", "S\u200dTOP\u2060", "ＳＴＯＰ"]
 
 
 @pytest.mark.parametrize("body", STOP_BODIES)
@@ -422,6 +435,161 @@ def test_inbound_other_text_changes_nothing(make_world: Callable[..., World], bo
     ((status, _),) = exchange(world.app, [signed(world, INBOUND_PATH, inbound_form(body))])
     assert status == 200
     assert world.snapshot() == ([], [])
+
+
+def kept_replies(world: World) -> list[dict[str, Any]]:
+    with world.app.engine.connect() as connection:
+        return [dict(r) for r in connection.execute(select(inbound_replies).order_by(inbound_replies.c.id)).mappings()]
+
+
+SPELLINGS = [
+    # how Twilio's From might spell the borrower's +8613800138007, and what else the form says
+    pytest.param("8613800138007", {"FromCountry": "CN"}, id="no-plus"),
+    pytest.param("+86 138 0013 8007", {}, id="spaced"),
+    pytest.param("0086 138 0013 8007", {"FromCountry": "CN"}, id="0086-with-FromCountry"),
+    pytest.param("0086-138-0013-8007", {}, id="0086-dashed-no-FromCountry"),
+    pytest.param("8613800138007", {}, id="no-plus-no-FromCountry-default-region"),
+    pytest.param("13800138007", {"FromCountry": "CN"}, id="national"),
+]
+
+
+@pytest.mark.parametrize(("sender", "extra"), SPELLINGS)
+def test_stop_from_another_spelling_of_the_number_suppresses_the_borrowers_number(
+    make_world: Callable[..., World], sender: str, extra: dict[str, str]
+) -> None:
+    world = make_world()
+
+    ((status, _),) = exchange(world.app, [signed(world, INBOUND_PATH, inbound_form("STOP", sender, **extra))])
+
+    assert status == 200
+    (row,) = world.active("sms", PHONE)
+    assert row["source"] == "inbound_stop"
+    (reply,) = kept_replies(world)
+    assert (reply["address_hash"], reply["sender"]) == (address_hash(PHONE), "+86138****8007")
+
+
+def test_every_inbound_reply_is_kept_masked_with_its_decision(make_world: Callable[..., World]) -> None:
+    world = make_world()
+    bodies = ["Stop.", "Call me on +8613912345678 or li.na@example.cn", "I will pay tomorrow", "不要再打了", "START"]
+
+    answers = exchange(world.app, [signed(world, INBOUND_PATH, inbound_form(b)) for b in bodies])
+
+    assert [s for s, _ in answers] == [200] * len(bodies)
+    rows = kept_replies(world)
+    assert [(r["decision"], r["keyword"], r["outcome"]) for r in rows] == [
+        ("opt_out", "STOP", "suppressed"), ("other", None, "none"), ("other", None, "none"),
+        ("unclear", "不要", "none"), ("opt_in", "START", "lifted")]
+    assert all(r["sender"] == "+86138****8007" and r["read_at"] is None for r in rows)
+    assert "+8613912345678" not in rows[1]["text"] and "li.na@example.cn" not in rows[1]["text"]
+    assert rows[2]["text"] == "I will pay tomorrow"
+    assert PHONE not in repr(rows)
+
+
+def test_a_replayed_start_changes_nothing(make_world: Callable[..., World]) -> None:
+    world = make_world()
+    stop, start, stop_again = (inbound_form(b) for b in ("STOP", "START", "STOP"))
+
+    answers = exchange(world.app, [signed(world, INBOUND_PATH, f) for f in (stop, start, stop_again, start, start)])
+
+    assert [s for s, _ in answers] == [200] * 5
+    assert len(world.active("sms", PHONE)) == 1  # the replayed START (same MessageSid) lifted nothing
+    assert [r["outcome"] for r in kept_replies(world)] == ["suppressed", "lifted", "suppressed"]
+
+
+def test_a_repeated_stop_is_kept_once(make_world: Callable[..., World]) -> None:
+    world = make_world()
+    form = inbound_form("退订")
+
+    answers = exchange(world.app, [signed(world, INBOUND_PATH, form)] * 3)
+
+    assert [s for s, _ in answers] == [200] * 3
+    assert len(world.snapshot()[1]) == 1 and len(kept_replies(world)) == 1
+
+
+LOCK_HOLDER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+connection.execute("COMMIT")
+"""
+"""Another process holding the SQLite ledger's write lock until a line arrives on its stdin."""
+
+
+def post_signed(base: str, world: World, form: Mapping[str, str]) -> int:
+    headers = signature(world.auth_token, PUBLIC_URL + INBOUND_PATH, form)
+    request = urllib.request.Request(base + INBOUND_PATH, data=urlencode(form).encode(), headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return int(answer.status)
+
+
+def eventually(condition: Callable[[], object], seconds: float = 60) -> None:
+    """Wait until ``condition()`` holds (a generous limit: only a broken promise runs into it)."""
+    limit = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < limit, "never happened"
+        time.sleep(0.1)
+
+
+def test_a_stop_received_while_another_process_holds_the_ledger_lock_is_honoured_once_it_is_gone(
+    make_world: Callable[..., World], ledger_backend: str
+) -> None:
+    if ledger_backend != "sqlite":
+        pytest.skip("an SQLite write lock held by another process")
+    world = make_world()
+    database = make_url(world.app.settings.database_url).database
+    assert database is not None
+    spool = Spool(spool_path(world.app.settings.database_url, world.app.settings.outbox_dir))
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, database], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with WebThread(build_web_app(world.app)) as base:
+            form = inbound_form("STOP")
+            assert post_signed(base, world, form) == 200  # after the web lock timeout: spooled, durably
+            assert [e["message_sid"] for e in spool.entries()] == [form["MessageSid"]]
+            assert world.active("sms", PHONE) == []  # the lock is still held: nothing could be written
+            holder.communicate("release\n", timeout=30)
+            eventually(lambda: world.active("sms", PHONE))  # the web app's background task applies the spool
+        eventually(lambda: not spool.path.exists())
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    (reply,) = kept_replies(world)
+    assert (reply["message_sid"], reply["outcome"], reply["received_at"]) == (form["MessageSid"], "suppressed", NOW)
+
+
+def test_a_start_older_than_the_numbers_latest_stop_changes_nothing(make_world: Callable[..., World]) -> None:
+    world = make_world()
+    inbox, vocabulary = web_inbox(world.app), Vocabulary.build()
+    start = read_reply(inbound_form("START"), vocabulary, "CN", NOW + timedelta(minutes=1))
+    stop = read_reply(inbound_form("STOP"), vocabulary, "CN", NOW + timedelta(minutes=2))
+    assert start is not None and stop is not None
+
+    assert inbox.receive(stop, NOW + timedelta(minutes=2)) == "suppressed"
+    assert inbox.receive(start, NOW + timedelta(minutes=3)) == "superseded"  # e.g. applied late from the spool
+
+    assert len(world.active("sms", PHONE)) == 1
+
+
+def test_a_spooled_stop_older_than_a_start_applied_meanwhile_changes_nothing(
+    make_world: Callable[..., World]
+) -> None:
+    world = make_world()
+    inbox, vocabulary = web_inbox(world.app), Vocabulary.build()
+    stop = read_reply(inbound_form("STOP"), vocabulary, "CN", NOW + timedelta(minutes=1))
+    start = read_reply(inbound_form("START"), vocabulary, "CN", NOW + timedelta(minutes=2))
+    assert start is not None and stop is not None
+    inbox.spool.append(to_entry(stop))  # as when the ledger was locked
+
+    assert inbox.receive(start, NOW + timedelta(minutes=2)) == "none"
+    assert inbox.drain(NOW + timedelta(minutes=3)) == 1
+    assert inbox.drain(NOW + timedelta(minutes=4)) == 0
+
+    assert world.active("sms", PHONE) == []  # the borrower's latest word was START
+    assert [r["outcome"] for r in kept_replies(world)] == ["none", "superseded"]
 
 
 @pytest.mark.parametrize("forge", FORGERIES)

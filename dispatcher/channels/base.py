@@ -9,10 +9,12 @@ contacted: retries, fallback, rate limits and compliance wrap the call in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
+
+from dispatcher.masking import mask_text, mask_token
 
 
 class ChannelKind(StrEnum):
@@ -73,6 +75,18 @@ class DeliveryResult:
     error_message: str | None = None
     retry_after: float | None = None
     effect: Effect = Effect.NONE
+
+    def __post_init__(self) -> None:
+        """Provider texts echo addresses (Twilio 21211 quotes the number): they are kept masked, as logs are."""
+        if self.error_message:
+            object.__setattr__(self, "error_message", mask_text(self.error_message))
+
+    def about(self, address: str) -> DeliveryResult:
+        """This result with ``address`` masked wherever its error text still quotes it (any token shape)."""
+        text = self.error_message
+        if not text or not address or address not in text:
+            return self
+        return replace(self, error_message=text.replace(address, mask_token(address)))
 
     @classmethod
     def sent(cls, provider_message_id: str | None) -> DeliveryResult:

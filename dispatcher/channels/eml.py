@@ -15,6 +15,7 @@ from email.header import Header
 from email.utils import format_datetime
 
 from dispatcher.channels.base import Message
+from dispatcher.channels.headers import checked_headers
 from dispatcher.channels.smtp_email import message_id
 
 _CRLF = "\r\n"
@@ -23,7 +24,7 @@ _CRLF = "\r\n"
 def _header(value: str) -> str:
     if value.isascii():
         return value
-    return Header(value, "utf-8").encode()
+    return Header(value, "utf-8").encode(linesep=_CRLF)
 
 
 def _part(content_type: str, text: str) -> str:
@@ -33,18 +34,23 @@ def _part(content_type: str, text: str) -> str:
 
 
 def eml_bytes(message: Message, sender: str, date: datetime) -> bytes:
-    """The whole message, CRLF line ends, ready to be written to a ``.eml`` file."""
+    """The whole message, CRLF line ends, ready to be written to a ``.eml`` file.
+
+    Raises :class:`~dispatcher.channels.headers.UnsafeHeaderError` for a header
+    holding a line break or another control character.
+    """
     boundary = f"=_reminder_{message.attempt_id}"  # "_" never occurs in base64, so never in a part
-    headers = {
+    headers = checked_headers({
         "From": sender,
         "To": message.to,
-        "Subject": _header(message.subject or ""),
+        "Subject": message.subject or "",
         "Date": format_datetime(date),
         "Message-ID": message_id(message, sender),
         "MIME-Version": "1.0",
-        **{name: _header(value) for name, value in message.headers.items()},
-    }
-    lines = [f"{name}: {value}" for name, value in headers.items()]
+        **message.headers,
+    })
+    encoded = ("Subject", *message.headers)  # From and To are written as they are, as before
+    lines = [f"{name}: {_header(value) if name in encoded else value}" for name, value in headers.items()]
     parts = [_part("text/plain", message.body)]
     if message.html is not None:
         parts.append(_part("text/html", message.html))

@@ -142,7 +142,11 @@ class FcmPushChannel:
         return self._session
 
     async def send(self, message: Message) -> DeliveryResult:
-        """POST one message; on 401 refresh the token once and retry. Never raises for a refusal."""
+        """POST one message; on 401 refresh the token once and retry. Never raises for a refusal.
+        Error texts come back masked, the token included."""
+        return (await self._deliver(message)).about(message.to)
+
+    async def _deliver(self, message: Message) -> DeliveryResult:
         body = json.dumps(fcm_body(message), ensure_ascii=False)
         try:
             result, token = await self._post(body)

@@ -31,6 +31,7 @@ from typing import BinaryIO, TypeVar
 
 from dispatcher.channels.base import ChannelKind, DeliveryResult, Message
 from dispatcher.channels.eml import eml_bytes
+from dispatcher.channels.headers import UNSAFE_HEADER, UnsafeHeaderError
 from dispatcher.errors import DeliveryError
 
 DEFAULT_EMAIL_FROM = "reminders@localhost"
@@ -64,6 +65,8 @@ class OutboxChannel:
                 await self._write_email(message)
             else:
                 self._write_line(message)
+        except UnsafeHeaderError as exc:
+            return DeliveryResult.permanent(UNSAFE_HEADER, str(exc))
         except OSError as exc:
             return DeliveryResult.transient("outbox_io", f"cannot write the outbox: {exc}")
         return DeliveryResult.sent(self._message_id(message.attempt_id))

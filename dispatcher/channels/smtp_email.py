@@ -20,6 +20,7 @@ from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, parseaddr
 
 from dispatcher.channels.base import ChannelKind, DeliveryResult, Effect, Message
+from dispatcher.channels.headers import UNSAFE_HEADER, UnsafeHeaderError, checked_headers
 from dispatcher.channels.provider_settings import SmtpSecurity, SmtpSettings
 
 BAD_MAILBOX_CODES = frozenset({550, 551, 553})
@@ -42,16 +43,16 @@ def build_email(message: Message, sender: str, *, date: datetime | None = None) 
     """Build the MIME message: text, plus an HTML alternative when ``message.html`` is set.
 
     Every entry of ``message.headers`` (``List-Unsubscribe``, ...) is added,
-    replacing a header of the same name. Raises ``ValueError`` for a header
-    value containing a line break.
+    replacing a header of the same name. Raises :class:`UnsafeHeaderError` for a
+    header holding a line break or another control character, ``ValueError`` for a
+    value the email package cannot write.
     """
     mail = EmailMessage(policy=_POLICY)
-    mail["From"] = sender
-    mail["To"] = message.to
-    mail["Subject"] = message.subject or ""
-    mail["Date"] = format_datetime(date or datetime.now(UTC))
-    mail["Message-ID"] = message_id(message, sender)
-    for name, value in message.headers.items():
+    fixed = {"From": sender, "To": message.to, "Subject": message.subject or "",
+             "Date": format_datetime(date or datetime.now(UTC)), "Message-ID": message_id(message, sender)}
+    for name, value in checked_headers(fixed).items():
+        mail[name] = value
+    for name, value in checked_headers(message.headers).items():
         del mail[name]
         mail[name] = value
     mail.set_content(message.body)
@@ -111,10 +112,13 @@ class SmtpEmailChannel:
         """Hand one message to the relay; never raises for a refusal or a network failure."""
         try:
             mail = build_email(message, self.settings.email_from)
+        except UnsafeHeaderError as exc:
+            return DeliveryResult.permanent(UNSAFE_HEADER, str(exc))
         except ValueError as exc:
-            return DeliveryResult.permanent("invalid_message", str(exc))
+            return DeliveryResult.permanent("invalid_message", str(exc)).about(message.to)
         async with self._lock:
-            return await asyncio.to_thread(self._send_blocking, mail, message.to)
+            result = await asyncio.to_thread(self._send_blocking, mail, message.to)
+        return result.about(message.to)
 
     async def aclose(self) -> None:
         """Say QUIT and close the connection, if one is open."""

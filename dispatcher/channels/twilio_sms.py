@@ -39,6 +39,7 @@ from twilio.rest import Client
 from dispatcher.channels.base import ChannelKind, DeliveryResult, Effect, Message
 from dispatcher.channels.provider_settings import TwilioSettings, parse_retry_after
 from dispatcher.errors import DeliveryError, TransientDeliveryError
+from dispatcher.masking import mask_text
 
 OPTED_OUT_CODES = frozenset({21610})
 """Twilio error codes meaning the recipient replied STOP: suppress SMS, never retry."""
@@ -146,7 +147,10 @@ class TwilioSmsChannel:
         return form_encode([("To", message.to), *self._fixed, ("Body", message.body)])
 
     async def send(self, message: Message) -> DeliveryResult:
-        """POST one message; never raises for a refusal or a network failure."""
+        """POST one message; never raises for a refusal or a network failure. Error texts come back masked."""
+        return (await self._post(message)).about(message.to)
+
+    async def _post(self, message: Message) -> DeliveryResult:
         try:
             async with self._sender().post(self._url, data=self._form(message), headers=self._headers) as response:
                 status, raw = response.status, await response.read()
@@ -181,7 +185,8 @@ class TwilioSmsChannel:
         except TwilioException as exc:
             raise _lookup_error(exc) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise TransientDeliveryError(f"Twilio message lookup failed: {exc!r}", code="connection") from exc
+            raise TransientDeliveryError(mask_text(f"Twilio message lookup failed: {exc!r}"), code="connection") \
+                from exc
         return [str(m.sid) for m in found if _created_since(m, since) and (body is None or m.body == body)]
 
     async def aclose(self) -> None:
@@ -201,7 +206,7 @@ def _lookup_error(exc: TwilioException) -> DeliveryError:
         response = exc.args[1] if len(exc.args) > 1 else None
         status, text = int(getattr(response, "status_code", 0)), f"{exc.args[0]}: {response}"
     error = TransientDeliveryError if status == 429 or status >= 500 else DeliveryError
-    return error(f"Twilio message lookup failed: {text}", code=str(status))
+    return error(mask_text(f"Twilio message lookup failed: {text}"), code=str(status))
 
 
 def _created_since(instance: Any, since: datetime) -> bool:

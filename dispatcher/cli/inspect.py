@@ -76,6 +76,7 @@ def _row(decision: Decision) -> dict[str, Any]:
 def plan_command(args: argparse.Namespace) -> int:
     app = common.app(args, migrate=False)
     now = common.moment(args.at, app)
+    app.pipeline.source.check_contract()  # a broken mapping is refused before any output
     tally: Counter[str] = Counter()
 
     def rows() -> Iterator[dict[str, Any]]:

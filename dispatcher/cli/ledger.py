@@ -54,7 +54,8 @@ def register(commands: Any) -> None:
     rejects.add_argument("--run", type=int, metavar="RUN_ID")
     rejects.add_argument("--format", choices=["table", "json", "csv"], default="table")
     rejects.set_defaults(handler=rejects_command)
-    purge = commands.add_parser("purge", help="delete ledger rows older than the retention period")
+    purge = commands.add_parser("purge", help="delete ledger rows older than the retention period (reminder keys "
+                                "and active opt-outs are kept, without personal data)")
     purge.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 3y, 1200d (at least the "
                        "configured retention, compliance.retention, default 3y)")
     purge.add_argument("--dry-run", action="store_true", help="count what would be deleted")
@@ -139,8 +140,12 @@ def purge_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--older-than: {exc}") from None
     counts = purge(app.engine, older_than, app.pipeline.policy.retention, app.clock(), dry_run=args.dry_run)
-    verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb}: " + ", ".join(f"{table}={count}" for table, count in counts.items()))
+    verb, erase = ("would delete", "would erase") if args.dry_run else ("deleted", "erased")
+    print(f"{verb}: " + ", ".join(f"{table}={count}" for table, count in counts.deleted.items()))
+    print(f"{erase} the personal data of {counts.erased} attempt(s) kept as reminder keys (so that nothing is sent "
+          f"twice) and of {counts.erased_replies} inbound reply(ies) kept by message id (so that a replay changes "
+          f"nothing); kept {counts.active_suppressions} active suppression(s) (opt-outs) and "
+          f"{counts.unread_replies} old reply(ies) still to read")
     return 0
 
 

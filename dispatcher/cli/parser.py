@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from dispatcher.cli import inspect, ledger, retry, run, schedule
+from dispatcher.cli import inspect, ledger, replies, retry, run, schedule
+from dispatcher.settings import LOG_LEVELS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,12 +13,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dispatcher", description="Overdue-repayment reminder dispatcher (see README.md).")
     parser.add_argument("--schedules", metavar="PATH",
                         help="schedules.yaml to use (default: $DISPATCHER_SCHEDULES, else ./schedules.yaml)")
-    parser.add_argument("--log-level", default=os.environ.get("DISPATCHER_LOG_LEVEL", "INFO").upper(),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                        help="default: $DISPATCHER_LOG_LEVEL, else INFO; DEBUG also prints the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.register(commands)
     schedule.register(commands)
     inspect.register(commands)
     ledger.register(commands)
     retry.register(commands)
+    replies.register(commands)
     return parser

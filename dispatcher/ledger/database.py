@@ -19,9 +19,11 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, Connection, Engine, create_engine, event, text
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import ArgumentError
 
-from dispatcher.errors import LedgerError
+from dispatcher.errors import ConfigError, LedgerError
+from dispatcher.masking import mask_url
 
 try:
     import fcntl
@@ -39,22 +41,50 @@ LOCK_FILE_SUFFIX = ".migrate.lock"
 """Appended to a SQLite database's path: the file locked while migrating it (created, never removed)."""
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+DEFAULT_LOCK_TIMEOUT = 30.0
+"""Seconds a ledger write waits for a lock another connection holds (SQLite busy timeout)."""
 
 
-def create_ledger_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, NORMAL sync and a busy timeout."""
+def _sqlite_pragmas(lock_timeout: float) -> Any:
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return pragmas
+
+
+def create_ledger_engine(url: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, NORMAL sync and a busy timeout of ``lock_timeout`` seconds.
+
+    On PostgreSQL ``lock_timeout`` bounds waiting for a row or table lock and for a connection.
+    Raises :class:`ConfigError` when ``url`` is not a database URL that can be opened here.
+    """
+    check_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        engine = create_engine(url, connect_args={"timeout": lock_timeout}, hide_parameters=True)
+        event.listen(engine, "connect", _sqlite_pragmas(lock_timeout))
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    if lock_timeout == DEFAULT_LOCK_TIMEOUT or not url.startswith("postgresql"):
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True)
+    given = make_url(url).query.get("options", ())
+    options = " ".join([given] if isinstance(given, str) else given)  # keep the URL's own (search_path ...)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=lock_timeout,
+                         hide_parameters=True,
+                         connect_args={"connect_timeout": max(1, round(lock_timeout)),
+                                       "options": f"{options} -c lock_timeout={int(lock_timeout * 1000)}".strip()})
+
+
+def check_url(url: str, variable: str = "DISPATCHER_DATABASE_URL") -> None:
+    """Raise :class:`ConfigError` naming ``variable`` unless ``url`` parses and its dialect and driver load."""
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except (ArgumentError, ImportError) as exc:  # NoSuchModuleError is an ArgumentError
+        raise ConfigError(f"{variable}={mask_url(url)!r} is not a database URL that can be opened here: {exc} "
+                          "(e.g. sqlite:///dispatcher.db or postgresql+psycopg://user@host/db)") from None
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -1,45 +1,123 @@
-"""Deleting ledger rows past retention (``dispatcher purge``); never rows younger than retention."""
+"""Deleting ledger rows past retention (``dispatcher purge``); never rows younger than retention.
+
+What a purge keeps, whatever its age, so that it never changes who is contacted:
+
+* every claim (attempt try ≥ 1), reduced to its reminder key, account id, step,
+  occurrence, channel, try, status and rule id: the planner and booking decide
+  "already sent" from these rows (:meth:`dispatcher.ledger.store.Ledger.book` and
+  ``_load_claims``), so deleting one would send that reminder again. The addresses,
+  their hashes, provider ids, error texts, details and content hashes are erased;
+* the ``reminders`` rows of those claims (account id, due date, step, occurrence);
+* active suppressions (opt-outs, dead numbers and tokens not lifted);
+* every inbound reply's message id, channel, decision and times, so that a replayed
+  reply (a captured, signed START) changes nothing; its sender, text and address
+  hash are erased, except for replies a person has still to read (``unclear`` or
+  ``other`` and unread), which are kept whole.
+
+Everything else older than the cut-off is deleted: decisions that never claimed
+(deferrals, holds: the planner records them again if still due), rejects, runs,
+lifted suppressions and parked callbacks.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.errors import ConfigError, LedgerError
-from dispatcher.ledger.tables import attempts, early_callbacks, rejects, reminders, runs, suppressions
+from dispatcher.ledger.tables import attempts, early_callbacks, inbound_replies, rejects, reminders, runs, suppressions
+
+PERSONAL_COLUMNS = ("address", "address_hash", "borrower_hash", "provider_message_id", "error_message", "detail",
+                    "content_hash")
+"""Columns of a claim row that identify the borrower or hold text from a provider: erased past retention."""
+
+TO_READ = ("unclear", "other")
+"""Decisions of an inbound reply that a person reads (``dispatcher replies``): kept whole until read."""
+
+
+@dataclass
+class PurgeCounts:
+    """Rows deleted per table, rows erased down to their keys, and rows kept whole whatever their age."""
+
+    deleted: dict[str, int] = field(default_factory=dict)
+    erased: int = 0
+    """Claim rows (attempts)."""
+    erased_replies: int = 0
+    active_suppressions: int = 0
+    unread_replies: int = 0
+    """Old replies kept whole for a person to read."""
 
 
 def purge(engine: Engine, older_than: timedelta, retention: timedelta, now: datetime, *,
-          dry_run: bool = False) -> dict[str, int]:
-    """Delete rows created before ``now - older_than``; refuses when ``older_than`` < ``retention``.
+          dry_run: bool = False) -> PurgeCounts:
+    """Delete (or erase, see the module docstring) rows created before ``now - older_than``.
 
-    Active suppressions (opt-outs still in force) are kept whatever their age.
-    Returns the rows deleted (or, with ``dry_run``, that would be) per table.
+    Refuses when ``older_than`` < ``retention``. With ``dry_run`` nothing changes and
+    the counts say what would.
     """
     if older_than < retention:
         years = f"{retention.days / 365:g} years, " if retention.days % 365 == 0 else ""
         raise ConfigError(f"refusing to purge rows younger than the retention period ({years}{retention.days} days); "
                           f"--older-than is {older_than.days} days")
     cutoff = now - older_than
-    targets = [
-        (attempts, attempts.c.created_at < cutoff),
-        (reminders, reminders.c.created_at < cutoff),
-        (rejects, rejects.c.created_at < cutoff),
-        (runs, runs.c.started_at < cutoff),
-        (suppressions, suppressions.c.lifted_at < cutoff),
-        (early_callbacks, early_callbacks.c.received_at < cutoff),
-    ]
-    counts: dict[str, int] = {}
     try:
         with engine.begin() as connection:
-            for table, condition in targets:
-                if dry_run:
-                    counts[table.name] = int(connection.execute(
-                        select(func.count()).select_from(table).where(condition)).scalar_one())
-                else:
-                    counts[table.name] = int(connection.execute(delete(table).where(condition)).rowcount)
+            return _purge(connection, cutoff, dry_run)
     except SQLAlchemyError as exc:
         raise LedgerError(f"ledger: cannot purge: {exc}") from exc
+
+
+def _old_claims(cutoff: datetime) -> Any:
+    """Claim rows (try ≥ 1) older than ``cutoff`` still holding personal data."""
+    return and_(attempts.c.try_no >= 1, attempts.c.created_at < cutoff,
+                or_(*(attempts.c[name].is_not(None) for name in PERSONAL_COLUMNS)))
+
+
+def _old_replies(cutoff: datetime) -> Any:
+    """Replies older than ``cutoff`` that nobody has to read any more, still holding personal data."""
+    to_read = and_(inbound_replies.c.read_at.is_(None), inbound_replies.c.decision.in_(TO_READ))
+    return and_(inbound_replies.c.received_at < cutoff, ~to_read,
+                or_(inbound_replies.c.sender != "", inbound_replies.c.text != "", inbound_replies.c.address_hash != ""))
+
+
+def _targets(cutoff: datetime) -> list[tuple[Any, Any]]:
+    claimed = exists().where(attempts.c.reminder_key == reminders.c.key, attempts.c.try_no >= 1)
+    return [
+        (attempts, and_(attempts.c.try_no < 1, attempts.c.created_at < cutoff)),
+        (reminders, and_(reminders.c.created_at < cutoff, ~claimed)),
+        (rejects, rejects.c.created_at < cutoff),
+        (runs, runs.c.started_at < cutoff),
+        (suppressions, suppressions.c.lifted_at < cutoff),  # never an active one (lifted_at NULL)
+        (early_callbacks, early_callbacks.c.received_at < cutoff),
+    ]
+
+
+def _count(connection: Connection, table: Any, condition: Any) -> int:
+    return int(connection.execute(select(func.count()).select_from(table).where(condition)).scalar_one())
+
+
+def _purge(connection: Connection, cutoff: datetime, dry_run: bool) -> PurgeCounts:
+    counts = PurgeCounts()
+    old_claims, old_replies = _old_claims(cutoff), _old_replies(cutoff)
+    if dry_run:
+        counts.erased = _count(connection, attempts, old_claims)
+        counts.erased_replies = _count(connection, inbound_replies, old_replies)
+    else:
+        erase = update(attempts).where(old_claims).values(**dict.fromkeys(PERSONAL_COLUMNS))
+        counts.erased = int(connection.execute(erase).rowcount)
+        erase = update(inbound_replies).where(old_replies).values(sender="", text="", address_hash="")
+        counts.erased_replies = int(connection.execute(erase).rowcount)
+    for table, condition in _targets(cutoff):
+        if dry_run:
+            counts.deleted[table.name] = _count(connection, table, condition)
+        else:
+            counts.deleted[table.name] = int(connection.execute(delete(table).where(condition)).rowcount)
+    counts.active_suppressions = _count(connection, suppressions, suppressions.c.lifted_at.is_(None))
+    counts.unread_replies = _count(connection, inbound_replies, and_(
+        inbound_replies.c.received_at < cutoff, inbound_replies.c.read_at.is_(None),
+        inbound_replies.c.decision.in_(TO_READ)))
     return counts

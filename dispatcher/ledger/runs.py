@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.errors import LedgerError
 from dispatcher.ledger.tables import attempts, runs
+from dispatcher.masking import mask_text
 
 DEFAULT_LEASE = timedelta(seconds=60)
 """How long a run stays its daemon's without renewal."""
@@ -59,8 +60,8 @@ CLOSED_BY_OPERATOR = "closed by an operator"
 
 
 def one_line(message: str, limit: int = ERROR_LIMIT) -> str:
-    """``message`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
-    text = " ".join(message.split())
+    """``message`` on one line (whitespace runs collapsed), personal data masked, cut to ``limit`` characters."""
+    text = mask_text(" ".join(message.split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -180,3 +180,22 @@ suppressions = Table(
     Index("ix_suppressions_lookup", "channel", "address_hash"),
     Index("ix_suppressions_address_hash", "address_hash"),
 )
+
+inbound_replies = Table(
+    "inbound_replies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_sid", String(64), nullable=False, unique=True),  # the provider's id: a repeat changes nothing
+    Column("channel", String(16), nullable=False),
+    Column("sender", String(255), nullable=False),  # masked
+    Column("address_hash", String(64), nullable=False),  # of the sender normalised to E.164
+    Column("text", Text, nullable=False),  # masked
+    Column("decision", String(16), nullable=False),  # opt_out | opt_in | unclear | other
+    Column("keyword", String(64)),  # the phrase that decided it
+    Column("outcome", String(32), nullable=False),  # suppressed | lifted | already | superseded | none
+    Column("received_at", UtcDateTime, nullable=False),  # when the web app received it (orders STOP / START)
+    Column("recorded_at", UtcDateTime, nullable=False),  # later than received_at when it waited in the spool
+    Column("read_at", UtcDateTime),  # a person read it (``dispatcher replies --mark-read``)
+    Index("ix_inbound_replies_address_hash", "address_hash"),
+    Index("ix_inbound_replies_decision", "decision"),
+)

@@ -1,7 +1,9 @@
 """``civil``, ``content`` and ``third-party``: what a reminder's text must and must not say.
 
-* ``civil``: no phrase of the locale's blocklist (threats, insults, impersonating
-  police or courts, exposing the debt to others);
+* ``civil``: no phrase of the locale's blocklist (threats, insults; ``compliance.blocklist`` adds to it);
+  ``civil-court``, ``civil-police``, ``civil-criminal``, ``civil-credit``, ``civil-contacts``: no
+  threat of court or a lawsuit, of arrest or the police, of a criminal record, of the borrower's
+  credit record, or of telling family, employer or contacts (:data:`~dispatcher.rules.wordlists.CIVIL_RULES`);
 * ``content``: brand, amount, deadline, masked repayment account, help contact, an
   official way to verify the message, the opt-out wording (SMS, email); no run of
   8 or more digits (a full account, card or ID number);
@@ -30,13 +32,19 @@ from dispatcher.compose.renderer import Composer, RenderContext, Rendered, Templ
 from dispatcher.errors import TemplateError
 from dispatcher.rules.base import Block
 from dispatcher.rules.policy import Policy
-from dispatcher.rules.wordlists import LOCK_SCREEN_WORDS, OPT_OUT_WORDING, language_of
+from dispatcher.rules.wordlists import (
+    CIVIL_RULES,
+    LOCK_SCREEN_WORDS,
+    OPT_OUT_WORDING,
+    ULTIMATUM,
+    CivilRule,
+    language_of,
+)
 from dispatcher.schedule.models import Brand, Schedule
 
 _DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d){7,}")
 _URL = re.compile(r"(?:https?://|mailto:)[^\s<>\"')]+", re.IGNORECASE)
-
-
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|[。！？；;\n]+")
 
 
 def _phrase_regex(phrase: str) -> str:
@@ -79,13 +87,34 @@ def _without(text: str, allowed: tuple[str, ...]) -> str:
     return text
 
 
+def _in_ultimatum(rule: CivilRule, language: str, words: list[str]) -> list[str]:
+    """The rule's ultimatum-only terms found in a sentence that also sets a condition on paying."""
+    terms, markers = rule.in_ultimatum.get(language, ()), ULTIMATUM.get(language, ())
+    if not _blocked(terms, words):  # nearly every message: no sentence to look at
+        return []
+    sentences = [s for text in words for s in _SENTENCE_END.split(text) if _blocked(markers, [s])]
+    return _blocked(terms, sentences)
+
+
+def civil_violations(locale: str, words: list[str]) -> Iterator[tuple[str, str, str]]:
+    """(rule id, message, phrase) for each threat of :data:`CIVIL_RULES` in ``words`` (texts without links)."""
+    language = language_of(locale)
+    for rule in CIVIL_RULES:
+        for phrase in _blocked(rule.phrases.get(language, ()), words):
+            yield rule.rule_id, f"the phrase {phrase!r} is not allowed (a threat of {rule.what})", phrase
+        for term in _in_ultimatum(rule, language, words):
+            yield (rule.rule_id, f"the phrase {term!r} in a sentence that sets a condition on paying is a threat of "
+                   f"{rule.what}; state a notice the law requires as a plain fact", term)
+
+
 def violations(rendered: Rendered, policy: Policy, brand: Brand,
                account: Account) -> Iterator[tuple[str, str, str]]:
-    """(rule id, message, offending text) for every forbidden thing: blocklist, long numbers, push safety."""
+    """(rule id, message, offending text) for every forbidden thing: threats, long numbers, push safety."""
     texts = _texts(rendered)
     words = [_URL.sub(" ", t) for t in texts]  # links (unsubscribe tokens, payment links) are not wording
+    yield from civil_violations(rendered.locale, words)
     for phrase in _blocked(policy.blocked_phrases(rendered.locale), words):
-        yield "civil", f"the phrase {phrase!r} is not allowed (threat, insult, authority or third party)", phrase
+        yield "civil", f"the phrase {phrase!r} is not allowed (threat or insult)", phrase
     allowed = (brand.hotline, brand.website, brand.help_email or "", mask(account.repayment_account),
                rendered.data.get("deadline", ""))
     for text in texts:

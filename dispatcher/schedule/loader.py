@@ -1,6 +1,8 @@
 """Load schedules.yaml and its templates into a :class:`LoadedSchedule`, or report every problem with its place.
 
-Steps: parse with ruamel.yaml (round-trip, so positions are kept), read the
+Steps: read at most the size limit of the file, parse it with ruamel.yaml
+(round-trip, so positions are kept) under the alias budget and depth limit of
+:mod:`dispatcher.schedule.yaml_limits`, read the
 templates directory beside the file into a :class:`TemplateSet` snapshot,
 substitute ``${VAR}`` from the given environment, validate with the pydantic
 models, run the whole-file checks and, when given, the template checks on that
@@ -19,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
@@ -36,6 +37,7 @@ from dispatcher.schedule.positions import YamlPath, value_position
 from dispatcher.schedule.repair import salvage
 from dispatcher.schedule.validation import problems_from_errors
 from dispatcher.schedule.variables import to_plain
+from dispatcher.schedule.yaml_limits import YamlLimitError, limited_yaml, read_limited
 
 VERSION_LENGTH = 12
 """Hex digits of the configuration's sha256 kept as its version."""
@@ -88,9 +90,11 @@ def load_schedule(
     """Read and validate ``path`` and snapshot its templates; raises :class:`ConfigError` listing every problem."""
     file = str(path)
     try:
-        content = path.read_bytes()
+        content = read_limited(path)
     except OSError as exc:
         raise ConfigError([Problem(file, 0, 0, f"cannot read the file: {exc.strerror or exc}")]) from exc
+    except YamlLimitError as exc:
+        raise ConfigError([_syntax_problem(exc, file)]) from None
     root = _parse(content, file)
     templates = TemplateSet.read(templates_dir_of(path))
     schedule = _validate(root, env, file, templates, check_templates)
@@ -100,9 +104,9 @@ def load_schedule(
 def _parse(content: bytes, file: str) -> CommentedMap:
     """The round-trip tree of the file; a syntax error or a non-mapping is a problem."""
     try:
-        root = YAML(typ="rt").load(content)
+        root = limited_yaml().load(content)
     except YAMLError as exc:
-        raise ConfigError([_syntax_problem(exc, file)]) from exc
+        raise ConfigError([_syntax_problem(exc, file)]) from None
     if not isinstance(root, CommentedMap):
         what = "empty" if root is None else "not a mapping of settings"
         raise ConfigError([Problem(file, 1, 1, f"the file is {what}", rule="yaml")])
@@ -110,12 +114,13 @@ def _parse(content: bytes, file: str) -> CommentedMap:
 
 
 def _syntax_problem(exc: YAMLError, file: str) -> Problem:
-    """A problem at the mark where the parser stopped."""
+    """A problem at the mark where the parser stopped (or a limit was reached)."""
     if isinstance(exc, MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         detail = exc.problem or exc.context or "invalid YAML"
+        what = detail if isinstance(exc, YamlLimitError) else f"YAML syntax error: {detail}"
         if mark is not None:
-            return Problem(file, mark.line + 1, mark.column + 1, f"YAML syntax error: {detail}", rule="yaml")
+            return Problem(file, mark.line + 1, mark.column + 1, what, rule="yaml")
     return Problem(file, 1, 1, f"YAML syntax error: {exc}", rule="yaml")
 
 

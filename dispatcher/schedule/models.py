@@ -23,6 +23,9 @@ from dispatcher.channels.base import ChannelKind
 DEFAULT_BATCH_SIZE = 1000
 """Accounts read from the source, planned and recorded per batch."""
 
+DEFAULT_MAX_REJECT_RATIO = 0.05
+"""Share of a run's source rows that may fail the account contract before the run stops and ends failed."""
+
 DEFAULT_DEADLINE_DAYS = 3
 """Days after the run's local date shown as the pay-by date when the account has none."""
 
@@ -267,6 +270,7 @@ class Source(Strict):
     query: str = DEFAULT_SOURCE_QUERY
     recheck_query: str | None = DEFAULT_RECHECK_QUERY
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=100_000)
+    max_reject_ratio: float = Field(default=DEFAULT_MAX_REJECT_RATIO, ge=0, le=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -286,6 +290,26 @@ class Source(Strict):
         return value
 
 
+ReplyPhrase = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Replies(Strict):
+    """Reply phrases per locale added to the shipped ones (:mod:`dispatcher.replies.words`)."""
+
+    opt_out: dict[Locale, list[ReplyPhrase]] = Field(default_factory=dict)
+    opt_in: dict[Locale, list[ReplyPhrase]] = Field(default_factory=dict)
+
+    @field_validator("opt_out", "opt_in")
+    @classmethod
+    def _has_words(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from dispatcher.replies.words import normalise
+
+        for phrase in (p for phrases in value.values() for p in phrases):
+            if not normalise(phrase):
+                raise ValueError(f"reply phrase {phrase!r} has no letters or digits")
+        return value
+
+
 class Schedule(Strict):
     """The whole of schedules.yaml."""
 
@@ -299,6 +323,7 @@ class Schedule(Strict):
     source: Source = Field(default_factory=Source)
     runs: list[Run] = Field(min_length=1)
     ladder: list[Step] = Field(min_length=1)
+    replies: Replies = Field(default_factory=Replies)
 
     @model_validator(mode="after")
     def _defaults_present(self) -> Schedule:

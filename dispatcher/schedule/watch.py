@@ -21,6 +21,7 @@ from types import TracebackType
 from dispatcher.compose.layout import TemplateSet, template_files
 from dispatcher.errors import ConfigError
 from dispatcher.schedule.loader import LoadedSchedule, configuration_digest, templates_dir_of
+from dispatcher.schedule.yaml_limits import DEFAULT_MAX_FILE_BYTES
 
 DEFAULT_INTERVAL = 1.0
 """Seconds between two looks at the files."""
@@ -52,7 +53,8 @@ def _signature(path: Path, templates_dir: Path) -> Signature | None:
 def _digest(path: Path, templates_dir: Path) -> str | None:
     """The digest of the schedule file and its templates, or ``None`` while the schedule file is absent."""
     try:
-        content = path.read_bytes()
+        with path.open("rb") as stream:  # a file past the size limit is refused by the loader: no need to read it all
+            content = stream.read(DEFAULT_MAX_FILE_BYTES + 1) + str(os.fstat(stream.fileno()).st_size).encode()
     except OSError:
         return None
     return configuration_digest(content, TemplateSet.read(templates_dir))

@@ -1,18 +1,21 @@
-"""``GET /metrics`` (Prometheus text format) and ``GET /healthz``.
+"""``GET /metrics`` (Prometheus text format).
 
-Metrics are read from the ledger and the broker at scrape time, so they cover
-every worker on every machine without a push gateway: attempts by channel and
-status, retries, provider latency, batches waiting in the queue, the version of
-schedules.yaml in force, and per run name the last success and whether its latest
-ended run failed. ``/healthz`` is red when the database or the broker does not
-answer, or when the latest run of a run name failed or was abandoned.
+Metrics are read from the ledger and the broker, so they cover every worker on
+every machine without a push gateway: attempts by channel and status, retries,
+provider latency, batches waiting in the queue, the version of schedules.yaml in
+force, and per run name the last success and whether its latest ended run failed.
+
+The text is computed in a thread of its own at most once per
+:data:`METRICS_MAX_AGE` seconds and shared by every scrape in between (or
+waiting while it is computed). When ``DISPATCHER_METRICS_TOKEN`` is set, a scrape
+must carry ``Authorization: Bearer <token>``, else it gets 401.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hmac
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -21,13 +24,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import func, select
 
 from dispatcher.app import App
 from dispatcher.executors import QUEUE
-from dispatcher.ledger.runs import FAILED, NameSummary
-from dispatcher.ledger.tables import attempts, runs
+from dispatcher.ledger.runs import FAILED
+from dispatcher.ledger.tables import attempts
 from dispatcher.masking import mask_url
+from dispatcher.web.limits import Handler
+from dispatcher.web.refreshed import Refreshed
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,12 @@ LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 LATENCY_WINDOW = timedelta(hours=1)
 """Provider latency is measured over the attempts of this last stretch of time."""
+
+METRICS_MAX_AGE = 15.0
+"""Seconds one computed metrics text answers scrapes (the ledger is read at most this often)."""
+
+METRICS_WAIT = 10.0
+"""Seconds a scrape waits for the metrics being computed before it gets 503."""
 
 
 class LedgerCollector(Collector):
@@ -112,80 +123,33 @@ class LedgerCollector(Collector):
         return gauge
 
 
-def metrics_handler(app: App) -> Any:
+
+
+def metrics_text(app: App) -> Refreshed[bytes]:
+    """The metrics of ``app`` in the Prometheus text format, computed off the event loop and kept a while."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(app))
+    return Refreshed(lambda: generate_latest(registry), METRICS_MAX_AGE, "metrics")
 
-    async def handle(_request: web.Request) -> web.StreamResponse:
-        body = await asyncio.to_thread(generate_latest, registry)  # ledger and broker reads off the event loop
+
+def metrics_handler(metrics: Refreshed[bytes], token: str | None) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if token is not None and not _authorized(request, token):
+            raise web.HTTPUnauthorized(text="metrics need a bearer token",
+                                       headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        try:
+            body = await metrics.get(METRICS_WAIT)
+        except TimeoutError:
+            raise web.HTTPServiceUnavailable(text=f"metrics not computed within {METRICS_WAIT:g} s; retry") from None
+        except Exception as exc:  # the ledger being down: say so, no traceback
+            log.warning("cannot compute the metrics: %s", type(exc).__name__)
+            raise web.HTTPServiceUnavailable(text=f"metrics unavailable: {type(exc).__name__}") from None
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return handle
 
 
-def health_handler(app: App) -> Any:
-    async def handle(_request: web.Request) -> web.StreamResponse:
-        checks = await asyncio.to_thread(_health, app)
-        healthy = all(value == "ok" for value in checks.values())
-        return web.json_response({"status": "ok" if healthy else "unhealthy", **checks}, status=200 if healthy else 503)
-
-    return handle
-
-
-def _health(app: App) -> dict[str, str]:
-    """Whether the database and the broker answer and the latest runs did not fail (blocking: run in a thread)."""
-    checks: dict[str, str] = {}
-    try:
-        with app.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"unreachable: {type(exc).__name__}"
-    if checks["database"] == "ok":
-        try:
-            checks["runs"] = _runs_health(app)
-        except Exception as exc:
-            checks["runs"] = f"unreadable: {type(exc).__name__}"
-    broker = app.settings.broker_url
-    if broker:
-        try:
-            client: Redis = Redis.from_url(broker, socket_timeout=2)
-            client.ping()
-            client.close()
-            checks["broker"] = "ok"
-        except Exception as exc:
-            checks["broker"] = f"unreachable: {type(exc).__name__}"
-    return checks
-
-
-HEALTH_HORIZON = timedelta(days=2)
-"""A failed run turns /healthz red for this long at most after its fire time (a later completed run of its
-name clears it sooner); a one-off run (``run --once``, ``retry``) that failed does not stay red for ever, while
-``dispatcher_run_failed`` keeps saying so."""
-
-
-def _runs_health(app: App) -> str:
-    """``ok``, or each run name whose latest run failed or was abandoned, with the run's id and error."""
-    now = app.clock()
-    failing = [summary for summary in app.runs.summaries(now)
-               if summary.failing and summary.latest_fire_time > now - HEALTH_HORIZON]
-    if not failing:
-        return "ok"
-    return "; ".join(_failure(summary, details) for summary, details in zip(failing, _details(app, failing),
-                                                                                 strict=True))
-
-
-def _details(app: App, failing: Sequence[NameSummary]) -> list[tuple[int, str | None]]:
-    """(id, error) of the latest run of each failing run name."""
-    keys = [(summary.name, summary.latest_fire_time) for summary in failing]
-    query = (select(runs.c.name, runs.c.fire_time, runs.c.id, runs.c.error)
-             .where(tuple_(runs.c.name, runs.c.fire_time).in_(keys)))
-    with app.engine.connect() as connection:
-        found = {(row.name, row.fire_time): (int(row.id), row.error) for row in connection.execute(query)}
-    return [found.get(key, (0, None)) for key in keys]
-
-
-def _failure(summary: NameSummary, details: tuple[int, str | None]) -> str:
-    run_id, error = details
-    text = f"run {summary.name} #{run_id} of {summary.latest_fire_time.isoformat()} {summary.latest_status}"
-    return f"{text}: {error}" if error else text
+def _authorized(request: web.Request, token: str) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>`` (compared in constant time)."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())

@@ -1,31 +1,62 @@
-"""The aiohttp application behind ``dispatcher web``: routes only, handlers live beside it."""
+"""The aiohttp application behind ``dispatcher web``: routes and connection handling; handlers live beside it."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from dispatcher.app import App
 from dispatcher.channels.provider_settings import STATUS_CALLBACK_PATH
-from dispatcher.web.metrics import health_handler, metrics_handler
-from dispatcher.web.twilio_hooks import inbound_handler, status_handler
+from dispatcher.web.access_log import RouteAccessLogger
+from dispatcher.web.health import health_checks, health_handler
+from dispatcher.web.limits import BodyLimits, body_limits
+from dispatcher.web.metrics import metrics_handler, metrics_text
+from dispatcher.web.refreshed import Refreshed
+from dispatcher.web.twilio_hooks import inbound_handler, spool_drainer, status_handler
 from dispatcher.web.unsubscribe_page import confirm_handler, unsubscribe_handler
 
 INBOUND_PATH = "/webhooks/twilio/inbound"
 """Where Twilio posts replies to our SMS (configure it on the number or messaging service)."""
 
+KEEPALIVE_TIMEOUT = 15.0
+"""Seconds a connection may go without a complete request (idle, or headers trickling in) before it is closed."""
+
+LINGERING_TIME = 2.0
+"""Seconds the rest of a refused (413) body is read and dropped before closing, so the client sees the 413."""
+
 
 def build_web_app(app: App) -> web.Application:
-    """Webhooks and unsubscribe pages bound to ``app``'s ledger and settings."""
-    web_app = web.Application()
+    """Webhooks, unsubscribe pages, metrics and health bound to ``app``'s ledger and settings."""
+    limits = BodyLimits.from_settings(app.settings)
+    web_app = web.Application(client_max_size=limits.max_bytes, middlewares=[body_limits(limits)])
+    metrics, checks = metrics_text(app), health_checks(app)
+    web_app.on_cleanup.append(_closing(metrics, checks))
     web_app.router.add_post(STATUS_CALLBACK_PATH, status_handler(app))
     web_app.router.add_post(INBOUND_PATH, inbound_handler(app))
+    web_app.cleanup_ctx.append(spool_drainer(app))  # applies replies spooled while the ledger was locked
     web_app.router.add_get("/unsubscribe/{token}", confirm_handler(app))
     web_app.router.add_post("/unsubscribe/{token}", unsubscribe_handler(app))
-    web_app.router.add_get("/metrics", metrics_handler(app))
-    web_app.router.add_get("/healthz", health_handler(app))
+    web_app.router.add_get("/metrics", metrics_handler(metrics, app.settings.metrics_token))
+    web_app.router.add_get("/healthz", health_handler(checks))
     return web_app
+
+
+def server_options() -> dict[str, Any]:
+    """How connections are handled, for ``web.run_app`` and ``web.AppRunner`` alike."""
+    return {"access_log_class": RouteAccessLogger, "keepalive_timeout": KEEPALIVE_TIMEOUT,
+            "lingering_time": LINGERING_TIME}
 
 
 def serve(app: App, host: str, port: int) -> None:
     """Serve until interrupted (SIGINT / SIGTERM)."""
-    web.run_app(build_web_app(app), host=host, port=port, print=None, handle_signals=True)
+    web.run_app(build_web_app(app), host=host, port=port, print=None, handle_signals=True, **server_options())
+
+
+def _closing(*cached: Refreshed[Any]) -> Callable[[web.Application], Awaitable[None]]:
+    async def close(_web_app: web.Application) -> None:
+        for value in cached:
+            value.close()
+
+    return close

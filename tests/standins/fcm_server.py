@@ -13,7 +13,7 @@ import json
 import re
 import secrets
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ class FcmStandin(HttpStandin):
         """Answer 401 to every send, even with a fresh token (a broken service account)."""
         self._next: deque[Failure] = deque()
         self._rules: dict[str, Failure] = {}
+        self._every: Failure | None = None
 
     @property
     def token_uri(self) -> str:
@@ -111,6 +112,11 @@ class FcmStandin(HttpStandin):
         """Answer every send to registration ``token`` with this FcmError code."""
         with self.lock:
             self._rules[token] = Failure(error_code, message)
+
+    def fail_all(self, error_code: str, message: str = "scripted failure", *, field: str | None = None) -> None:
+        """Answer every send with this FcmError code; ``{token}`` in ``message`` is replaced by the token."""
+        with self.lock:
+            self._every = Failure(error_code, message, None, field)
 
     @property
     def message_requests(self) -> list[Recorded]:
@@ -157,9 +163,9 @@ class FcmStandin(HttpStandin):
         invalid = _invalid(message)
         if invalid:
             return Reply(400, fcm_error(400, invalid, "INVALID_ARGUMENT"))
-        failure = self._next.popleft() if self._next else self._rules.get(message["token"])
+        failure = self._next.popleft() if self._next else self._rules.get(message["token"], self._every)
         if failure is not None:
-            return failure.reply()
+            return replace(failure, message=failure.message.replace("{token}", message["token"])).reply()
         self.sends.append(message)
         return Reply(200, {"name": f"projects/{self.project_id}/messages/0:{secrets.token_hex(8)}"})
 

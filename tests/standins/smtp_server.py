@@ -55,6 +55,7 @@ class _Handler:
         self.peers: list[Any] = []
         self.servers: list[Any] = []
         self.rejections: dict[str, str] = {}
+        self.reject_every: str | None = None
         self.data_replies: list[str] = []
         self.data_stalls: list[float] = []
 
@@ -70,6 +71,8 @@ class _Handler:
                           rcpt_options: list[str]) -> str:
         if address in self.rejections:
             return self.rejections[address]
+        if self.reject_every is not None:
+            return self.reject_every.replace("{address}", address)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -118,6 +121,10 @@ class SmtpStandin:
     def reject(self, address: str, reply: str = "550 5.1.1 No such user here") -> None:
         """Answer ``RCPT TO:<address>`` with ``reply`` (e.g. ``450 4.2.1 Mailbox busy``)."""
         self.handler.rejections[address] = reply
+
+    def reject_all(self, reply: str = "550 5.1.1 <{address}>: Recipient address rejected: User unknown") -> None:
+        """Answer every ``RCPT TO`` with ``reply``, ``{address}`` replaced by the address, as Postfix quotes it."""
+        self.handler.reject_every = reply
 
     def fail_next_data(self, reply: str) -> None:
         """Answer the next DATA with ``reply`` instead of accepting it."""

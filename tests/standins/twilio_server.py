@@ -13,7 +13,7 @@ import base64
 import re
 import secrets
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
@@ -71,6 +71,7 @@ class TwilioStandin(HttpStandin):
         """Default page size of the list endpoint (Twilio's is 50)."""
         self._next: deque[Failure] = deque()
         self._rules: dict[str, Failure] = {}
+        self._every: Failure | None = None
 
     def fail_next(
         self, status: int, code: int, message: str | None = None, retry_after: int | None = None
@@ -83,6 +84,12 @@ class TwilioStandin(HttpStandin):
         """Answer every create to ``to`` with this error."""
         with self.lock:
             self._rules[to] = Failure(status, code, message)
+
+    def fail_all(self, status: int, code: int, message: str | None = None) -> None:
+        """Answer every create with this error; ``{to}`` in ``message`` is replaced by the number, as Twilio's
+        21211 answer quotes it ("The 'To' number +86... is not a valid phone number.")."""
+        with self.lock:
+            self._every = Failure(status, code, message)
 
     @property
     def creates(self) -> list[Recorded]:
@@ -106,9 +113,10 @@ class TwilioStandin(HttpStandin):
         missing = self._missing(form)
         if missing is not None:
             return Failure(400, missing).reply()
-        failure = self._next.popleft() if self._next else self._rules.get(form["To"])
+        failure = self._next.popleft() if self._next else self._rules.get(form["To"], self._every)
         if failure is not None:
-            return failure.reply()
+            return replace(failure, message=failure.message.replace("{to}", form["To"])).reply() \
+                if failure.message else failure.reply()
         resource = self._resource(form)
         self.messages.append(resource)
         return Reply(201, resource)

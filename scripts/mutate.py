@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Mutation testing of the code that decides who is contacted, when and how often.
+
+    .venv/bin/python scripts/mutate.py                 every guarded module
+    .venv/bin/python scripts/mutate.py rules ladder    only some of them (names of GUARDED)
+    .venv/bin/python scripts/mutate.py --report        the last run's results, without running
+
+mutmut 3 (configured in pyproject.toml, ``[tool.mutmut]``) runs in a copy of the
+checkout under ``build/mutmut/``, so a run never writes into the source tree and
+edits made meanwhile do not disturb it; its results are kept there, and a run only
+re-tests the functions that changed. Each mutant runs only the tests that cover it.
+
+Prints every surviving mutant, then the counts, and exits 1 when a mutant of a
+guarded function survived and ``scripts/mutants_allowed.txt`` does not explain it
+(one ``pattern  # reason`` a line; fnmatch patterns over mutant names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "build" / "mutmut"
+ALLOWED = ROOT / "scripts" / "mutants_allowed.txt"
+COPIED = ("dispatcher", "tests", "templates", "pyproject.toml", "schedules.yaml")
+
+GUARDED: dict[str, tuple[str, ...]] = {
+    "rules": ("dispatcher.rules.*",),
+    "ladder": ("dispatcher.ladder.*",),
+    "claims": ("dispatcher.ledger.claims.*",),
+    "finish": ("dispatcher.ledger.store.xǁLedgerǁstart_sending__mutmut_*",
+               "dispatcher.ledger.store.xǁLedgerǁfinish_attempts__mutmut_*"),
+    "webhooks": ("dispatcher.web.twilio_hooks.*",),
+}
+"""Groups of mutant-name patterns whose survivors fail the command."""
+
+MUTATED = {"rules": "dispatcher.rules.*", "ladder": "dispatcher.ladder.*", "claims": "dispatcher.ledger.claims.*",
+           "finish": "dispatcher.ledger.store.*", "webhooks": "dispatcher.web.twilio_hooks.*"}
+"""What ``mutmut run`` is given per group (all of store.py is mutated; only its finish code is guarded)."""
+
+NOT_KILLED = ("survived", "no tests")
+_RESULT = re.compile(r"^\s+(\S+): (.+)$")
+
+
+def sync(deselect: list[str]) -> None:
+    """Copy the checkout's current code, tests and configuration into the work directory.
+
+    ``deselect``: test ids left out of this run (a test another change has broken meanwhile).
+    """
+    WORK.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in COPIED:
+        source, target = ROOT / name, WORK / name
+        if source.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target, ignore=ignore)
+        else:
+            shutil.copy2(source, target)
+    if deselect:
+        config = WORK / "pyproject.toml"
+        extra = "".join(f'"--deselect", "{test}", ' for test in deselect)
+        key = "pytest_add_cli_args = ["
+        text = config.read_text(encoding="utf-8").replace(key, key + extra, 1)
+        config.write_text(text, encoding="utf-8")
+
+
+def mutmut(*args: str) -> subprocess.CompletedProcess[str]:
+    """``mutmut args`` in the work directory, its output passed through or captured."""
+    command = [str(Path(sys.executable).parent / "mutmut"), *args]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    capture = args[0] == "results"
+    return subprocess.run(command, cwd=WORK, env=env, text=True, check=False, capture_output=capture)
+
+
+def results() -> dict[str, str]:
+    """Every mutant of the last run and its status."""
+    done = mutmut("results", "--all", "true")
+    if done.returncode != 0:
+        sys.exit(f"mutmut results failed:\n{done.stderr}")
+    return {m.group(1): m.group(2).strip() for m in map(_RESULT.match, done.stdout.splitlines()) if m}
+
+
+def allow_list() -> dict[str, str]:
+    """``pattern → reason`` from ``scripts/mutants_allowed.txt``; an entry without a reason is refused."""
+    allowed: dict[str, str] = {}
+    for number, line in enumerate(ALLOWED.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        pattern, _, reason = line.partition("#")
+        if not reason.strip() or len(pattern.split()) != 1:
+            sys.exit(f"{ALLOWED.name}:{number}: expected 'mutant-pattern  # reason'")
+        allowed[pattern.strip()] = reason.strip()
+    return allowed
+
+
+def matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def judge(statuses: dict[str, str], groups: list[str]) -> int:
+    """Print the survivors and the counts; 1 when a guarded survivor is not explained."""
+    guarded = [p for g in groups for p in GUARDED[g]]
+    allowed = allow_list()
+    mine = {n: s for n, s in statuses.items() if matches(n, [MUTATED[g] for g in groups])}
+    counts: Counter[str] = Counter()
+    unexplained: list[str] = []
+    for name, status in sorted(mine.items()):
+        if status not in NOT_KILLED:
+            counts[status] += 1
+            continue
+        if not matches(name, guarded):
+            counts["survived, not guarded"] += 1
+            print(f"  (not guarded) {name}: {status}")
+        elif matches(name, list(allowed)):
+            counts["allowed"] += 1
+        else:
+            counts["survived"] += 1
+            unexplained.append(name)
+            print(f"  SURVIVED {name}: {status}    (see: mutmut show {name}, in {WORK})")
+    stale = [p for p in allowed if not any(fnmatch.fnmatchcase(n, p) for n in mine)]
+    for pattern in stale:
+        print(f"  note: allow-list entry {pattern!r} matches no mutant of this run")
+    print("mutants: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 1 if unexplained else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("groups", nargs="*", choices=list(GUARDED), default=[],
+                        help=f"groups to run (default: all): {', '.join(GUARDED)}")
+    parser.add_argument("--report", action="store_true", help="judge the last run's results without running")
+    parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument("--mutants", action="append", default=[], metavar="PATTERN",
+                        help="run only the mutants matching this name pattern, e.g. 'dispatcher.rules.cap.*'")
+    parser.add_argument("--deselect", action="append", default=[], metavar="TEST",
+                        help="leave this test id out (repeatable)")
+    options = parser.parse_args(argv)
+    groups = list(options.groups) or list(GUARDED)
+    if not options.report:
+        sync(options.deselect)
+        patterns = options.mutants or [MUTATED[g] for g in groups]
+        done = mutmut("run", "--max-children", str(options.max_children), *patterns)
+        if done.returncode != 0:
+            print(f"mutmut run ended with exit code {done.returncode}", file=sys.stderr)
+            return 2
+    return judge(results(), groups)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
