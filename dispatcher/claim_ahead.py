@@ -1,9 +1,9 @@
 """Claims ahead of the places in flight: a batch's first tries are claimed a group at a time, in order.
 
 At most ``window`` (``DISPATCHER_CONCURRENCY``) attempts are claimed and not yet in
-flight. When those waiting for a place fall to half the window, the next group is
-claimed in one statement (so a claim covers several messages and a message that
-gets a place seldom waits for its claim). A stop claims nothing more; what was
+flight. When those waiting for a place fall to a quarter of the window, the next
+group (at least three quarters of it) is claimed in one statement, so a claim and
+its commit cover many messages and a message that gets a place seldom waits for it. A stop claims nothing more; what was
 claimed and not yet in flight is given back by the deliverer.
 """
 
@@ -51,7 +51,7 @@ class ClaimAhead:
         if self._stopping.is_set():
             self._release_pending()
             return
-        if self._claiming or not self._pending or self._waiting > self._window // 2:
+        if self._claiming or not self._pending or self._waiting > self._window // 4:
             return
         group = [self._pending.popleft() for _ in range(min(self._window - self._waiting, len(self._pending)))]
         self._waiting += len(group)

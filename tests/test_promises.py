@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from rows import attempt_rows, book_all, demo_row, seed_rows
 from sqlalchemy import update
-from test_rules import BORROWER, PUSH, SMS, channel, overdue, plan, shanghai
+from test_rules import BORROWER, PUSH, SMS, channel, contact, history_with, overdue, plan, schedule, shanghai
 
 from dispatcher.app import App, build_app
 from dispatcher.channels.base import Channel, ChannelKind, DeliveryResult, Message
@@ -28,6 +28,7 @@ from dispatcher.decisions import Verdict
 from dispatcher.delivery import Deliverer, DeliveryPolicy
 from dispatcher.demo import demo_accounts
 from dispatcher.ledger.suppressions import suppress
+from dispatcher.rules.policy import resolve_policy
 from dispatcher.rules.recheck import SendCheck
 from dispatcher.runner import Runner
 from dispatcher.settings import Settings
@@ -328,3 +329,47 @@ def test_a_promise_to_pay_made_after_planning_pauses_by_the_borrowers_own_date(a
     assert (counts.sent, counts.suppressed) == (0, 1)
     assert [(r["status"], r["rule_id"]) for r in attempt_rows(app, account_id="NY", channel="sms")] == [
         ("suppressed", "pause")]
+
+
+# caps: every cap is checked, whatever order they are listed in ------------------------------------------------------
+def test_a_cap_of_another_channel_listed_first_does_not_hide_the_general_cap() -> None:
+    """caps: [1 SMS a day, 2 contacts a day]: two pushes today leave no room for a third contact on any channel."""
+    caps = [{"max": 1, "per": "1d", "channel": "sms"}, {"max": 2, "per": "1d"}]
+    earlier = shanghai(2026, 3, 10, 8)
+    history = history_with(contact(1, BORROWER, PUSH, earlier), contact(2, BORROWER, PUSH, earlier))
+    decision = plan(overdue(2), shanghai(2026, 3, 10, 9), history, caps=caps)
+    assert {c.channel: (c.verdict, c.rule_id) for c in decision.channels} == {
+        PUSH: (Verdict.DEFER, "cap"), SMS: (Verdict.DEFER, "cap")}
+
+
+def test_the_holidays_of_the_phone_numbers_region_apply_not_the_default_regions() -> None:
+    """cn profile (default region CN) and a +1 number: the US holiday defers, the CN one does not."""
+    new_york = overdue(2, today=date(2026, 7, 3), timezone="America/New_York", phone="+12125550142")
+    at = datetime(2026, 7, 3, 14, tzinfo=UTC)  # 10:00 EDT
+    holidays = {"US": ["2026-07-03"], "CN": ["2026-07-04"]}
+    assert plan(new_york, at, holidays=holidays).reason == "holiday"
+    assert plan(new_york, at + timedelta(days=1), holidays=holidays).reason is None
+
+
+# civil language: the blocklist of the reminder's language is the one checked ----------------------------------------
+@pytest.mark.parametrize(("locale", "phrase"), [("zh-CN", "老赖"), ("en-US", "deadbeat"), ("en-GB", "scammer")])
+def test_the_blocklist_of_the_reminders_language_is_in_force(locale: str, phrase: str) -> None:
+    policy = resolve_policy(schedule())
+    assert phrase in policy.blocked_phrases(locale)
+
+
+def test_extra_blocklist_phrases_add_to_the_languages_list() -> None:
+    policy = resolve_policy(schedule(blocklist={"zh-CN": ["暴力催收"]}))
+    assert {"暴力催收", "老赖"} <= set(policy.blocked_phrases("zh-CN"))
+    assert "暴力催收" not in policy.blocked_phrases("en-US")
+
+
+@pytest.mark.parametrize(("profile", "given", "expected"),
+                         [("cn", {}, True), ("none", {}, False), ("cn", {"push_generic": False}, False)])
+def test_push_generic_comes_from_the_profile_unless_set(profile: str, given: dict[str, Any], expected: bool) -> None:
+    assert resolve_policy(schedule(profile, **given)).push_generic is expected
+
+
+def test_retention_is_the_schedules_else_three_years() -> None:
+    assert resolve_policy(schedule()).retention == timedelta(days=3 * 365)
+    assert resolve_policy(schedule(retention="5y")).retention == timedelta(days=5 * 365)

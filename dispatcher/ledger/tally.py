@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from dispatcher.ledger.claims import chunks
 from dispatcher.ledger.tables import attempts
@@ -23,22 +23,36 @@ _CATEGORY = {"sent": "sent", "delivered": "sent", "failed": "failed", "undeliver
              "suppressed": "suppressed", "unknown": "unknown", "claimed": "in_doubt", "sending": "in_doubt"}
 
 
+_CHAINED = frozenset({"failed", "undelivered"})
+"""First-try statuses that further tries or a fallback channel may follow; any other first try is its job's end."""
+
+_COLUMNS = (attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no, attempts.c.status,
+            attempts.c.parent_id, attempts.c.rule_id, attempts.c.error_class)
+
+
 def job_outcomes(engine: Engine, job_ids: Sequence[int]) -> Counter[str]:
     """Jobs by outcome: sent, failed, suppressed, deferred, unknown, held, in_doubt or pending."""
     found: Counter[str] = Counter()
-    columns = (attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no, attempts.c.status,
-               attempts.c.parent_id, attempts.c.rule_id, attempts.c.error_class)
     with engine.connect() as connection:
         for chunk in chunks(sorted(job_ids)):
-            keys = select(attempts.c.reminder_key).where(attempts.c.id.in_(chunk)).scalar_subquery()
-            by_key: dict[str, list[Any]] = {}
-            by_id: dict[int, Any] = {}
-            for row in connection.execute(select(*columns).where(attempts.c.reminder_key.in_(keys),
-                                                                 attempts.c.try_no >= 1)):
-                by_key.setdefault(row.reminder_key, []).append(row)
-                by_id[row.id] = row
-            found.update(_outcome(by_key, by_id.get(job_id)) for job_id in chunk)
+            roots = {row.id: row for row in connection.execute(select(*_COLUMNS).where(attempts.c.id.in_(chunk)))}
+            chained = [job_id for job_id, row in roots.items() if row.status in _CHAINED]
+            found.update(_category(row) for row in roots.values() if row.status not in _CHAINED)
+            found["pending"] += len(chunk) - len(roots)
+            if chained:
+                found.update(_chain_outcomes(connection, chained))
     return found
+
+
+def _chain_outcomes(connection: Connection, job_ids: Sequence[int]) -> Iterable[str]:
+    """The outcomes of jobs whose first try failed: the last try of each chain, fallbacks followed."""
+    keys = select(attempts.c.reminder_key).where(attempts.c.id.in_(job_ids)).scalar_subquery()
+    by_key: dict[str, list[Any]] = {}
+    by_id: dict[int, Any] = {}
+    for row in connection.execute(select(*_COLUMNS).where(attempts.c.reminder_key.in_(keys), attempts.c.try_no >= 1)):
+        by_key.setdefault(row.reminder_key, []).append(row)
+        by_id[row.id] = row
+    return [_outcome(by_key, by_id.get(job_id)) for job_id in job_ids]
 
 
 def _outcome(by_key: dict[str, list[Any]], root: Any) -> str:

@@ -52,6 +52,7 @@ class Spool:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._refusing = False  # the last try to apply an entry was refused by the ledger
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -101,9 +102,12 @@ class Spool:
         for entry in self.entries():
             try:
                 apply(entry)
-            except LedgerError as exc:
-                log.warning("inbound spool: the ledger still refuses (%s); will try again", exc)
+            except LedgerError as exc:  # said once per outage: the web app tries every second
+                log.log(logging.DEBUG if self._refusing else logging.WARNING,
+                        "inbound spool: the ledger still refuses (%s); will try again", exc)
+                self._refusing = True
                 break
+            self._refusing = False
             done.add(_key(entry))
         if done:
             self._forget(done)
