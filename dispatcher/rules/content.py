@@ -96,9 +96,19 @@ def _in_ultimatum(rule: CivilRule, language: str, words: list[str]) -> list[str]
     return _blocked(terms, sentences)
 
 
+@lru_cache(maxsize=16)
+def _civil_terms(language: str) -> tuple[str, ...]:
+    """Every phrase and ultimatum term of every civil rule in ``language``: one scan tells whether any may apply."""
+    return tuple(term for rule in CIVIL_RULES
+                 for term in (*rule.phrases.get(language, ()), *rule.in_ultimatum.get(language, ())))
+
+
 def civil_violations(locale: str, words: list[str]) -> Iterator[tuple[str, str, str]]:
     """(rule id, message, phrase) for each threat of :data:`CIVIL_RULES` in ``words`` (texts without links)."""
     language = language_of(locale)
+    anything = _blocklist_pattern(_civil_terms(language))
+    if anything is None or not any(anything.search(text) for text in words):  # nearly every message
+        return
     for rule in CIVIL_RULES:
         for phrase in _blocked(rule.phrases.get(language, ()), words):
             yield rule.rule_id, f"the phrase {phrase!r} is not allowed (a threat of {rule.what})", phrase
