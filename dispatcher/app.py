@@ -13,8 +13,7 @@ from sqlalchemy import Engine
 from dispatcher.booking import Booker
 from dispatcher.channels.base import Channel, ChannelKind
 from dispatcher.channels.registry import Providers
-from dispatcher.compose.layout import TemplateSet
-from dispatcher.compose.renderer import Composer, TemplateProblem, check_templates
+from dispatcher.compose.renderer import Composer
 from dispatcher.delivery import DEFAULT_BACKOFF_CAP, Deliverer, DeliveryPolicy
 from dispatcher.executors import CeleryExecutor, Executor, InProcessExecutor
 from dispatcher.job_loader import JobLoader
@@ -24,12 +23,11 @@ from dispatcher.ledger.store import Ledger
 from dispatcher.planner import Planner
 from dispatcher.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from dispatcher.reconcile import Reconciler
-from dispatcher.rules.content import ContentCheck, lint_templates
+from dispatcher.rules.content import ContentCheck, template_checks
 from dispatcher.rules.engine import RuleEngine, build_engine
 from dispatcher.rules.policy import Policy, resolve_policy
 from dispatcher.rules.recheck import SendCheck
 from dispatcher.schedule.loader import LoadedSchedule, load_schedule
-from dispatcher.schedule.models import Schedule
 from dispatcher.settings import Settings
 from dispatcher.source import AccountSource
 from dispatcher.unsubscribe import UnsubscribeLinks
@@ -42,11 +40,6 @@ Clock = Callable[[], datetime]
 def utc_now() -> datetime:
     """The real clock; business code receives time as an argument instead of calling this."""
     return datetime.now(UTC)
-
-
-def template_checks(schedule: Schedule, templates: TemplateSet) -> list[TemplateProblem]:
-    """Every template of the snapshot exists and renders with sample data, and passes the policy's content rules."""
-    return check_templates(schedule, templates) + lint_templates(schedule, templates, resolve_policy(schedule))
 
 
 def load(settings: Settings) -> LoadedSchedule:

@@ -68,6 +68,19 @@ def test_a_billion_laughs_file_is_refused_at_the_alias_that_crosses_the_budget(t
     assert f"aliases expand to more than {DEFAULT_ALIAS_BUDGET} values" in problem.message
 
 
+def test_validate_refuses_a_bomb_without_loading_the_delivery_stack(tmp_path: Path) -> None:
+    """``dispatcher validate`` imports only what checking needs, so a refusal is quick (no timing asserted here)."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BILLION_LAUGHS, encoding="utf-8")
+    probe = ("import sys\nfrom dispatcher.cli import main\ncode = main(['validate', sys.argv[1]])\n"
+             "heavy = sorted({'aiohttp', 'alembic', 'celery', 'kombu', 'twilio', 'jwt', 'redis'} & set(sys.modules))\n"
+             "print(code, heavy)")
+    done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60)
+    line, col = at(BILLION_LAUGHS, "*d")
+    assert done.stdout.strip() == "1 []", done.stdout + done.stderr
+    assert f"bomb.yaml:{line}:{col}: the aliases expand to more than" in done.stderr
+
+
 def budget_file(aliases: int) -> str:
     """An anchored list standing for 100 values (itself and 99 items), repeated ``aliases`` times."""
     items = ", ".join(["x"] * 99)

@@ -17,10 +17,12 @@ Exit codes of every command:
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -51,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _refused(exc)
     configure_logging(args.log_level)
     try:
-        code: int = args.handler(args)
+        code: int = _handler(args.handler)(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
     except BrokenPipeError:
         return _closed_pipe()
@@ -64,6 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"unexpected error: {type(exc).__name__}: {exc} (a bug: run with --log-level DEBUG for the traceback)")
         return 1
     return code
+
+
+def _handler(name: str) -> Callable[[argparse.Namespace], int]:
+    """The function ``"package.module:function"`` names: only the chosen command's module is imported."""
+    module, _, function = name.partition(":")
+    handler: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), function)
+    return handler
 
 
 def _refused(exc: Exception) -> int:

@@ -29,20 +29,6 @@ _WIDTHS = {"account_id": 12, "zone": 19, "day": 4, "step": 8, "sms": 9, "email":
            "detail": 60}
 
 
-def register(commands: Any) -> None:
-    plan = commands.add_parser("plan", help="dry run: who would get what now (or --at), and why not")
-    plan.add_argument("--at", metavar="ISO-TIME", help="the moment to plan for (default: now)")
-    plan.add_argument("--format", choices=["table", "json"], default="table")
-    plan.add_argument("--account", metavar="ID", help="only this account")
-    plan.set_defaults(handler=plan_command)
-    preview = commands.add_parser("preview", help="print the rendered messages of one account")
-    preview.add_argument("account_id", metavar="ACCOUNT_ID")
-    preview.add_argument("--step", help="render this step (default: the step due now)")
-    preview.add_argument("--channel", choices=[c.value for c in ChannelKind])
-    preview.add_argument("--at", metavar="ISO-TIME", help="the moment (default: now)")
-    preview.set_defaults(handler=preview_command)
-
-
 def decisions_at(app: App, now: datetime, account_id: str | None = None) -> Iterator[Decision]:
     """Every account's decision at ``now``, batch by batch, reading the ledger but writing nothing."""
     pipeline = app.pipeline

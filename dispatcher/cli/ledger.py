@@ -6,7 +6,6 @@ import argparse
 import sys
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
 from dispatcher.cli import common
 from dispatcher.errors import ConfigError
@@ -18,8 +17,6 @@ from dispatcher.output import write_rows
 from dispatcher.schedule.models import parse_duration
 from dispatcher.zones import zone
 
-STATUSES = ("planned", "claimed", "sending", "sent", "delivered", "failed", "undelivered", "suppressed", "deferred",
-            "unknown")
 _TABLE = ("id", "account_id", "step", "channel", "try_no", "status", "address", "provider_message_id",
           "error_code", "rule_id", "attempted_at")
 RUN_COLUMNS = ("id", "name", "fire_time", "status", "daemon_id", "config_version", "started_at", "finished_at",
@@ -29,40 +26,6 @@ RUN_DETAILS = ("lease_until", "takeovers", "task_failures", "error")
 _RUN_WIDTHS = {"id": 5, "name": 10, "fire_time": 26, "status": 11, "daemon_id": 20, "counts": 80, "error": 60}
 _WIDTHS = {"id": 7, "account_id": 12, "step": 8, "channel": 6, "try_no": 3, "status": 10, "address": 16,
            "provider_message_id": 24, "error_code": 14, "rule_id": 12, "attempted_at": 26}
-
-
-def register(commands: Any) -> None:
-    attempts = commands.add_parser("attempts", help="list delivery attempts from the ledger")
-    attempts.add_argument("--account", metavar="ID")
-    attempts.add_argument("--since", metavar="DATE", help="ISO date or time (read in the schedule's zone)")
-    attempts.add_argument("--status", choices=STATUSES)
-    attempts.add_argument("--channel", choices=["sms", "email", "push"])
-    attempts.add_argument("--run", type=int, metavar="RUN_ID")
-    attempts.add_argument("--limit", type=int)
-    attempts.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    attempts.set_defaults(handler=attempts_command)
-    runs = commands.add_parser("runs", help="list the latest runs (or close one that will never finish)")
-    runs.add_argument("--limit", type=int, default=20)
-    runs.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    runs.add_argument("--close", type=int, metavar="RUN_ID",
-                      help="end a run that will never finish (status closed); its unsettled attempts are left to "
-                           "the next run and the reconciler")
-    runs.add_argument("--force", action="store_true",
-                      help="with --close: close it even though its daemon still holds the lease")
-    runs.set_defaults(handler=runs_command)
-    rejects = commands.add_parser("rejects", help="list source rows rejected for bad data")
-    rejects.add_argument("--run", type=int, metavar="RUN_ID")
-    rejects.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    rejects.set_defaults(handler=rejects_command)
-    purge = commands.add_parser("purge", help="delete ledger rows older than the retention period (reminder keys "
-                                "and active opt-outs are kept, without personal data)")
-    purge.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 3y, 1200d (at least the "
-                       "configured retention, compliance.retention, default 3y)")
-    purge.add_argument("--dry-run", action="store_true", help="count what would be deleted")
-    purge.set_defaults(handler=purge_command)
-    db = commands.add_parser("db", help="ledger schema")
-    db.add_argument("action", choices=["upgrade", "current"])
-    db.set_defaults(handler=db_command)
 
 
 def parse_since(text: str | None, default_zone: str) -> datetime | None:

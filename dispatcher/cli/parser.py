@@ -1,11 +1,25 @@
-"""The argument parser of every command."""
+"""The argument parser of every command.
+
+Handlers are named, not imported (``"dispatcher.cli.schedule:validate_command"``):
+:func:`dispatcher.cli.main` imports only the module of the command it runs, so
+``dispatcher validate`` does not pay for the delivery stack's imports.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from dispatcher.cli import inspect, ledger, replies, retry, run, schedule
+from dispatcher.channels.base import ChannelKind
+from dispatcher.retry import DEFAULT_LIMIT, RETRYABLE
 from dispatcher.settings import LOG_LEVELS
+
+DEMO_ACCOUNTS = 1000
+"""Demo borrowers ``run --demo`` and ``seed-demo`` create by default."""
+
+STATUSES = ("planned", "claimed", "sending", "sent", "delivered", "failed", "undelivered", "suppressed", "deferred",
+            "unknown")
+"""The attempt statuses ``dispatcher attempts --status`` accepts."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,10 +30,119 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
                         help="default: $DISPATCHER_LOG_LEVEL, else INFO; DEBUG also prints the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run.register(commands)
-    schedule.register(commands)
-    inspect.register(commands)
-    ledger.register(commands)
-    retry.register(commands)
-    replies.register(commands)
+    for add in (_run_commands, _schedule_commands, _inspect_commands, _ledger_commands, _retry_commands,
+                _replies_commands):
+        add(commands)
     return parser
+
+
+def _run_commands(commands: Any) -> None:
+    run = commands.add_parser("run", help="start the daemon (or do one run with --once)")
+    run.add_argument("--once", action="store_true", help="do one run now and exit")
+    run.add_argument("--run-now", action="store_true", help="do a first run at start, then follow the schedule")
+    run.add_argument("--demo", action="store_true",
+                     help=f"seed {DEMO_ACCOUNTS} demo borrowers if the demo table is empty; implies --run-now")
+    run.add_argument("--name", default=None, help="the run's name in the ledger (default: manual / startup)")
+    run.set_defaults(handler="dispatcher.cli.run:run_command")
+    seed = commands.add_parser("seed-demo", help="fill the demo account table with synthetic borrowers")
+    seed.add_argument("--accounts", type=int, default=DEMO_ACCOUNTS, metavar="N")
+    seed.add_argument("--replace", action="store_true", help="empty the demo table first")
+    seed.set_defaults(handler="dispatcher.cli.run:seed_command")
+    worker = commands.add_parser(
+        "worker", help="start a Celery worker for $DISPATCHER_BROKER_URL (extra options go to celery worker)")
+    worker.add_argument("--pool", default="prefork", help="celery pool: prefork, threads, solo ...")
+    worker.add_argument("--concurrency", type=int, help="worker processes (default: CPU count)")
+    worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options")
+    worker.set_defaults(handler="dispatcher.cli.run:worker_command")
+    web = commands.add_parser("web", help="serve webhooks (Twilio status, inbound STOP) and unsubscribe links")
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=8080)
+    web.set_defaults(handler="dispatcher.cli.run:web_command")
+
+
+def _schedule_commands(commands: Any) -> None:
+    validate = commands.add_parser("validate", help="check schedules.yaml, its templates and the "
+                                                                 "source query's columns")
+    validate.add_argument("path", nargs="?", help="the file (default: --schedules, $DISPATCHER_SCHEDULES, "
+                                                   "./schedules.yaml)")
+    validate.add_argument("--format", choices=["text", "json"], default="text")
+    validate.set_defaults(handler="dispatcher.cli.schedule:validate_command")
+
+
+def _inspect_commands(commands: Any) -> None:
+    plan = commands.add_parser("plan", help="dry run: who would get what now (or --at), and why not")
+    plan.add_argument("--at", metavar="ISO-TIME", help="the moment to plan for (default: now)")
+    plan.add_argument("--format", choices=["table", "json"], default="table")
+    plan.add_argument("--account", metavar="ID", help="only this account")
+    plan.set_defaults(handler="dispatcher.cli.inspect:plan_command")
+    preview = commands.add_parser("preview", help="print the rendered messages of one account")
+    preview.add_argument("account_id", metavar="ACCOUNT_ID")
+    preview.add_argument("--step", help="render this step (default: the step due now)")
+    preview.add_argument("--channel", choices=[c.value for c in ChannelKind])
+    preview.add_argument("--at", metavar="ISO-TIME", help="the moment (default: now)")
+    preview.set_defaults(handler="dispatcher.cli.inspect:preview_command")
+
+
+def _ledger_commands(commands: Any) -> None:
+    attempts = commands.add_parser("attempts", help="list delivery attempts from the ledger")
+    attempts.add_argument("--account", metavar="ID")
+    attempts.add_argument("--since", metavar="DATE", help="ISO date or time (read in the schedule's zone)")
+    attempts.add_argument("--status", choices=STATUSES)
+    attempts.add_argument("--channel", choices=["sms", "email", "push"])
+    attempts.add_argument("--run", type=int, metavar="RUN_ID")
+    attempts.add_argument("--limit", type=int)
+    attempts.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    attempts.set_defaults(handler="dispatcher.cli.ledger:attempts_command")
+    runs = commands.add_parser("runs", help="list the latest runs (or close one that will never finish)")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    runs.add_argument("--close", type=int, metavar="RUN_ID",
+                      help="end a run that will never finish (status closed); its unsettled attempts are left to "
+                           "the next run and the reconciler")
+    runs.add_argument("--force", action="store_true",
+                      help="with --close: close it even though its daemon still holds the lease")
+    runs.set_defaults(handler="dispatcher.cli.ledger:runs_command")
+    rejects = commands.add_parser("rejects", help="list source rows rejected for bad data")
+    rejects.add_argument("--run", type=int, metavar="RUN_ID")
+    rejects.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    rejects.set_defaults(handler="dispatcher.cli.ledger:rejects_command")
+    purge = commands.add_parser("purge", help="delete ledger rows older than the retention period (reminder keys "
+                                "and active opt-outs are kept, without personal data)")
+    purge.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 3y, 1200d (at least the "
+                       "configured retention, compliance.retention, default 3y)")
+    purge.add_argument("--dry-run", action="store_true", help="count what would be deleted")
+    purge.set_defaults(handler="dispatcher.cli.ledger:purge_command")
+    db = commands.add_parser("db", help="ledger schema")
+    db.add_argument("action", choices=["upgrade", "current"])
+    db.set_defaults(handler="dispatcher.cli.ledger:db_command")
+
+
+def _retry_commands(commands: Any) -> None:
+    retry = commands.add_parser(
+        "retry", help="send failed or unknown attempts again as new tries, when the rules allow it now",
+        description="Choose the latest try of each reminder and channel with the given status, re-check it now "
+                    "(account re-read, opt-outs, dead addresses, window, holidays, caps) and book the allowed ones "
+                    "as new tries linked to it, delivered at once (or by the workers with a broker).",
+        epilog="examples:\n  dispatcher retry --status failed --dry-run\n"
+               "  dispatcher retry --status unknown --run 42\n"
+               "  dispatcher retry --account L00000017 --since 2026-12-01",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    retry.add_argument("--status", choices=RETRYABLE, action="append",
+                       help="which attempts (repeatable; default: failed)")
+    retry.add_argument("--run", type=int, metavar="RUN_ID")
+    retry.add_argument("--account", metavar="ID")
+    retry.add_argument("--since", metavar="DATE", help="ISO date or time (read in the schedule's zone)")
+    retry.add_argument("--limit", type=int, default=DEFAULT_LIMIT)
+    retry.add_argument("--dry-run", action="store_true", help="say what would be sent and why the others are held")
+    retry.set_defaults(handler="dispatcher.cli.retry:retry_command")
+
+
+def _replies_commands(commands: Any) -> None:
+    replies = commands.add_parser("replies", help="list inbound replies (STOP, START, anything else) with their "
+                                  "decision; --unclear: the ones a person should read")
+    replies.add_argument("--unclear", action="store_true", help="only replies that are neither clearly an opt-out "
+                         "nor clearly something else")
+    replies.add_argument("--unread", action="store_true", help="only replies nobody marked read")
+    replies.add_argument("--mark-read", type=int, nargs="+", metavar="ID", help="mark these replies read")
+    replies.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    replies.set_defaults(handler="dispatcher.cli.replies:replies_command")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from dispatcher.app import App
 from dispatcher.cli import common
@@ -14,17 +13,6 @@ from dispatcher.replies.inbound import drain_spool
 
 _WIDTHS = {"id": 6, "received_at": 26, "channel": 5, "sender": 16, "decision": 8, "keyword": 12, "outcome": 10,
            "text": 60, "read_at": 26}
-
-
-def register(commands: Any) -> None:
-    replies = commands.add_parser("replies", help="list inbound replies (STOP, START, anything else) with their "
-                                  "decision; --unclear: the ones a person should read")
-    replies.add_argument("--unclear", action="store_true", help="only replies that are neither clearly an opt-out "
-                         "nor clearly something else")
-    replies.add_argument("--unread", action="store_true", help="only replies nobody marked read")
-    replies.add_argument("--mark-read", type=int, nargs="+", metavar="ID", help="mark these replies read")
-    replies.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    replies.set_defaults(handler=replies_command)
 
 
 def _apply_spool(app: App) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from dispatcher import loops
 from dispatcher.app import App
@@ -12,31 +11,11 @@ from dispatcher.cli.ledger import parse_since
 from dispatcher.jobs import RunCounts
 from dispatcher.ledger.queries import attempt_statuses
 from dispatcher.ledger.tally import job_outcomes
-from dispatcher.retry import DEFAULT_LIMIT, RETRYABLE, Retrier, RetryChoice, RetryLine
+from dispatcher.retry import Retrier, RetryChoice, RetryLine
 from dispatcher.runner import settle_counts, summary
 
 RUN_NAME = "retry"
 """The name of the run that books and records operators' retries."""
-
-
-def register(commands: Any) -> None:
-    retry = commands.add_parser(
-        "retry", help="send failed or unknown attempts again as new tries, when the rules allow it now",
-        description="Choose the latest try of each reminder and channel with the given status, re-check it now "
-                    "(account re-read, opt-outs, dead addresses, window, holidays, caps) and book the allowed ones "
-                    "as new tries linked to it, delivered at once (or by the workers with a broker).",
-        epilog="examples:\n  dispatcher retry --status failed --dry-run\n"
-               "  dispatcher retry --status unknown --run 42\n"
-               "  dispatcher retry --account L00000017 --since 2026-12-01",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    retry.add_argument("--status", choices=RETRYABLE, action="append",
-                       help="which attempts (repeatable; default: failed)")
-    retry.add_argument("--run", type=int, metavar="RUN_ID")
-    retry.add_argument("--account", metavar="ID")
-    retry.add_argument("--since", metavar="DATE", help="ISO date or time (read in the schedule's zone)")
-    retry.add_argument("--limit", type=int, default=DEFAULT_LIMIT)
-    retry.add_argument("--dry-run", action="store_true", help="say what would be sent and why the others are held")
-    retry.set_defaults(handler=retry_command)
 
 
 def retry_command(args: argparse.Namespace) -> int:

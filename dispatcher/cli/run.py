@@ -8,10 +8,10 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import Any
 
 from dispatcher.app import App
 from dispatcher.cli import common
+from dispatcher.cli.parser import DEMO_ACCOUNTS
 from dispatcher.daemon import Daemon
 from dispatcher.demo import demo_count, seed_demo
 from dispatcher.errors import ConfigError
@@ -20,32 +20,6 @@ from dispatcher.runner import Runner, RunReport, summary
 
 log = logging.getLogger(__name__)
 
-DEMO_ACCOUNTS = 1000
-"""Borrowers seeded by ``run --demo`` when the demo table is empty."""
-
-
-def register(commands: Any) -> None:
-    run = commands.add_parser("run", help="start the daemon (or do one run with --once)")
-    run.add_argument("--once", action="store_true", help="do one run now and exit")
-    run.add_argument("--run-now", action="store_true", help="do a first run at start, then follow the schedule")
-    run.add_argument("--demo", action="store_true",
-                     help=f"seed {DEMO_ACCOUNTS} demo borrowers if the demo table is empty; implies --run-now")
-    run.add_argument("--name", default=None, help="the run's name in the ledger (default: manual / startup)")
-    run.set_defaults(handler=run_command)
-    seed = commands.add_parser("seed-demo", help="fill the demo account table with synthetic borrowers")
-    seed.add_argument("--accounts", type=int, default=DEMO_ACCOUNTS, metavar="N")
-    seed.add_argument("--replace", action="store_true", help="empty the demo table first")
-    seed.set_defaults(handler=seed_command)
-    worker = commands.add_parser(
-        "worker", help="start a Celery worker for $DISPATCHER_BROKER_URL (extra options go to celery worker)")
-    worker.add_argument("--pool", default="prefork", help="celery pool: prefork, threads, solo ...")
-    worker.add_argument("--concurrency", type=int, help="worker processes (default: CPU count)")
-    worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options")
-    worker.set_defaults(handler=worker_command)
-    web = commands.add_parser("web", help="serve webhooks (Twilio status, inbound STOP) and unsubscribe links")
-    web.add_argument("--host", default="127.0.0.1")
-    web.add_argument("--port", type=int, default=8080)
-    web.set_defaults(handler=web_command)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -6,22 +6,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from dispatcher.app import template_checks
 from dispatcher.errors import ConfigError
+from dispatcher.rules.content import template_checks
 from dispatcher.schedule.loader import load_schedule
 from dispatcher.schedule.report import format_problems, format_valid
 from dispatcher.schedule.source_check import check_source
-
-
-def register(commands: Any) -> None:
-    validate = commands.add_parser("validate", help="check schedules.yaml, its templates and the "
-                                                                 "source query's columns")
-    validate.add_argument("path", nargs="?", help="the file (default: --schedules, $DISPATCHER_SCHEDULES, "
-                                                   "./schedules.yaml)")
-    validate.add_argument("--format", choices=["text", "json"], default="text")
-    validate.set_defaults(handler=validate_command)
 
 
 def validate_command(args: argparse.Namespace) -> int:

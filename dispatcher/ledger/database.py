@@ -17,8 +17,6 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError
 
@@ -92,6 +90,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
     Waits as long as another process holds the lock; raises :class:`LedgerError`.
     """
+    from alembic import command  # imported to migrate only: it adds ~0.2 s to the start of every command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     try:

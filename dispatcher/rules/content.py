@@ -28,10 +28,17 @@ from dispatcher.accounts import Account
 from dispatcher.channels.base import ChannelKind
 from dispatcher.compose.filters import localdate, mask, money
 from dispatcher.compose.layout import PARTS, TemplateSet, template_name
-from dispatcher.compose.renderer import Composer, RenderContext, Rendered, TemplateProblem, sample_context
+from dispatcher.compose.renderer import (
+    Composer,
+    RenderContext,
+    Rendered,
+    TemplateProblem,
+    check_templates,
+    sample_context,
+)
 from dispatcher.errors import TemplateError
 from dispatcher.rules.base import Block
-from dispatcher.rules.policy import Policy
+from dispatcher.rules.policy import Policy, resolve_policy
 from dispatcher.rules.wordlists import (
     CIVIL_RULES,
     LOCK_SCREEN_WORDS,
@@ -246,3 +253,8 @@ class ContentCheck:
         for rule, message, _text in violations(rendered, self.policy, self.composer.brand(rendered.locale), account):
             return Block(rule, message)
         return None
+
+
+def template_checks(schedule: Schedule, templates: TemplateSet) -> list[TemplateProblem]:
+    """Every template of the snapshot exists and renders with sample data, and passes the policy's content rules."""
+    return check_templates(schedule, templates) + lint_templates(schedule, templates, resolve_policy(schedule))
