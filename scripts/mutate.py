@@ -109,7 +109,8 @@ def judge(statuses: dict[str, str], groups: list[str]) -> int:
     """Print the survivors and the counts; 1 when a guarded survivor is not explained."""
     guarded = [p for g in groups for p in GUARDED[g]]
     allowed = allow_list()
-    mine = {n: s for n, s in statuses.items() if matches(n, [p for g in groups for p in MUTATED[g]])}
+    mutated = [p for g in groups for p in MUTATED[g]]
+    mine = {n: s for n, s in statuses.items() if matches(n, mutated)}
     counts: Counter[str] = Counter()
     unexplained: list[str] = []
     for name, status in sorted(mine.items()):
@@ -125,7 +126,7 @@ def judge(statuses: dict[str, str], groups: list[str]) -> int:
             counts["survived"] += 1
             unexplained.append(name)
             print(f"  SURVIVED {name}: {status}    (see: mutmut show {name}, in {WORK})")
-    stale = [p for p in allowed if not any(fnmatch.fnmatchcase(n, p) for n in mine)]
+    stale = [p for p in allowed if matches(p, mutated) and not any(fnmatch.fnmatchcase(n, p) for n in mine)]
     for pattern in stale:
         print(f"  note: allow-list entry {pattern!r} matches no mutant of this run")
     print("mutants: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

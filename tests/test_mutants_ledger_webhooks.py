@@ -8,6 +8,7 @@ select its tests again by their ids (they hold backslashes).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,10 +18,13 @@ from sqlalchemy import Engine, insert, select
 from test_optout_words import CASES
 
 from dispatcher.ledger import claims
-from dispatcher.ledger.claims import GiveBack
+from dispatcher.ledger.claims import AttemptOutcome, GiveBack
 from dispatcher.ledger.database import create_ledger_engine, upgrade
+from dispatcher.ledger.replies import OPT_OUT_SOURCES, InboundReply, record_reply
 from dispatcher.ledger.store import Ledger
-from dispatcher.ledger.tables import attempts
+from dispatcher.ledger.suppressions import lift_hash, suppress_hash
+from dispatcher.ledger.tables import attempts, suppressions
+from dispatcher.masking import address_hash, mask_phone
 from dispatcher.replies.words import Decision, recognise
 
 
@@ -89,3 +93,110 @@ def test_a_held_claim_given_back_keeps_its_reason_and_only_that_one(engine: Engi
         "planned", None, later, "template", "permanent", "render failed", "content")
     assert tuple(rows[plain][f] for f in fields) == ("planned", None, later, None, None, None, None)
     assert (rows[other]["status"], rows[other]["error_code"]) == ("claimed", None)
+
+
+def test_a_held_claim_without_a_rule_is_given_back_and_a_handed_over_one_is_not(engine: Engine) -> None:
+    """A hold with only an error is planned again; a hold of a try already handed over leaves it in doubt."""
+    held, sending = add_attempts(engine, "planned", "planned")
+    Ledger(engine).start_sending([sending], NOW)
+    later = NOW + timedelta(minutes=1)
+    with engine.begin() as connection:
+        claims.claim(connection, [held], NOW)
+        claims.give_back(connection, [GiveBack(held, error_code="template"),
+                                      GiveBack(sending, error_code="template", rule_id="content")], later)
+
+    rows = {r["id"]: r for r in attempt_rows(engine)}
+    assert (rows[held]["status"], rows[held]["error_code"], rows[held]["rule_id"]) == ("planned", "template", None)
+    assert (rows[sending]["status"], rows[sending]["error_code"], rows[sending]["attempted_at"]) == (
+        "sending", None, NOW)
+
+
+# the ledger: suppressions lifted --------------------------------------------------------------------------------
+
+def active_suppressions(engine: Engine) -> list[tuple[str, str, Any]]:
+    with engine.connect() as connection:
+        return [(r.channel, r.source, r.lifted_at) for r in connection.execute(
+            select(suppressions).order_by(suppressions.c.id))]
+
+
+def test_lifting_an_opt_out_lifts_only_that_channels_active_one(engine: Engine) -> None:
+    """A START for SMS lifts the SMS opt-out of that number, not one of another channel; an old lift stays as it was."""
+    digest, earlier, later = address_hash(PHONE), NOW - timedelta(days=2), NOW + timedelta(hours=1)
+    with engine.begin() as connection:
+        assert suppress_hash(connection, "sms", digest, "masked", "inbound_stop", earlier)
+        assert lift_hash(connection, "sms", digest, earlier, sources=OPT_OUT_SOURCES) == 1
+        assert suppress_hash(connection, "sms", digest, "masked", "inbound_stop", NOW)
+        assert suppress_hash(connection, "email", digest, "masked", "inbound_stop", NOW)
+
+        assert lift_hash(connection, "sms", digest, later, sources=OPT_OUT_SOURCES) == 1
+
+    assert active_suppressions(engine) == [("sms", "inbound_stop", earlier), ("sms", "inbound_stop", later),
+                                           ("email", "inbound_stop", None)]
+
+
+# the ledger: STOP and START ordered by when they were received -------------------------------------------------
+
+PHONE = "+8613800138007"
+OTHER_PHONE = "+8613900139009"
+
+
+def reply(decision: str, received_at: datetime, phone: str = PHONE, channel: str = "sms") -> InboundReply:
+    keyword = {"opt_out": "STOP", "opt_in": "START"}.get(decision)
+    return InboundReply(message_sid="SM" + secrets.token_hex(16), channel=channel, sender=mask_phone(phone),
+                        address_hash=address_hash(phone), text=keyword or "hello", decision=decision,
+                        keyword=keyword, received_at=received_at)
+
+
+def opted_out(engine: Engine, phone: str = PHONE, channel: str = "sms") -> bool:
+    with engine.connect() as connection:
+        found = connection.execute(select(suppressions.c.id).where(
+            suppressions.c.channel == channel, suppressions.c.address_hash == address_hash(phone),
+            suppressions.c.lifted_at.is_(None))).first()
+    return found is not None
+
+
+@pytest.mark.parametrize(("newer_phone", "newer_channel", "newer_decision", "outcome"), [
+    pytest.param(OTHER_PHONE, "sms", "opt_in", "suppressed", id="START-from-another-number"),
+    pytest.param(PHONE, "whatsapp", "opt_in", "suppressed", id="START-on-another-channel"),
+    pytest.param(PHONE, "sms", "other", "suppressed", id="other-text-from-the-number"),
+    pytest.param(PHONE, "sms", "opt_out", "already", id="another-STOP-from-the-number"),
+])
+def test_a_stop_applied_late_is_honoured_unless_that_number_sent_a_newer_start(
+    engine: Engine, newer_phone: str, newer_channel: str, newer_decision: str, outcome: str
+) -> None:
+    """A STOP kept in the spool meanwhile is superseded only by a newer START of the same number on the same channel."""
+    stop_at = NOW - timedelta(minutes=5)
+    assert record_reply(engine, reply(newer_decision, NOW, newer_phone, newer_channel), NOW) is not None
+
+    assert record_reply(engine, reply("opt_out", stop_at), NOW) == outcome
+    assert opted_out(engine)
+
+
+def test_a_start_applied_late_keeps_an_opt_out_recorded_after_it(engine: Engine) -> None:
+    """A START kept in the spool lifts only opt-outs recorded before it was sent, not a later carrier opt-out."""
+    with engine.begin() as connection:
+        assert suppress_hash(connection, "sms", address_hash(PHONE), "masked", "provider_opt_out", NOW)
+
+    assert record_reply(engine, reply("opt_in", NOW - timedelta(minutes=5)), NOW) == "none"
+    assert opted_out(engine)
+
+
+# the ledger: outcomes --------------------------------------------------------------------------------------------
+
+def test_every_outcome_keeps_its_own_status_and_a_send_missing_facts_keeps_its_hand_over_time(engine: Engine) -> None:
+    """Only a plain send takes the short path: a failure with every fact stays failed; a send lacking a fact keeps
+    the send time and template its hand-over recorded (the caps count from that time)."""
+    failed, partial = add_attempts(engine, "planned", "planned")
+    handed = NOW - timedelta(minutes=1)
+    Ledger(engine).start_sending([failed, partial], handed)
+    facts = {"template_version": "v1", "content_hash": "h", "provider": "twilio", "attempted_at": handed}
+    Ledger(engine).finish_attempts([
+        AttemptOutcome(failed, "failed", template="gentle", duration_ms=5, **facts),
+        AttemptOutcome(partial, "sent", provider_message_id="SM2", template=None, duration_ms=None,
+                       **{**facts, "attempted_at": None}),
+    ], NOW)
+
+    rows = {r["id"]: r for r in attempt_rows(engine)}
+    assert rows[failed]["status"] == "failed"
+    assert (rows[partial]["status"], rows[partial]["attempted_at"], rows[partial]["template"]) == (
+        "sent", handed, "gentle")
