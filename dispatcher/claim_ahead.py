@@ -3,8 +3,9 @@
 At most ``window`` (``DISPATCHER_CONCURRENCY``) attempts are claimed and not yet in
 flight. When those waiting for a place fall to a quarter of the window, the next
 group (at least three quarters of it) is claimed in one statement, so a claim and
-its commit cover many messages and a message that gets a place seldom waits for it. A stop claims nothing more; what was
-claimed and not yet in flight is given back by the deliverer.
+its commit cover many messages and a message that gets a place seldom waits for it.
+A stop claims nothing more; what was claimed and not yet in flight is given back by
+the deliverer.
 """
 
 from __future__ import annotations
