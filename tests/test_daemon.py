@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from editing import line_col, replace_file
 from sqlalchemy import create_engine
 
 from dispatcher.compose.layout import TemplateSet
@@ -29,18 +30,6 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, log: Path
         if time.monotonic() > deadline:
             pytest.fail(f"no {what} within {timeout} s; daemon log:\n{log.read_text(encoding='utf-8')}")
         time.sleep(0.05)
-
-
-def replace_file(path: Path, content: str) -> None:
-    """Save as editors do: write a temporary file, then rename it over the original."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(content, encoding="utf-8")
-    os.replace(temp, path)
-
-
-def line_col(content: str, needle: str) -> tuple[int, int]:
-    at = content.index(needle)
-    return content.count("\n", 0, at) + 1, at - (content.rfind("\n", 0, at) + 1) + 1
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from editing import line_col, replace_file
 from rows import demo_row, seed_rows
 from ruamel.yaml import YAML
 from sqlalchemy import Engine, create_engine, func, select
@@ -474,18 +475,6 @@ BROKEN_LINE = "{% iff paid %}"
 BATCH = 15
 CRON_WAIT = 80.0
 """Seconds to wait for the next per-minute cron fire and its run."""
-
-
-def replace_file(path: Path, content: str) -> None:
-    """Save as editors do: write a temporary file, then rename it over the original."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(content, encoding="utf-8")
-    os.replace(temp, path)
-
-
-def line_col(content: str, needle: str) -> tuple[int, int]:
-    at = content.index(needle)
-    return content.count("\n", 0, at) + 1, at - (content.rfind("\n", 0, at) + 1) + 1
 
 
 def add_borrowers(engine: Engine, prefix: str) -> list[str]:
