@@ -135,7 +135,8 @@ def judge(statuses: dict[str, str], groups: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("groups", nargs="*", choices=list(GUARDED), default=[],
+    # No ``choices=``: Python 3.11's argparse checks the empty default against them and refuses it.
+    parser.add_argument("groups", nargs="*", metavar="GROUP",
                         help=f"groups to run (default: all): {', '.join(GUARDED)}")
     parser.add_argument("--report", action="store_true", help="judge the last run's results without running")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deselect", action="append", default=[], metavar="TEST",
                         help="leave this test id out (repeatable)")
     options = parser.parse_args(argv)
+    unknown = [g for g in options.groups if g not in GUARDED]
+    if unknown:
+        parser.error(f"unknown group {unknown[0]!r} (choose from {', '.join(GUARDED)})")
     groups = list(options.groups) or list(GUARDED)
     if not options.report:
         sync(options.deselect)
