@@ -158,7 +158,8 @@ CIVIL_CASES: list[tuple[str, str, set[str]]] = [
 ]
 
 
-@pytest.mark.parametrize(("locale", "text", "rules"), CIVIL_CASES, ids=[c[1][:40] for c in CIVIL_CASES])
+@pytest.mark.parametrize(("locale", "text", "rules"), CIVIL_CASES,
+                         ids=[f"{c[0]}-{n}" for n, c in enumerate(CIVIL_CASES)])
 def test_civil_rules(locale: str, text: str, rules: set[str]) -> None:
     found = list(civil_violations(locale, [text]))
     assert {rule for rule, _, _ in found} == rules, found

@@ -41,7 +41,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("reply", "decision", "keyword"), CASES, ids=[repr(c[0]) for c in CASES])
+@pytest.mark.parametrize(("reply", "decision", "keyword"), CASES, ids=[f"case{n}" for n in range(len(CASES))])
 def test_reply_is_read_as(reply: str, decision: Decision, keyword: str | None) -> None:
     found = recognise(reply)
     assert (found.decision, found.keyword) == (decision, keyword)
