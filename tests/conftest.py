@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -264,6 +265,20 @@ def postgres_url() -> str:
 
 Cli = Callable[..., tuple[int, str, str]]
 """Runs one ``dispatcher`` command in-process; returns (exit code, stdout, stderr)."""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fresh_caches_under_mutation() -> None:
+    """Under mutmut, each mutant's tests run in a process forked after collection: results that ``lru_cache``
+    kept from collecting (compiled word patterns, parsed phones) would hide the mutant. Start them afresh."""
+    if not os.environ.get("MUTANT_UNDER_TEST"):
+        return
+    for name, module in list(sys.modules.items()):
+        if name == "dispatcher" or name.startswith("dispatcher."):
+            for value in list(vars(module).values()):
+                clear = getattr(value, "cache_clear", None)
+                if callable(clear):
+                    clear()
 
 
 @pytest.fixture(autouse=True)
