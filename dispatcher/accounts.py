@@ -13,7 +13,9 @@ class Account:
 
     ``phone`` is E.164 or ``None``; ``timezone`` is a valid IANA name or ``None``
     (then derived from the phone's region, else the schedule's default);
-    ``locale`` ``None`` means the schedule's default.
+    ``locale`` ``None`` means the one of the phone's country, else the schedule's default;
+    ``country`` (ISO 3166 alpha-2) is where the borrower lives, ``None``: the phone's region.
+    ``card_last4`` is the borrower's own card, only ever shown masked.
     """
 
     account_id: str
@@ -33,6 +35,17 @@ class Account:
     promise_to_pay_until: date | None = None
     opt_out_channels: frozenset[str] = field(default_factory=frozenset)
     pause_flags: frozenset[str] = field(default_factory=frozenset)
+    pay_link: str | None = None
+    country: str | None = None
+    product: str | None = None
+    segment: str | None = None
+    risk_band: str | None = None
+    card_last4: str | None = None
+
+    def field_value(self, name: str) -> str | None:
+        """An optional segment column (``product``, ``segment``, ``risk_band``) by name."""
+        value: str | None = getattr(self, name)
+        return value
 
     @property
     def settled(self) -> bool:

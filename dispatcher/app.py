@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from dispatcher.booking import Booker
 from dispatcher.channels.base import Channel, ChannelKind
 from dispatcher.channels.registry import Providers
+from dispatcher.compose.handoff import HandoffComposer
 from dispatcher.compose.renderer import Composer
 from dispatcher.delivery import DEFAULT_BACKOFF_CAP, Deliverer, DeliveryPolicy
 from dispatcher.executors import CeleryExecutor, Executor, InProcessExecutor
@@ -20,6 +21,7 @@ from dispatcher.job_loader import JobLoader
 from dispatcher.ledger.database import create_ledger_engine, upgrade
 from dispatcher.ledger.runs import RunLedger
 from dispatcher.ledger.store import Ledger
+from dispatcher.pay_links import PayLinks
 from dispatcher.planner import Planner
 from dispatcher.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from dispatcher.reconcile import Reconciler
@@ -76,8 +78,8 @@ class App:
         return build_pipeline(self.settings, loaded, self.engine)
 
     def channels(self) -> dict[ChannelKind, Channel]:
-        """Fresh channel objects (one set per run or worker batch: they hold connections)."""
-        return self.providers.build(self.settings.outbox_dir)
+        """Fresh channel objects (one set per run or worker batch: they hold connections); hand-offs included."""
+        return self.providers.build(self.settings.outbox_dir, self.engine, self.clock)
 
     def unsubscribe_links(self) -> UnsubscribeLinks:
         settings = self.settings
@@ -151,7 +153,7 @@ def build_pipeline(settings: Settings, loaded: LoadedSchedule, ledger_engine: En
         loaded=loaded,
         policy=policy,
         rules=rules,
-        composer=Composer(loaded.templates, schedule),
+        composer=HandoffComposer(loaded.templates, schedule, PayLinks(schedule.payments.link, settings.secret_key)),
         planner=Planner(schedule, rules),
         source=source,
     )

@@ -60,7 +60,7 @@ def _reminder_row(decision: Decision, run_id: int | None, now: datetime) -> dict
     assert decision.account is not None and decision.step is not None
     return {"key": decision.reminder_key, "account_id": decision.account_id,
             "due_date": decision.account.due_date, "step": decision.step.step,
-            "occurrence": decision.occurrence, "run_id": run_id, "created_at": now}
+            "occurrence": decision.occurrence, "run_id": run_id, "created_at": now, "bucket": decision.step.bucket}
 
 
 _ROW_FOR = {Verdict.SEND: ("planned", 1), Verdict.SUPPRESS: ("suppressed", 1), Verdict.DEFER: ("deferred", 0),

@@ -36,6 +36,7 @@ from dispatcher.compose.renderer import Composer, RenderContext, Rendered
 from dispatcher.errors import DeliveryError, LedgerError, TemplateError
 from dispatcher.history import borrower_key
 from dispatcher.jobs import DeliveryJob, RunCounts
+from dispatcher.ladder import pay_by
 from dispatcher.ledger.claims import AttemptOutcome, GiveBack
 from dispatcher.ledger.group_commit import GroupCommitter
 from dispatcher.ledger.store import Ledger
@@ -321,7 +322,7 @@ class Deliverer:
             if step is None:
                 raise TemplateError(f"step {job.step!r} is no longer in the ladder")
             unsubscribe_url = self.headers_for(job)[0] if self.headers_for else None
-            deadline = job.account.deadline or job.local_today + timedelta(days=step.deadline_days)
+            deadline = pay_by(job.account, step, job.local_today, job.days_overdue)
             context = RenderContext(job.account, step, job.occurrence, job.days_overdue, deadline,
                                     job.local_today, unsubscribe_url)
             rendered = self.composer.render(context, job.channel)

@@ -89,13 +89,20 @@ def _en_borrower(rng: random.Random, n: int) -> dict[str, Any]:
     }
 
 
+def _days_overdue(rng: random.Random, n: int) -> int:
+    """Days overdue of demo borrower ``n``: -3 (due in three days) to 40, and 2 % from 60 to 89 (field visits)."""
+    days = rng.randrange(-3, 42)
+    return 60 + n % 30 if days == 41 else days
+
+
 def demo_rows(count: int, today: date, seed: int = 7, bad_fraction: float = 0.002) -> Iterator[dict[str, Any]]:
-    """``count`` synthetic borrowers: 80 % zh-CN, 20 % en-US, a spread of amounts and due dates."""
+    """``count`` synthetic borrowers: 80 % zh-CN, 20 % en-US, a spread of amounts and due dates (from 3 days
+    ahead to 89 days ago, most within 40: every step of the shipped ladder has some)."""
     rng = random.Random(seed)
     for n in range(1, count + 1):
         row = _zh_borrower(rng, n) if rng.random() < 0.8 else _en_borrower(rng, n)
         row["account_id"] = f"L{n:08d}"
-        row["due_date"] = today - timedelta(days=rng.randrange(0, 40))
+        row["due_date"] = today - timedelta(days=_days_overdue(rng, n))
         row["deadline"] = None
         row["push_token"] = f"fcm:{rng.randrange(16**24):024x}" if rng.random() < 0.7 else None
         row["do_not_contact"] = None

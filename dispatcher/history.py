@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from dispatcher.accounts import Account
 from dispatcher.masking import address_hash
@@ -51,6 +51,35 @@ class Suppression:
     since: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A pause agreed with people at a hand-off: a promise to pay until ``until``, or a dispute.
+
+    A dispute without ``until`` holds for the delinquency of ``due_date`` (a new due date starts afresh).
+    """
+
+    handoff_id: int
+    reason: str  # promise_to_pay | dispute
+    until: date | None
+    due_date: date | None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A call placed to a borrower, answered or not (what the call caps count; see :mod:`dispatcher.rules.call_cap`).
+
+    ``answered``: the call connected (Twilio ``completed``); ``conversation``: a person (or nobody
+    the machine detection could tell) took it, not an answering machine.
+    """
+
+    attempt_id: int
+    account_id: str
+    address_hash: str | None
+    at: datetime
+    answered: bool = False
+    conversation: bool = False
+
+
 @dataclass
 class BatchHistory:
     """Claims, recent contacts and active suppressions for the accounts of one batch."""
@@ -62,6 +91,10 @@ class BatchHistory:
     deferred: dict[str, list[Deferred]] = field(default_factory=dict)
     noted: dict[str, set[tuple[str, str, str]]] = field(default_factory=dict)
     """Decisions already recorded without a claim: (reminder_key, channel, rule id), per account."""
+    holds: dict[str, list[Hold]] = field(default_factory=dict)
+    """Pauses agreed at hand-offs, newest first, per account."""
+    calls: dict[int, Call] = field(default_factory=dict)
+    """Calls placed to the batch's accounts and numbers since the contacts' start, by attempt id."""
 
     def add_contact(self, contact: Contact) -> None:
         self.by_account.setdefault(contact.account_id, []).append(contact)
@@ -74,6 +107,10 @@ class BatchHistory:
 
     def noted_of(self, account_id: str) -> set[tuple[str, str, str]]:
         return self.noted.get(account_id, set())
+
+    def holds_of(self, account_id: str) -> list[Hold]:
+        """Pauses agreed at the account's hand-offs, newest first."""
+        return self.holds.get(account_id, [])
 
     def deferred_of(self, account_id: str) -> list[Deferred]:
         """Deferred reminder channels of the account, oldest first."""

@@ -57,8 +57,8 @@ def address_hash(address: str) -> str:
 
 
 def mask_address(channel: str, address: str) -> str:
-    """The masked form of an address on ``channel`` (sms, email, push)."""
-    if channel == "sms":
+    """The masked form of an address on ``channel`` (sms and voice: a phone number, email, push)."""
+    if channel in ("sms", "voice"):
         return mask_phone(address)
     if channel == "email":
         return mask_email(address)

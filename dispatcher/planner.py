@@ -16,20 +16,27 @@ from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channels.base import ChannelKind
 from dispatcher.decisions import ChannelPlan, Decision, Reason, Verdict
 from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred, borrower_key, deferral_note
-from dispatcher.ladder import DueStep, days_overdue, due_step, local_date, reminder_key
+from dispatcher.ladder import DueStep, days_overdue, due_step, local_date, reminder_key, why_no_step
 from dispatcher.masking import address_hash
 from dispatcher.rules.engine import RuleEngine
-from dispatcher.schedule.models import Schedule
+from dispatcher.schedule.models import Schedule, Step
 from dispatcher.zones import home_zone
 
 
 def address_for(account: Account, channel: ChannelKind) -> str | None:
-    """The borrower's own address on ``channel``, if any."""
-    if channel is ChannelKind.SMS:
+    """The borrower's own address on ``channel``, if any (a hand-off's is the account itself)."""
+    if channel is ChannelKind.HANDOFF:
+        return account.account_id
+    if channel is ChannelKind.SMS or channel is ChannelKind.VOICE:
         return account.phone
     if channel is ChannelKind.EMAIL:
         return account.email
     return account.push_token
+
+
+def routes(step: Step) -> tuple[ChannelKind, ...]:
+    """Where a reminder of ``step`` goes: its message channels, or the hand-off to people."""
+    return (ChannelKind.HANDOFF,) if step.handoff is not None else tuple(step.channels)
 
 
 def rejected(row: RejectedRow) -> Decision:
@@ -61,21 +68,20 @@ class Planner:
         if account.settled:
             return replace(base, reason=Reason.SETTLED, detail=f"balance {account.overdue_amount}")
         days = days_overdue(account.due_date, today)
-        if days < 1:
-            return replace(base, reason=Reason.NOT_YET_OVERDUE, days_overdue=days, detail=f"day {days}")
         pending = self._pending(account, history)
         due, key = self._due(account, days, pending)
         if due is None or key is None:
-            return replace(base, reason=Reason.NO_STEP_DUE, days_overdue=days,
-                           detail=f"no step of the ladder covers day {days}")
+            nothing = Reason.NOT_YET_OVERDUE if days < 1 else Reason.NO_STEP_DUE
+            return replace(base, reason=nothing, days_overdue=days,
+                           detail=why_no_step(self.schedule.ladder, days, account))
         superseded = tuple((d, key) for d in pending if d.reminder_key != key)
         found = replace(base, step=due.step, occurrence=due.occurrence, days_overdue=days, reminder_key=key,
                         superseded=superseded)
-        block = self.rules.check_account(account, today)
+        block = self.rules.check_account(account, today, history)
         if block is not None:  # recorded once per reminder and channel, like any other decision not to contact
             claims, noted = history.claims_of(account.account_id), history.noted_of(account.account_id)
             paused = tuple(ChannelPlan(c, Verdict.HOLD, address_for(account, c), block.rule_id, block.detail)
-                           for c in due.step.channels
+                           for c in routes(due.step)
                            if (key, c.value) not in claims and (key, c.value, block.rule_id) not in noted)
             return replace(found, reason=block.rule_id, detail=block.detail, channels=paused)
         channels = self._channels(account, due, key, history, now)
@@ -84,7 +90,7 @@ class Planner:
 
     def _due(self, account: Account, days: int, pending: list[Deferred]) -> tuple[DueStep | None, str | None]:
         """The reminder due now: the ladder's, else the latest deferred one still waiting."""
-        due = due_step(self.schedule.ladder, days)
+        due = due_step(self.schedule.ladder, days, account)
         if due is not None:
             return due, reminder_key(account.account_id, account.due_date, due.step.step, due.occurrence)
         for deferred in reversed(pending):
@@ -113,7 +119,7 @@ class Planner:
         claims = history.claims_of(account.account_id)
         plans: list[ChannelPlan] = []
         chosen = False  # fallback steps: a channel has been picked (or already went out)
-        for channel in due.step.channels:
+        for channel in routes(due.step):
             status = claims.get((key, channel.value))
             if status == "planned":  # booked by an interrupted run, never claimed: book it again
                 status = None
@@ -139,8 +145,9 @@ class Planner:
             return ChannelPlan(channel, Verdict.SUPPRESS, None, Reason.NO_ADDRESS, f"no {channel.value} address")
         block = self.rules.check_channel(account, channel, address, now, history)
         if block is None:
-            history.add_contact(Contact(next(self._provisional), account.account_id, channel.value,
-                                        address_hash(address), now, borrower_key(account)))
+            if channel is not ChannelKind.HANDOFF:  # a work item is no contact: a person's outcome is, once closed
+                history.add_contact(Contact(next(self._provisional), account.account_id, channel.value,
+                                            address_hash(address), now, borrower_key(account)))
             return ChannelPlan(channel, Verdict.SEND, address)
         verdict = Verdict.DEFER if block.defer else Verdict.SUPPRESS
         return ChannelPlan(channel, verdict, address, block.rule_id, block.detail, block.not_before)

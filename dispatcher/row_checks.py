@@ -19,6 +19,10 @@ _EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 _LOCALE_RE = re.compile(r"^[a-z]{2,3}(?:[-_][A-Za-z]{4})?(?:[-_](?:[A-Z]{2}|\d{3}))?$")
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+_COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+_PAY_LINK_RE = re.compile(r"^https://[^\s<>\"']{1,500}$")
+_LAST4_RE = re.compile(r"^\d{4}$")
+_LABEL_MAX = 64
 _CHANNELS = frozenset({"sms", "email", "push"})
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "是"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "否"})
@@ -191,4 +195,26 @@ def _account(account_id: str, row: Mapping[str, Any], known_phones: Container[st
         promise_to_pay_until=_date(row, "promise_to_pay_until", required=False),
         opt_out_channels=_opt_outs(row),
         pause_flags=frozenset(flag for flag in PAUSE_FLAGS if _flag(row, flag)),
+        pay_link=_matching(row, "pay_link", _PAY_LINK_RE, "an https:// link"),
+        country=_country(row),
+        product=_label(row, "product"),
+        segment=_label(row, "segment"),
+        risk_band=_label(row, "risk_band"),
+        card_last4=_matching(row, "card_last4", _LAST4_RE, "the last 4 digits of a card", personal=True),
     )
+
+
+def _country(row: Mapping[str, Any]) -> str | None:
+    value = _text(row, "country")
+    if value is None:
+        return None
+    if not _COUNTRY_RE.match(value.upper()):
+        raise BadField("country", f"not an ISO 3166 country code like CN or US: {value!r}")
+    return value.upper()
+
+
+def _label(row: Mapping[str, Any], name: str) -> str | None:
+    value = _text(row, name)
+    if value is not None and len(value) > _LABEL_MAX:
+        raise BadField(name, f"longer than {_LABEL_MAX} characters")
+    return value

@@ -27,6 +27,7 @@ from sqlalchemy.exc import OperationalError
 from standins.fcm_server import FcmStandin
 from standins.smtp_server import SmtpStandin
 from standins.twilio_server import TwilioStandin
+from standins.twilio_voice_server import TwilioVoiceStandin
 
 from dispatcher.app import App, build_app
 from dispatcher.cli import main
@@ -306,8 +307,9 @@ def cli(workdir: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
 
 @pytest.fixture
 def twilio() -> Iterator[TwilioStandin]:
-    """A Twilio-like REST server on loopback (tests/standins/twilio_server.py)."""
-    with TwilioStandin() as server:
+    """A Twilio-like REST server on loopback: messages, and calls checked against Twilio's API description
+    (tests/standins/twilio_server.py, twilio_voice_server.py)."""
+    with TwilioVoiceStandin() as server:
         yield server
 
 

@@ -89,8 +89,10 @@ def test_the_lint_covers_every_template_locale_and_channel() -> None:
     schedule, policy = load(REPO)
     every = replace(policy, blocklist={"zh": ("信用钱包",), "en": ("xinyong wallet",)})
     found = {(p.template, p.locale, p.channel.value) for p in lint_templates(schedule, REPO / "templates", every)}
-    assert found == {(t, loc, c.value) for t in ("gentle", "firm", "final_notice") for loc in ("zh-CN", "en-US")
-                     for c in ChannelKind}
+    messages = {(t, loc, c.value) for t in ("courtesy", "gentle", "firm", "final_notice")
+                for loc in ("zh-CN", "en-US") for c in (ChannelKind.SMS, ChannelKind.EMAIL, ChannelKind.PUSH)}
+    calls = {("call", loc, ChannelKind.VOICE.value) for loc in ("zh-CN", "en-US")}
+    assert found == messages | calls
 
 
 # the civil-language rules, as a table -------------------------------------------------------------------------------
@@ -215,8 +217,9 @@ BREAKAGES = {
     "en-email-credit-ultimatum": Breakage(
         "final_notice/en-US/email.txt.j2", insert_line(4, "Pay now, otherwise this goes on your credit report."),
         "civil-credit", 4, "credit report"),
-    "unmasked-account-in-sms": Breakage(
-        "final_notice/zh-CN/sms.txt.j2", replacing(("{{ repayment_account|mask }}", "{{ repayment_account }}")),
+    "full-card-number-in-sms": Breakage(  # the repayment account is shown in full; the borrower's own card is not
+        "final_notice/zh-CN/sms.txt.j2",
+        replacing(("{{ repayment_account }}", "{{ repayment_account }}（您的卡号6222 0212 9999 1234）")),
         "content", 1, "digits"),
     "amount-in-push-title": Breakage(
         "gentle/en-US/push_title.txt.j2", replacing(("{{ brand.name }}", "{{ brand.name }}: {{ amount|money }}")),
@@ -257,19 +260,25 @@ def test_each_breakage_is_reported_at_its_file_and_line(copy: Path, name: str) -
         assert problem.line == breakage.line, problem
 
 
-def test_an_unmasked_account_on_a_later_line_is_reported_at_that_line(copy: Path) -> None:
-    edit(copy / "templates/firm/zh-CN/email.txt.j2",
-         replacing(("官方还款账户：{{ repayment_account|mask }}", "官方还款账户：{{ repayment_account }}")))
+CARD_IN_EMAIL = replacing(("官方还款账户：{{ repayment_account }}",
+                           "官方还款账户：{{ repayment_account }}\n您的卡号：6222021299991234"))
+
+
+def test_a_full_card_number_on_a_later_line_is_reported_at_that_line(copy: Path) -> None:
+    edit(copy / "templates/firm/zh-CN/email.txt.j2", CARD_IN_EMAIL)
     problems = [p for p in lint(copy) if p.message.startswith("content: ")]
     assert problems
     for problem in problems:
         assert problem.file is not None and problem.file.endswith("firm/zh-CN/email.txt.j2")
-        assert problem.line == 9, problem
+        assert problem.line == 10, problem
 
 
-def test_an_unmasked_account_in_a_multiline_email_is_reported_once_as_content(copy: Path) -> None:
-    edit(copy / "templates/firm/zh-CN/email.txt.j2",
-         replacing(("官方还款账户：{{ repayment_account|mask }}", "官方还款账户：{{ repayment_account }}")))
+def test_the_repayment_account_in_full_passes(copy: Path) -> None:
+    assert [p for p in lint(copy) if p.message.startswith("content: ")] == []
+
+
+def test_a_full_card_number_in_a_multiline_email_is_reported_once_as_content(copy: Path) -> None:
+    edit(copy / "templates/firm/zh-CN/email.txt.j2", CARD_IN_EMAIL)
     problems = [p for p in lint(copy) if p.message.startswith("content: ")]
     assert [p.channel for p in problems] == [ChannelKind.EMAIL]
     assert "16 digits" in problems[0].message and "mask it" in problems[0].message
@@ -328,7 +337,8 @@ def test_validate_names_each_threat_by_its_rule_id(cli: Cli, workdir: Path, part
     edit(workdir / "templates" / part, insert_line(2, line))
     code, out, _ = cli("validate", "schedules.yaml", "--format", "json")
     assert code != 0
-    problems = json.loads(out)["problems"]
+    # the longer SMS may also need more than the step's max_segments: that is reported too, at line 1
+    problems = [p for p in json.loads(out)["problems"] if p["rule"] != "max_segments"]
     assert {p["rule"] for p in problems} == rules
     assert {(p["file"], p["line"]) for p in problems} == {(f"templates/{part}", 2)}
     assert all(p["message"].startswith(f"{p['rule']}: ") for p in problems)

@@ -26,6 +26,7 @@ from dispatcher.ledger.suppressions import lift_hash, suppress_hash
 from dispatcher.ledger.tables import attempts, suppressions
 from dispatcher.masking import address_hash, mask_phone
 from dispatcher.replies.words import Decision, recognise
+from dispatcher.rules import content
 
 
 @pytest.mark.parametrize(("reply", "decision", "keyword"), CASES, ids=[f"case{n}" for n in range(len(CASES))])
@@ -200,3 +201,29 @@ def test_every_outcome_keeps_its_own_status_and_a_send_missing_facts_keeps_its_h
     assert rows[failed]["status"] == "failed"
     assert (rows[partial]["status"], rows[partial]["attempted_at"], rows[partial]["template"]) == (
         "sent", handed, "gentle")
+
+
+# a further try written twice ---------------------------------------------------------------------------------------
+def test_a_further_try_inserted_again_is_not_a_second_row(engine: Engine) -> None:
+    row = {"reminder_key": "K-retry", "account_id": "A", "step": "gentle", "occurrence": 0, "channel": "sms",
+           "try_no": 2, "status": "planned", "created_at": NOW, "updated_at": NOW}
+    with engine.begin() as connection:
+        first = claims.insert_try(connection, row)
+        again = claims.insert_try(connection, {**row, "status": "claimed"})
+    assert isinstance(first, int) and again is None
+    assert [(r["id"], r["status"]) for r in attempt_rows(engine)] == [(first, "planned")]
+
+
+# replies: an opt-out word inside a longer reply --------------------------------------------------------------------
+@pytest.mark.parametrize("reply", ["i said stop to them nonstop", "why stop here nonstop"])
+def test_an_opt_out_word_inside_a_reply_is_unclear_even_when_it_also_occurs_inside_another_word(reply: str) -> None:
+    found = recognise(reply)
+    assert (found.decision, found.keyword) == (Decision.UNCLEAR, "STOP")
+
+
+# civil language: phrases on word boundaries -------------------------------------
+def test_a_latin_phrase_with_inner_punctuation_matches_whole_words_only() -> None:
+    phrases = ("x-ray", "ray-x")
+    assert content._blocked(phrases, ["box-ray and ray-xenon"]) == []
+    assert content._blocked(phrases, ["an x-ray, a ray-x"]) == ["x-ray", "ray-x"]
+

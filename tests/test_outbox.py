@@ -248,7 +248,9 @@ def check_emails(folder: Path) -> list[int]:
         parsed = parse_eml(path.read_bytes())
         text, html = parsed.iter_parts()
         assert isinstance(text, EmailMessage) and isinstance(html, EmailMessage)
-        assert (text.get_content(), html.get_content()) == (text_of(attempt_id), html_of(attempt_id)), path.name
+        contents = (text.get_content(), html.get_content())  # text travels in canonical CRLF form
+        assert tuple(c.replace("\r\n", "\n") for c in contents) == (text_of(attempt_id), html_of(attempt_id)), \
+            path.name
         found.append(attempt_id)
     return found
 

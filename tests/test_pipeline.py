@@ -78,7 +78,7 @@ def emails(outbox: Path) -> dict[int, bytes]:
 
 
 def outbox_ids(outbox: Path) -> Counter[int]:
-    found = Counter(r["attempt_id"] for kind in ("sms", "push") for r in lines(outbox, kind))
+    found = Counter(r["attempt_id"] for kind in ("sms", "push", "voice") for r in lines(outbox, kind))
     found.update(emails(outbox).keys())
     return found
 
@@ -119,7 +119,7 @@ def test_a_run_writes_the_outbox_and_the_ledger_one_to_one(seeded: App, outbox: 
     assert all(E164.match(r["to"]) for r in lines(outbox, "sms"))
     written_emails = emails(outbox)
     assert set(written_emails) == sent_ids(seeded, "email")
-    assert report.counts.sent == sum(len(sent_ids(seeded, k)) for k in ("sms", "email", "push"))
+    assert report.counts.sent == sum(len(sent_ids(seeded, k.value)) for k in ChannelKind)  # calls, hand-offs too
 
 
 def test_every_email_is_multipart_alternative_with_text_html_and_subject(seeded: App, outbox: Path) -> None:
@@ -201,14 +201,14 @@ def test_jobs_booked_by_an_interrupted_run_are_delivered_by_the_next_once(seeded
 
     report = Runner(seeded).run("retry", clock.advance(timedelta(minutes=1)))
     assert report.counts.sent == len(jobs)
-    assert outbox_ids(outbox) == Counter({j.attempt_id: 1 for j in jobs})
+    assert outbox_ids(outbox) == Counter({j.attempt_id: 1 for j in jobs if j.channel is not ChannelKind.HANDOFF})
     assert {r["id"] for r in attempt_rows(seeded, status="sent")} == {j.attempt_id for j in jobs}
     assert not attempt_rows(seeded, status="planned")
 
     Runner(seeded).run("later", clock.advance(timedelta(hours=3)))  # contact windows open, dates change
     delivered = outbox_ids(outbox)
     assert set(delivered.values()) == {1}
-    assert all(delivered[j.attempt_id] == 1 for j in jobs)
+    assert all(delivered[j.attempt_id] == 1 for j in jobs if j.channel is not ChannelKind.HANDOFF)
 
 
 def test_two_deliverers_given_the_same_jobs_send_each_once(seeded: App, outbox: Path) -> None:
@@ -225,7 +225,7 @@ def test_two_deliverers_given_the_same_jobs_send_each_once(seeded: App, outbox: 
     one, two = asyncio.run(both())
     assert (one.sent, one.skipped) == (len(jobs), 0)
     assert (two.sent, two.skipped) == (0, len(jobs))
-    assert outbox_ids(outbox) == Counter({j.attempt_id: 1 for j in jobs})
+    assert outbox_ids(outbox) == Counter({j.attempt_id: 1 for j in jobs if j.channel is not ChannelKind.HANDOFF})
 
 
 def test_two_deliverers_racing_on_one_loop_send_each_once(seeded: App, outbox: Path) -> None:
@@ -241,7 +241,7 @@ def test_two_deliverers_racing_on_one_loop_send_each_once(seeded: App, outbox: P
 
     counts = asyncio.run(race())
     assert sum(c.sent for c in counts) == len(jobs)
-    assert outbox_ids(outbox) == Counter({j.attempt_id: 1 for j in jobs})
+    assert outbox_ids(outbox) == Counter({j.attempt_id: 1 for j in jobs if j.channel is not ChannelKind.HANDOFF})
 
 
 # fallback and retries through test channels ---------------------------------------------------------------------

@@ -29,7 +29,7 @@ from dispatcher.daemon import Daemon, latest_fire_time, trigger_for
 from dispatcher.demo import seed_demo
 from dispatcher.ledger.database import create_ledger_engine, upgrade
 from dispatcher.ledger.runs import RunLedger
-from dispatcher.ledger.tables import attempts, runs
+from dispatcher.ledger.tables import attempts, handoffs, runs
 from dispatcher.runner import Runner
 from dispatcher.schedule.models import Run
 from dispatcher.settings import Settings
@@ -38,7 +38,7 @@ LEASE = timedelta(seconds=1)
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 FIRE = datetime(2026, 3, 10, 9, 0, tzinfo=SHANGHAI)
 LEDGER_TABLES = {"alembic_version", "runs", "reminders", "attempts", "rejects", "suppressions", "early_callbacks",
-                 "inbound_replies"}
+                 "inbound_replies", "handoffs", "handoff_events"}
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ def test_happened(run_ledger: RunLedger) -> None:
 def outbox_messages(outbox: Path) -> list[tuple[str, str, int]]:
     """(channel, reminder key, attempt id) of every message the outbox channels wrote."""
     found: list[tuple[str, str, int]] = []
-    for channel in ("sms", "push"):
+    for channel in ("sms", "push", "voice"):
         path = outbox / f"{channel}.jsonl"
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -212,9 +212,13 @@ def sent_attempts(engine: Engine) -> list[dict[str, Any]]:
 
 
 def assert_each_reminder_sent_once(app: App, outbox: Path) -> list[dict[str, Any]]:
-    """Every sent attempt is one outbox message and every (reminder, channel) went out at most once."""
+    """Every sent attempt is one outbox message (or hand-off work item) and every (reminder, channel) went out at
+    most once."""
     sent = sent_attempts(app.engine)
-    messages = outbox_messages(outbox)
+    with app.engine.connect() as connection:  # a hand-off "sent" is a work item in the ledger
+        items = [("handoff", r.reminder_key, int(r.attempt_id))
+                 for r in connection.execute(select(handoffs.c.reminder_key, handoffs.c.attempt_id))]
+    messages = outbox_messages(outbox) + items
     assert sent, "nothing was sent"
     per_reminder = Counter((a["reminder_key"], a["channel"]) for a in sent)
     assert max(per_reminder.values()) == 1, [k for k, n in per_reminder.items() if n > 1]

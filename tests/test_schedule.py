@@ -94,7 +94,8 @@ def places(problems: Sequence[Problem]) -> list[tuple[int, int]]:
 def test_shipped_schedule_loads() -> None:
     loaded = load_schedule(SHIPPED, {}, check_templates=no_template_problems)
     assert isinstance(loaded, LoadedSchedule)
-    assert [s.step for s in loaded.schedule.ladder] == ["gentle", "firm", "final"]
+    assert [s.step for s in loaded.schedule.ladder] == [
+        "courtesy", "gentle", "firm", "final", "call", "agents", "visit"]
     assert loaded.schedule.source.url is None  # ${DISPATCHER_SOURCE_URL:-} → ledger database
     assert loaded.templates_dir == SHIPPED.parent / "templates"
     assert len(loaded.version) == 12 and int(loaded.version, 16) >= 0
@@ -118,7 +119,7 @@ def test_typo_bad_cron_and_missing_template_are_all_reported(tmp_path: Path) -> 
     ]
     cron, typo, template = (p.message for p in problems)
     assert cron.startswith("runs[0].cron: invalid cron expression '0 25 * * *'")
-    assert typo == "unknown key 'chanels' in ladder[1] (did you mean 'channels'?)"
+    assert typo == "unknown key 'chanels' in ladder[2] (did you mean 'channels'?)"
     expected_file = tmp_path / "templates/final_notic/zh-CN/sms.txt.j2"
     assert template == f"template 'final_notic' has no file {expected_file}"
     assert {p.file for p in problems} == {str(tmp_path / "schedules.yaml")}
@@ -182,21 +183,21 @@ def test_unknown_channel_is_reported_at_the_item(tmp_path: Path) -> None:
     text = edited(("channels: [email, sms]", "channels: [email, fax]"))
     problems = problems_of(write(tmp_path, text))
     assert places(problems) == [position(text, "fax")]
-    assert problems[0].message == "ladder[1].channels[1]: expected 'sms', 'email' or 'push', got 'fax'"
+    assert problems[0].message == "ladder[2].channels[1]: expected 'sms', 'email', 'push' or 'voice', got 'fax'"
 
 
 def test_missing_key_is_reported_at_the_enclosing_mapping(tmp_path: Path) -> None:
     text = edited(("    channels: [email, sms]\n", ""))
     problems = problems_of(write(tmp_path, text))
     assert places(problems) == [position(text, "step: firm")]
-    assert problems[0].message == "missing key 'channels' in ladder[1]"
+    assert problems[0].message == "missing key 'channels' in ladder[2]"
 
 
 def test_overlapping_windows(tmp_path: Path) -> None:
-    text = edited(("days_overdue: 15-", "days_overdue: 10-20"))
+    text = edited(("days_overdue: 15-29", "days_overdue: 10-20"))
     problems = problems_of(write(tmp_path, text))
     assert places(problems) == [position(text, "10-20")]
-    assert problems[0].message == "ladder[2].days_overdue 10-20 overlaps step 'firm' (4-14)"
+    assert problems[0].message == "ladder[3].days_overdue 10-20 overlaps step 'firm' (4-14)"
 
 
 def test_duplicate_step_and_run_names(tmp_path: Path) -> None:
@@ -208,7 +209,7 @@ def test_duplicate_step_and_run_names(tmp_path: Path) -> None:
     ]
     assert [p.message for p in problems] == [
         "runs[1].name: run name 'morning' is already used by runs[0]",
-        "ladder[2].step: step name 'firm' is already used by ladder[1]",
+        "ladder[3].step: step name 'firm' is already used by ladder[2]",
     ]
 
 
@@ -278,9 +279,9 @@ def test_templates_of_valid_steps_are_checked_despite_other_errors(tmp_path: Pat
     problems = problems_of(write(tmp_path, text), checker=checker)
     assert [p.message for p in problems] == [
         "ladder[0].channels: needs at least 1 item(s)",
-        "ladder[1].every: must be a whole number of days or weeks, like '3d' or '1w'",
+        "ladder[2].every: must be a whole number of days or weeks, like '3d' or '1w'",
     ]
-    assert seen == [["firm", "final"]]  # the broken step is left out, the others still checked
+    assert seen == [["gentle", "firm", "final", "call", "agents", "visit"]]  # the broken step is left out
 
 
 def test_max_reject_ratio_defaults_to_five_percent_and_stays_between_zero_and_one(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def test_ordinary_anchors_and_aliases_still_work(tmp_path: Path) -> None:
     path = tmp_path / "schedules.yaml"
     path.write_text(text, encoding="utf-8")
     loaded = load_schedule(path, {})
-    assert [c.value for c in loaded.schedule.ladder[2].channels] == ["push", "sms"]
+    assert [c.value for c in loaded.schedule.ladder[3].channels] == ["push", "sms"]  # the final step's
 
 
 # --- nesting and size ---------------------------------------------------------------------------------------------

@@ -219,7 +219,7 @@ def test_an_unreachable_source_is_one_line_and_the_rest_is_still_checked(cli: Cl
     assert "source.query not checked: cannot connect" in line and "secret" not in line
 
     path = workdir / "schedules.yaml"
-    path.write_text(path.read_text(encoding="utf-8").replace("days_overdue: 1-3", "days_overdue: 0-3"), "utf-8")
+    path.write_text(path.read_text(encoding="utf-8").replace("days_overdue: 1-3", "days_overdue: 3-1"), "utf-8")
     code, _, err = cli("validate")
     assert code == 1 and "days_overdue" in err  # the rest of the file is checked as before
 

@@ -54,7 +54,7 @@ from sqlalchemy import Engine, create_engine, func, select
 
 from dispatcher.compose.layout import TemplateSet
 from dispatcher.ledger.group_commit import LAG_LIMIT
-from dispatcher.ledger.tables import attempts, runs
+from dispatcher.ledger.tables import attempts, handoffs, runs
 from dispatcher.schedule.loader import content_version
 
 pytestmark = pytest.mark.slow
@@ -219,7 +219,7 @@ class Outbox:
             return 0
 
     def messages(self) -> list[OutboxMessage]:
-        found = [m for kind in ("sms", "push") for m in self._lines(kind)]
+        found = [m for kind in ("sms", "push", "voice") for m in self._lines(kind)]
         folder = self.dir / "email"
         names = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
         for name in names:
@@ -229,7 +229,7 @@ class Outbox:
 
     def torn(self) -> list[str]:
         """Lines of the JSONL files that are not a whole record with an attempt id (the outbox promises none)."""
-        return [line for kind in ("sms", "push") for line in self._raw(kind) if _record(line) is None]
+        return [line for kind in ("sms", "push", "voice") for line in self._raw(kind) if _record(line) is None]
 
     def _raw(self, kind: str) -> list[str]:
         try:
@@ -267,6 +267,13 @@ class LedgerView:
         query = select(attempts).where(*where).order_by(attempts.c.id)
         with self.engine.connect() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
+
+    def handoff_items(self) -> dict[int, tuple[OutboxMessage, int]]:
+        """attempt id → (the work item as a message, its id): the evidence of a sent ``handoff`` attempt."""
+        query = select(handoffs.c.id, handoffs.c.attempt_id, handoffs.c.account_id).order_by(handoffs.c.id)
+        with self.engine.connect() as connection:
+            return {int(r.attempt_id): (OutboxMessage("handoff", int(r.attempt_id), str(r.account_id), ""), int(r.id))
+                    for r in connection.execute(query)}
 
     def runs(self) -> list[dict[str, Any]]:
         with self.engine.connect() as connection:
@@ -318,7 +325,9 @@ class Plan:
 
 def check_exactly_once(site: Site, due: Plan | None = None) -> dict[str, Any]:
     """0 duplicated, 0 lost, nothing unsettled, unknown ≤ 32 (see the module docstring); returns the figures."""
-    messages = site.outbox.messages()
+    items = site.ledger.handoff_items()
+    messages = site.outbox.messages() + [m for m, _item in items.values()]
+    items = {attempt_id: item for attempt_id, (_m, item) in items.items()}
     by_id = {a["id"]: a for a in site.ledger.attempts()}
     statuses = Counter(str(a["status"]) for a in by_id.values())
     figures = {"outbox": len(messages), "statuses": dict(statuses)}
@@ -342,7 +351,8 @@ def check_exactly_once(site: Site, due: Plan | None = None) -> dict[str, Any]:
     assert in_ledger == in_outbox, (f"ledger sent but not in the outbox: {sorted(in_ledger - in_outbox)[:5]} "
                                     f"({len(in_ledger - in_outbox)}); in the outbox but not sent in the ledger: "
                                     f"{sorted(in_outbox - in_ledger)[:5]} ({len(in_outbox - in_ledger)}); {figures}")
-    ids = [a for a in sent if a["provider_message_id"] != f"outbox-{a['channel']}-{a['id']}"]
+    ids = [a for a in sent if a["provider_message_id"] != (
+        f"outbox-{a['channel']}-{a['id']}" if a["channel"] != "handoff" else f"handoff:{items.get(a['id'])}")]
     assert not ids, f"sent attempts with another provider id than the outbox's: {ids[:3]}"
     assert not {s: statuses[s] for s in UNSETTLED if statuses[s]}, f"attempts left unsettled: {figures}"
     assert statuses["unknown"] <= IN_FLIGHT, figures
@@ -446,7 +456,8 @@ def test_a_signal_stops_the_run_cleanly_and_the_next_run_sends_the_rest(site: Si
     counts = json.loads(row["counts"])
     assert (counts["planned"], counts["sent"], counts["pending"]) == (stopped.planned, stopped.sent, stopped.pending)
     # a clean stop records every message it handed over: the outbox and the ledger agree already
-    assert {(m.channel, m.attempt_id) for m in site.outbox.messages()} == {
+    handed = [m for m, _item in site.ledger.handoff_items().values()]
+    assert {(m.channel, m.attempt_id) for m in site.outbox.messages() + handed} == {
         (a["channel"], a["id"]) for a in site.ledger.attempts(attempts.c.status == "sent")}
     assert "Traceback" not in first.log()
 

@@ -43,7 +43,7 @@ SCHEDULE = load_schedule()
 
 
 def cases() -> list[tuple[str, str, ChannelKind]]:
-    """Every template × locale on disk and every step × schedule locale, with every channel."""
+    """Every template × locale on disk and every step × schedule locale, with every channel whose parts it has."""
     found = {
         (template.name, locale.name)
         for template in TEMPLATES.iterdir()
@@ -51,8 +51,15 @@ def cases() -> list[tuple[str, str, ChannelKind]]:
         for locale in template.iterdir()
         if locale.is_dir()
     }
-    found |= {(step.template_name, locale) for step in SCHEDULE.ladder for locale in SCHEDULE.locales}
-    return [(t, loc, ch) for t, loc in sorted(found) for ch in ChannelKind]
+    found |= {(step.template_name, locale) for step in SCHEDULE.ladder for locale in SCHEDULE.locales
+              if step.handoff is None}
+    return [(t, loc, ch) for t, loc in sorted(found) for ch in PARTS
+            if all((TEMPLATES / t / loc / part.filename).exists() for part in PARTS[ch])]
+
+
+def with_channel(channel: ChannelKind) -> list[tuple[str, str]]:
+    """Every template × locale that has ``channel``'s parts (a call script has no SMS, a message no call)."""
+    return sorted({(t, loc) for t, loc, ch in CASES if ch is channel})
 
 
 def step_for(template: str) -> Step:
@@ -75,18 +82,18 @@ def render(
 
 
 CASES = cases()
-SMS_AND_EMAIL = [c for c in CASES if c[2] is not ChannelKind.PUSH]
+SMS_AND_EMAIL = [c for c in CASES if c[2] in (ChannelKind.SMS, ChannelKind.EMAIL)]
 
 
 def test_check_templates_finds_no_problem() -> None:
     assert check_templates(SCHEDULE, TEMPLATES) == []
 
 
-def test_every_ladder_template_exists_in_every_locale_with_every_part() -> None:
+def test_every_ladder_template_exists_in_every_locale_with_every_part_of_its_channels() -> None:
     for step in SCHEDULE.ladder:
         for locale in SCHEDULE.locales:
-            for parts in PARTS.values():
-                for part in parts:
+            for channel in step.channels:
+                for part in PARTS.get(channel, ()):
                     assert (TEMPLATES / step.template_name / locale / part.filename).is_file()
 
 
@@ -115,11 +122,9 @@ def test_states_what_a_reminder_must_state(
         assert brand.name in text
         assert amount in text
         assert deadline in text
-        assert "**** 6789" in text
         assert brand.hotline in text
-        assert FULL_ACCOUNT not in text
-        assert "6222" not in text
-        assert "0212" not in text
+        assert FULL_ACCOUNT in text  # where to pay, in full: a borrower cannot pay to **** 6789
+        assert "****" not in text
 
 
 @pytest.mark.parametrize(("template", "locale", "channel"), SMS_AND_EMAIL)
@@ -131,7 +136,7 @@ def test_is_civil(composer: Composer, template: str, locale: str, channel: Chann
         assert word not in text, word
 
 
-@pytest.mark.parametrize(("template", "locale"), sorted({(t, loc) for t, loc, _ in CASES}))
+@pytest.mark.parametrize(("template", "locale"), with_channel(ChannelKind.SMS))
 def test_sms_opt_out_and_length(composer: Composer, template: str, locale: str) -> None:
     rendered = render(composer, template, locale, ChannelKind.SMS)
     segments = rendered.segments
@@ -147,7 +152,7 @@ def test_sms_opt_out_and_length(composer: Composer, template: str, locale: str) 
         assert segments.segments <= 3
 
 
-@pytest.mark.parametrize(("template", "locale"), sorted({(t, loc) for t, loc, _ in CASES}))
+@pytest.mark.parametrize(("template", "locale"), with_channel(ChannelKind.EMAIL))
 def test_email_unsubscribe_line(composer: Composer, template: str, locale: str) -> None:
     with_link = render(composer, template, locale, ChannelKind.EMAIL)
     url = sample_context(SCHEDULE, step_for(template), locale).unsubscribe_url
@@ -161,13 +166,13 @@ def test_email_unsubscribe_line(composer: Composer, template: str, locale: str) 
     assert hotline in without.body.splitlines()[-1]
 
 
-@pytest.mark.parametrize(("template", "locale"), sorted({(t, loc) for t, loc, _ in CASES}))
+@pytest.mark.parametrize(("template", "locale"), with_channel(ChannelKind.EMAIL))
 def test_email_verification_channel(composer: Composer, template: str, locale: str) -> None:
     rendered = render(composer, template, locale, ChannelKind.EMAIL)
     assert SCHEDULE.brand_for(locale).website in rendered.body
 
 
-@pytest.mark.parametrize(("template", "locale"), sorted({(t, loc) for t, loc, _ in CASES}))
+@pytest.mark.parametrize(("template", "locale"), with_channel(ChannelKind.PUSH))
 def test_push_is_lock_screen_safe(composer: Composer, template: str, locale: str) -> None:
     rendered = render(composer, template, locale, ChannelKind.PUSH)
     assert rendered.title
@@ -195,7 +200,7 @@ class _TagChecker(HTMLParser):
         self.stack.pop()
 
 
-@pytest.mark.parametrize(("template", "locale"), sorted({(t, loc) for t, loc, _ in CASES}))
+@pytest.mark.parametrize(("template", "locale"), with_channel(ChannelKind.EMAIL))
 def test_html_email_is_well_formed_and_escaped(composer: Composer, template: str, locale: str) -> None:
     ctx = sample_context(SCHEDULE, step_for(template), locale)
     ctx = replace(ctx, account=replace(ctx.account, name='<script>"x"</script>'))

@@ -87,7 +87,7 @@ def test_replacing_the_file_is_noticed(schedule_file: Path, events: queue.Queue[
     os.replace(temp, schedule_file)
     kind, loaded = events.get(timeout=WAIT)
     assert kind == "change" and isinstance(loaded, LoadedSchedule)
-    assert loaded.schedule.ladder[2].every_days == 7
+    assert loaded.schedule.ladder[3].every_days == 7  # the final step's
 
 
 def test_identical_rewrite_and_a_missing_moment_are_ignored(
@@ -148,7 +148,8 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def sms_of(composer: Composer) -> str:
-    step = composer.schedule.ladder[0]
+    step = composer.schedule.step_named("gentle")
+    assert step is not None
     return composer.render_in(sample_context(composer.schedule, step, "zh-CN"), ChannelKind.SMS, "zh-CN").body
 
 

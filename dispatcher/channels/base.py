@@ -23,6 +23,11 @@ class ChannelKind(StrEnum):
     SMS = "sms"
     EMAIL = "email"
     PUSH = "push"
+    VOICE = "voice"
+    """A phone call to the borrower's number (Twilio Programmable Voice): the ``voice`` templates, spoken."""
+    HANDOFF = "handoff"
+    """Not a message: a work item for people (a step's ``handoff:``), kept in the ledger's ``handoffs`` table.
+    Its address is the account id; it is claimed, re-checked and recorded like any channel."""
 
 
 class Outcome(StrEnum):
@@ -48,7 +53,8 @@ class Message:
 
     ``attempt_id`` is the ledger row claimed for this send; providers may use it
     as an idempotency key. SMS uses ``body``; email ``subject``, ``body`` (text)
-    and ``html``; push ``title``, ``body`` and ``data``.
+    and ``html``; push ``title``, ``body`` and ``data``; a call ``title`` (the greeting anyone may hear),
+    ``body`` (said after a key press) and ``data["hotline"]``.
     """
 
     attempt_id: int

@@ -1,7 +1,7 @@
 """The outbox: the embedded default channel, writing messages to local files.
 
-``sms.jsonl`` and ``push.jsonl`` get one JSON object per line and message; emails
-become ``email/<attempt>-<account>.eml`` files a mail client opens. It answers like
+``sms.jsonl``, ``push.jsonl`` and ``voice.jsonl`` (with each call's ``twiml``) get one JSON object per
+line and message; emails become ``email/<attempt>-<account>.eml`` files a mail client opens. It answers like
 a provider (a message id per message), is recorded in the ledger like one, and can
 be asked after a crash whether it took the message of an attempt
 (:class:`~dispatcher.channels.base.AttemptLookup`).
@@ -32,6 +32,7 @@ from typing import BinaryIO, TypeVar
 from dispatcher.channels.base import ChannelKind, DeliveryResult, Message
 from dispatcher.channels.eml import eml_bytes
 from dispatcher.channels.headers import UNSAFE_HEADER, UnsafeHeaderError
+from dispatcher.channels.voice_script import CallScript
 from dispatcher.errors import DeliveryError
 
 DEFAULT_EMAIL_FROM = "reminders@localhost"
@@ -50,10 +51,13 @@ class OutboxChannel:
 
     provider = "outbox"
 
-    def __init__(self, kind: ChannelKind, directory: Path, email_from: str = DEFAULT_EMAIL_FROM) -> None:
+    def __init__(self, kind: ChannelKind, directory: Path, email_from: str = DEFAULT_EMAIL_FROM,
+                 script: CallScript | None = None) -> None:
         self.kind = kind
         self.directory = directory
         self.email_from = email_from
+        self.script = script or CallScript()
+        """What calls say (``voice.jsonl`` records each call's TwiML)."""
         self._lines: _LineWriter | None = None
         self._index = _AttemptIndex(self.directory / f"{kind.value}.jsonl")
         self._email_folder_made = False
@@ -121,6 +125,9 @@ class OutboxChannel:
         if self.kind is ChannelKind.PUSH:
             record["title"] = message.title
             record["data"] = dict(message.data)
+        if self.kind is ChannelKind.VOICE:
+            record["greeting"] = message.title
+            record["twiml"] = self.script.twiml(message)
         self._lines.append((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
 
     async def _write_email(self, message: Message) -> None:

@@ -30,6 +30,8 @@ DEFAULT_IDLE_CHECK_AFTER = 5.0
 
 _POLICY = SMTP_POLICY.clone(cte_type="7bit")
 """CRLF line ends and 7-bit transfer encodings, so any relay accepts the message as is."""
+_SHORT_LINE = 78
+"""Text with lines up to this long goes as it is (7bit) when ASCII, as the email package itself decides."""
 
 
 def message_id(message: Message, sender: str) -> str:
@@ -41,6 +43,8 @@ def message_id(message: Message, sender: str) -> str:
 
 def build_email(message: Message, sender: str, *, date: datetime | None = None) -> EmailMessage:
     """Build the MIME message: text, plus an HTML alternative when ``message.html`` is set.
+
+    Both parts are UTF-8, 7-bit or quoted-printable (:func:`text_cte`), never base64.
 
     Every entry of ``message.headers`` (``List-Unsubscribe``, ...) is added,
     replacing a header of the same name. Raises :class:`UnsafeHeaderError` for a
@@ -55,10 +59,19 @@ def build_email(message: Message, sender: str, *, date: datetime | None = None) 
     for name, value in checked_headers(message.headers).items():
         del mail[name]
         mail[name] = value
-    mail.set_content(message.body)
+    mail.set_content(message.body, charset="utf-8", cte=text_cte(message.body))
     if message.html is not None:
-        mail.add_alternative(message.html, subtype="html")
+        mail.add_alternative(message.html, subtype="html", charset="utf-8", cte=text_cte(message.html))
     return mail
+
+
+def text_cte(text: str) -> str:
+    """``7bit`` for ASCII text with short lines, else ``quoted-printable``: readable where it can be, never base64.
+
+    The relay may not take 8-bit data (``_POLICY`` keeps messages 7-bit), so non-ASCII text is quoted-printable.
+    """
+    short = all(len(line) <= _SHORT_LINE for line in text.splitlines())
+    return "7bit" if short and text.isascii() else "quoted-printable"
 
 
 def _text(raw: bytes | str) -> str:

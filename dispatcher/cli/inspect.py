@@ -24,9 +24,10 @@ from dispatcher.output import to_json, write_rows
 from dispatcher.planner import address_for, rejected
 from dispatcher.zones import home_zone
 
-PLAN_COLUMNS = ("account_id", "zone", "day", "step", "sms", "email", "push", "reason", "detail")
-_WIDTHS = {"account_id": 12, "zone": 19, "day": 4, "step": 8, "sms": 9, "email": 9, "push": 9, "reason": 15,
-           "detail": 60}
+PLAN_COLUMNS = ("account_id", "zone", "day", "step", "bucket", "sms", "email", "push", "voice", "reason",
+                "detail")
+_WIDTHS = {"account_id": 12, "zone": 19, "day": 4, "step": 8, "bucket": 6, "sms": 9, "email": 9, "push": 9,
+           "voice": 9, "reason": 15, "detail": 60}
 
 
 def decisions_at(app: App, now: datetime, account_id: str | None = None) -> Iterator[Decision]:
@@ -45,6 +46,7 @@ def _row(decision: Decision) -> dict[str, Any]:
     row: dict[str, Any] = {
         "account_id": decision.account_id, "zone": decision.zone, "day": decision.days_overdue,
         "local_date": decision.local_today, "step": decision.step.step if decision.step else None,
+        "bucket": decision.step.bucket if decision.step else None,
         "occurrence": decision.occurrence, "reminder_key": decision.reminder_key,
         "contacted": decision.reason is None, "reason": decision.reason or "", "detail": decision.detail,
     }
@@ -128,11 +130,11 @@ def _print_rendered(app: App, context: RenderContext, channel: ChannelKind, acco
     if rendered.subject is not None:
         print(f"Subject: {rendered.subject}")
     if rendered.title is not None:
-        print(f"Title: {rendered.title}")
+        print(f"{'Greeting' if channel is ChannelKind.VOICE else 'Title'}: {rendered.title}")
     print(rendered.body)
     if rendered.html is not None:
         print("--- html ---")
         print(rendered.html)
-    if rendered.data:
+    if rendered.data and channel is not ChannelKind.VOICE:
         print("--- data for the app ---")
         print(to_json(rendered.data))

@@ -17,14 +17,14 @@ from dispatcher.output import write_rows
 from dispatcher.schedule.models import parse_duration
 from dispatcher.zones import zone
 
-_TABLE = ("id", "account_id", "step", "channel", "try_no", "status", "address", "provider_message_id",
+_TABLE = ("id", "account_id", "step", "bucket", "channel", "try_no", "status", "address", "provider_message_id",
           "error_code", "rule_id", "attempted_at")
 RUN_COLUMNS = ("id", "name", "fire_time", "status", "daemon_id", "config_version", "started_at", "finished_at",
                "counts")
 """Columns of ``dispatcher runs`` as a table; JSON and CSV add ``RUN_DETAILS``, the table ``error`` when set."""
 RUN_DETAILS = ("lease_until", "takeovers", "task_failures", "error")
 _RUN_WIDTHS = {"id": 5, "name": 10, "fire_time": 26, "status": 11, "daemon_id": 20, "counts": 80, "error": 60}
-_WIDTHS = {"id": 7, "account_id": 12, "step": 8, "channel": 6, "try_no": 3, "status": 10, "address": 16,
+_WIDTHS = {"id": 7, "account_id": 12, "step": 8, "bucket": 6, "channel": 6, "try_no": 3, "status": 10, "address": 16,
            "provider_message_id": 24, "error_code": 14, "rule_id": 12, "attempted_at": 26}
 
 

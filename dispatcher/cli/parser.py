@@ -11,6 +11,8 @@ import argparse
 from typing import Any
 
 from dispatcher.channels.base import ChannelKind
+from dispatcher.ledger.handoffs import OUTCOMES as HANDOFF_OUTCOMES
+from dispatcher.ledger.handoffs import STATUSES as HANDOFF_STATUSES
 from dispatcher.retry import DEFAULT_LIMIT, RETRYABLE
 from dispatcher.settings import LOG_LEVELS
 
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: $DISPATCHER_LOG_LEVEL, else INFO; DEBUG also prints the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_run_commands, _schedule_commands, _inspect_commands, _ledger_commands, _retry_commands,
-                _replies_commands):
+                _replies_commands, _handoff_commands):
         add(commands)
     return parser
 
@@ -88,7 +90,7 @@ def _ledger_commands(commands: Any) -> None:
     attempts.add_argument("--account", metavar="ID")
     attempts.add_argument("--since", metavar="DATE", help="ISO date or time (read in the schedule's zone)")
     attempts.add_argument("--status", choices=STATUSES)
-    attempts.add_argument("--channel", choices=["sms", "email", "push"])
+    attempts.add_argument("--channel", choices=[c.value for c in ChannelKind])
     attempts.add_argument("--run", type=int, metavar="RUN_ID")
     attempts.add_argument("--limit", type=int)
     attempts.add_argument("--format", choices=["table", "json", "csv"], default="table")
@@ -146,3 +148,36 @@ def _replies_commands(commands: Any) -> None:
     replies.add_argument("--mark-read", type=int, nargs="+", metavar="ID", help="mark these replies read")
     replies.add_argument("--format", choices=["table", "json", "csv"], default="table")
     replies.set_defaults(handler="dispatcher.cli.replies:replies_command")
+
+
+def _handoff_commands(commands: Any) -> None:
+    handoffs = commands.add_parser("handoffs", help="work items for people opened by hand-off steps: list, show, "
+                                   "claim, close with an outcome")
+    actions = handoffs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="work items, most urgent first (priority 1 first, then the oldest)")
+    listing.add_argument("--queue", help="only this queue")
+    listing.add_argument("--status", choices=HANDOFF_STATUSES)
+    listing.add_argument("--account", metavar="ID")
+    listing.add_argument("--limit", type=int)
+    listing.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    listing.set_defaults(handler="dispatcher.cli.handoffs:list_command")
+    show = actions.add_parser("show", help="one work item with every action on it: who did what, when")
+    show.add_argument("id", type=int, metavar="ID")
+    show.set_defaults(handler="dispatcher.cli.handoffs:show_command")
+    claim = actions.add_parser("claim", help="take an open work item")
+    claim.add_argument("id", type=int, metavar="ID")
+    claim.add_argument("--agent", required=True, help="who takes it")
+    claim.set_defaults(handler="dispatcher.cli.handoffs:claim_command")
+    close = actions.add_parser(
+        "close", help="record the outcome of a work item (claimed or not)",
+        description="promise_to_pay pauses the account's reminders until --until (inclusive); dispute pauses them "
+                    "(until --until, else for this delinquency); wrong_number stops SMS to the number the work item "
+                    "was opened with; contacted, promise_to_pay and visit_done count as contacts toward the caps; "
+                    "visit_done needs at least two --agent.")
+    close.add_argument("id", type=int, metavar="ID")
+    close.add_argument("--outcome", required=True, choices=HANDOFF_OUTCOMES)
+    close.add_argument("--until", metavar="DATE", help="ISO date: the last day of a promise to pay (or a dispute)")
+    close.add_argument("--agent", action="append", default=[], metavar="A",
+                       help="who closes it (repeatable: every collector of a visit; default: who claimed it)")
+    close.add_argument("--note", metavar="TEXT")
+    close.set_defaults(handler="dispatcher.cli.handoffs:close_command")

@@ -1,7 +1,9 @@
-"""Jinja2 filters for reminder templates: money, dates and masked account numbers.
+"""Jinja2 filters for reminder templates: money, dates and masked numbers.
 
 The plain functions (:func:`money`, :func:`localdate`, :func:`mask`) take every
-argument explicitly. The ``*_filter`` variants are what templates see: they read
+argument explicitly. The repayment account (where the borrower pays) is printed in
+full; :func:`mask` is for numbers the borrower should only recognise (their own card
+or ID number). The ``*_filter`` variants are what templates see: they read
 ``currency`` and ``locale`` from the template context, so a template writes
 ``{{ amount|money }}`` and ``{{ deadline|localdate }}``.
 

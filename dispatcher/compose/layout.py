@@ -37,6 +37,8 @@ PARTS: dict[ChannelKind, tuple[Part, ...]] = {
         Part("email.html.j2", "html"),
     ),
     ChannelKind.PUSH: (Part("push_title.txt.j2", "title"), Part("push_body.txt.j2", "body")),
+    # a call: the limited-content greeting anyone may hear (a voicemail), then the message itself
+    ChannelKind.VOICE: (Part("voice_greeting.txt.j2", "title"), Part("voice.txt.j2", "body")),
 }
 """The template parts each channel renders, in a fixed order (used for versions and hashes)."""
 

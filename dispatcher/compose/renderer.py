@@ -16,10 +16,13 @@ Template variables:
 ``locale``          the resolved locale of the template set (``zh-CN``)
 ``deadline``        the pay-by date (``date``): show it with ``|localdate``
 ``today``           the borrower's local date of the run (``date``)
-``days_overdue``    days since the due date, in the borrower's local date
-``repayment_account`` where to pay, raw: always show it through ``|mask``
-``brand``           the :class:`~dispatcher.schedule.models.Brand` of the locale
-                    (``name``, ``hotline``, ``website``, ``help_email`` or None)
+``days_overdue``    days since the due date, in the borrower's local date (0 on the due date,
+                    negative before it)
+``repayment_account`` where to pay (the lender's account): shown in full
+``pay_link``        the account's pay link (https URL), or None
+``card_last4``      the last 4 digits of the borrower's own card, or None: show it through ``|mask``
+``brand``           the :class:`~dispatcher.schedule.models.Brand` of the locale, with the contacts of
+                    the borrower's country (``name``, ``hotline``, ``website``, ``help_email`` or None)
 ``step``            the ladder step's name
 ``occurrence``      1 for the first reminder of the step, 2 for the next, ...
 ``unsubscribe_url`` one-click unsubscribe link, or None: templates handle both
@@ -47,6 +50,9 @@ from dispatcher.compose.filters import money
 from dispatcher.compose.layout import PARTS, Field, Part, TemplateSet, template_name, template_path
 from dispatcher.compose.segments import Segments, sms_segments
 from dispatcher.errors import TemplateError
+from dispatcher.ladder import pay_by
+from dispatcher.pay_links import PayLinks
+from dispatcher.regions import country_of, locale_of
 from dispatcher.schedule.models import Brand, Schedule, Step
 
 PUSH_DATA_KIND = "overdue_reminder"
@@ -108,7 +114,7 @@ class Composer:
     (with file and line) when a part is missing, does not compile or fails to render.
     """
 
-    def __init__(self, templates: TemplateSet | Path, schedule: Schedule) -> None:
+    def __init__(self, templates: TemplateSet | Path, schedule: Schedule, pay_links: PayLinks | None = None) -> None:
         self.templates = TemplateSet.of(templates)
         self.templates_dir = self.templates.root
         self.schedule = schedule
@@ -116,7 +122,8 @@ class Composer:
         assert self.env.loader is not None
         self._loader = self.env.loader
         self.available = _available_locales(self.templates, schedule)
-        self._brands: dict[str, Brand] = {}
+        self.pay_links = pay_links
+        self._brands: dict[tuple[str, str | None], Brand] = {}
         self._resolved: dict[str | None, str] = {}
         self._compiled: dict[tuple[str, str, ChannelKind], _Compiled] = {}
 
@@ -132,7 +139,7 @@ class Composer:
 
     def render(self, ctx: RenderContext, channel: ChannelKind) -> Rendered:
         """Render the step's template for ``channel`` in the borrower's (resolved) locale."""
-        return self.render_in(ctx, channel, self.resolve_locale(ctx.account.locale))
+        return self.render_in(ctx, channel, self.resolve_locale(locale_of(ctx.account, self.available)))
 
     def render_in(self, ctx: RenderContext, channel: ChannelKind, locale: str) -> Rendered:
         """Render the step's template for ``channel`` in exactly ``locale``."""
@@ -150,7 +157,8 @@ class Composer:
             subject=texts.get("subject"),
             html=texts.get("html"),
             title=texts.get("title"),
-            data=push_data(ctx, locale) if channel is ChannelKind.PUSH else {},
+            data=push_data(ctx, locale) if channel is ChannelKind.PUSH
+            else call_data(variables) if channel is ChannelKind.VOICE else {},
             content_hash=_hash(texts.values()),
         )
 
@@ -166,18 +174,24 @@ class Composer:
             "today": ctx.local_today,
             "days_overdue": ctx.days_overdue,
             "repayment_account": account.repayment_account,
-            "brand": self.brand(locale),
+            "pay_link": self.pay_links.link(account) if self.pay_links is not None else account.pay_link,
+            "card_last4": account.card_last4,
+            "brand": self.brand(locale, country_of(account)),
             "step": ctx.step.step,
             "occurrence": ctx.occurrence,
             "unsubscribe_url": ctx.unsubscribe_url,
             "account_id": account.account_id,
         }
 
-    def brand(self, locale: str) -> Brand:
-        """The brand shown in ``locale`` (the default locale's when it has none)."""
-        brand = self._brands.get(locale)
+    def brand(self, locale: str, country: str | None = None) -> Brand:
+        """The brand shown in ``locale`` (the default locale's when it has none), with the contacts of the
+        borrower's ``country`` where the brand names some."""
+        key = (locale, country)
+        brand = self._brands.get(key)
         if brand is None:
-            brand = self._brands[locale] = self.schedule.brand_for(locale)
+            brand = self.schedule.brand_for(locale).for_country(country)
+            if len(self._brands) < _MAX_RESOLVED:
+                self._brands[key] = brand
         return brand
 
     def template_version(self, template: str, locale: str, channel: ChannelKind) -> str:
@@ -233,6 +247,12 @@ def push_data(ctx: RenderContext, locale: str) -> dict[str, str]:
     }
 
 
+def call_data(variables: Mapping[str, object]) -> dict[str, str]:
+    """What a call needs besides its text: the hotline its menu connects to (the borrower's country's)."""
+    brand = variables["brand"]
+    return {"hotline": brand.hotline} if isinstance(brand, Brand) and brand.hotline else {}
+
+
 def _hash(texts: Iterable[str]) -> str:
     return hashlib.sha256("\0".join(texts).encode()).hexdigest()
 
@@ -268,6 +288,9 @@ def sample_context(schedule: Schedule, step: Step, locale: str) -> RenderContext
     """A realistic reminder for ``step`` in ``locale``, for validation, previews and tests."""
     language = locale.split("-", 1)[0]
     days = step.days_overdue.first
+    template = schedule.payments.link
+    pay_link = template.format(account_id="SAMPLE-0001", amount="1234.50", currency="CNY", due_date="2026-11-01",
+                               signature="0" * 32) if template else None
     account = Account(
         account_id="SAMPLE-0001",
         name=_SAMPLE_NAMES.get(language, "Alex Morgan"),
@@ -281,6 +304,7 @@ def sample_context(schedule: Schedule, step: Step, locale: str) -> RenderContext
         due_date=SAMPLE_TODAY - timedelta(days=days),
         deadline=None,
         repayment_account="6222 0212 3456 6789",
+        pay_link=pay_link,
     )
     website = urlsplit(schedule.brand_for(locale).website)
     return RenderContext(
@@ -288,7 +312,7 @@ def sample_context(schedule: Schedule, step: Step, locale: str) -> RenderContext
         step=step,
         occurrence=1,
         days_overdue=days,
-        deadline=SAMPLE_TODAY + timedelta(days=step.deadline_days),
+        deadline=pay_by(account, step, SAMPLE_TODAY, days),
         local_today=SAMPLE_TODAY,
         unsubscribe_url=f"{website.scheme or 'https'}://{website.netloc}/unsubscribe?token=sample",
     )
@@ -334,7 +358,28 @@ def check_templates(schedule: Schedule, templates: TemplateSet | Path) -> list[T
                     problem = _check_part(composer, step, locale, channel, part.filename, variable_sets)
                     if problem is not None:
                         problems.append(problem)
+            too_long = _too_many_segments(composer, step, sample, locale)
+            if too_long is not None:
+                problems.append(too_long)
     return problems
+
+
+def _too_many_segments(composer: Composer, step: Step, sample: RenderContext, locale: str) -> TemplateProblem | None:
+    """The SMS of ``step`` rendered with sample data needs more than its ``max_segments``."""
+    if step.max_segments is None or ChannelKind.SMS not in step.channels:
+        return None
+    try:
+        rendered = composer.render_in(sample, ChannelKind.SMS, locale)
+    except TemplateError:
+        return None  # reported by the part checks
+    segments = rendered.segments
+    if segments is None or segments.segments <= step.max_segments:
+        return None
+    file = str(template_path(composer.templates_dir, step.template_name, locale, "sms.txt.j2"))
+    message = (f"the SMS needs {segments.segments} segments ({segments.units} {segments.encoding} units with "
+               f"sample data), more than max_segments {step.max_segments}")
+    return TemplateProblem(step.step, step.template_name, locale, ChannelKind.SMS, file, 1, message,
+                           rule="max_segments", col=1)
 
 
 def _check_part(

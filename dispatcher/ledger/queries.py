@@ -10,13 +10,13 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from dispatcher.ledger.claims import chunks
-from dispatcher.ledger.tables import attempts, rejects, runs
+from dispatcher.ledger.tables import attempts, rejects, reminders, runs
 
 ATTEMPT_FIELDS = (
-    "id", "account_id", "step", "occurrence", "channel", "try_no", "status", "address", "provider",
+    "id", "account_id", "step", "bucket", "occurrence", "channel", "try_no", "status", "address", "provider",
     "provider_message_id", "error_code", "error_class", "error_message", "rule_id", "detail", "not_before",
     "template", "template_version", "content_hash", "parent_id", "run_id", "reminder_key", "created_at",
-    "attempted_at", "updated_at",
+    "attempted_at", "updated_at", "answered_by", "call_duration",
 )
 """Columns of an attempt as listed by ``dispatcher attempts``."""
 
@@ -35,7 +35,9 @@ class AttemptFilter:
 
 def iter_attempts(engine: Engine, where: AttemptFilter) -> Iterator[dict[str, Any]]:
     """Attempts matching ``where``, oldest first, streamed."""
-    query = select(*(attempts.c[name] for name in ATTEMPT_FIELDS)).order_by(attempts.c.id)
+    columns = [reminders.c.bucket if name == "bucket" else attempts.c[name] for name in ATTEMPT_FIELDS]
+    joined = attempts.outerjoin(reminders, reminders.c.key == attempts.c.reminder_key)
+    query = select(*columns).select_from(joined).order_by(attempts.c.id)
     if where.account_id is not None:
         query = query.where(attempts.c.account_id == where.account_id)
     if where.since is not None:

@@ -14,9 +14,12 @@ What a purge keeps, whatever its age, so that it never changes who is contacted:
   hash are erased, except for replies a person has still to read (``unclear`` or
   ``other`` and unread), which are kept whole.
 
+* hand-off work items still open or claimed, with their events.
+
 Everything else older than the cut-off is deleted: decisions that never claimed
 (deferrals, holds: the planner records them again if still due), rejects, runs,
-lifted suppressions and parked callbacks.
+lifted suppressions, parked callbacks and hand-offs closed before the cut-off with
+their events (the claim row of the hand-off attempt stays, so none is opened again).
 """
 
 from __future__ import annotations
@@ -29,7 +32,17 @@ from sqlalchemy import Connection, Engine, and_, delete, exists, func, or_, sele
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.errors import ConfigError, LedgerError
-from dispatcher.ledger.tables import attempts, early_callbacks, inbound_replies, rejects, reminders, runs, suppressions
+from dispatcher.ledger.tables import (
+    attempts,
+    early_callbacks,
+    handoff_events,
+    handoffs,
+    inbound_replies,
+    rejects,
+    reminders,
+    runs,
+    suppressions,
+)
 
 PERSONAL_COLUMNS = ("address", "address_hash", "borrower_hash", "provider_message_id", "error_message", "detail",
                     "content_hash")
@@ -84,9 +97,16 @@ def _old_replies(cutoff: datetime) -> Any:
                 or_(inbound_replies.c.sender != "", inbound_replies.c.text != "", inbound_replies.c.address_hash != ""))
 
 
+def _old_handoffs(cutoff: datetime) -> Any:
+    """Work items closed before ``cutoff`` (a ``wrong_number`` outcome lives on as an active suppression)."""
+    return select(handoffs.c.id).where(handoffs.c.status == "closed", handoffs.c.closed_at < cutoff)
+
+
 def _targets(cutoff: datetime) -> list[tuple[Any, Any]]:
     claimed = exists().where(attempts.c.reminder_key == reminders.c.key, attempts.c.try_no >= 1)
     return [
+        (handoff_events, handoff_events.c.handoff_id.in_(_old_handoffs(cutoff))),  # before the items they name
+        (handoffs, handoffs.c.id.in_(_old_handoffs(cutoff))),
         (attempts, and_(attempts.c.try_no < 1, attempts.c.created_at < cutoff)),
         (reminders, and_(reminders.c.created_at < cutoff, ~claimed)),
         (rejects, rejects.c.created_at < cutoff),

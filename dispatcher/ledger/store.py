@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Engine, bindparam, exists, func, select, upda
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.accounts import Account, RejectedRow
+from dispatcher.channels.base import ChannelKind
 from dispatcher.errors import LedgerError
 from dispatcher.history import (
     CONTACT_STATUSES,
@@ -21,11 +22,15 @@ from dispatcher.history import (
     deferral_note,
 )
 from dispatcher.ledger import claims
+from dispatcher.ledger.calls import load_calls
 from dispatcher.ledger.claims import AttemptOutcome, chunks, insert_ignoring_conflicts
+from dispatcher.ledger.handoffs import load_handoff_history
 from dispatcher.ledger.tables import attempts, rejects, reminders, suppressions
 from dispatcher.ledger.tally import HELD_CLASS
 
 __all__ = ["AttemptOutcome", "Ledger"]
+
+_HANDOFF = ChannelKind.HANDOFF.value
 
 PENDING_STATUSES = ("planned", "claimed", "sending")
 """An attempt not settled yet: to send, taken by a deliverer, or handed over with its outcome not recorded."""
@@ -42,7 +47,8 @@ class Ledger:
 
     # history ----------------------------------------------------------------------------
     def load_history(self, accounts: Sequence[Account], contacts_since: datetime | None = None) -> BatchHistory:
-        """Claims, contacts since ``contacts_since`` and active suppressions for a batch of accounts."""
+        """Claims, contacts since ``contacts_since``, active suppressions and the pauses and contacts of
+        hand-offs for a batch of accounts."""
         history = BatchHistory()
         ids = [a.account_id for a in accounts]
         hashes = sorted({h for a in accounts for h in borrower_hashes(a)})
@@ -51,7 +57,9 @@ class Ledger:
                 self._load_claims(connection, ids, history)
                 if contacts_since is not None:
                     self._load_contacts(connection, ids, hashes, contacts_since, history)
+                    load_calls(connection, ids, hashes, contacts_since, history)
                 self._load_suppressions(connection, hashes, history)
+                load_handoff_history(connection, ids, hashes, contacts_since, history)
         except SQLAlchemyError as exc:
             raise self._guard("read history", exc) from exc
         return history
@@ -92,7 +100,8 @@ class Ledger:
         def collect(column: Any, values: Sequence[str]) -> None:
             for chunk in chunks(values):
                 for row in connection.execute(query.where(column.in_(chunk))):
-                    if row.id not in seen and row.status in CONTACT_STATUSES:
+                    # a hand-off's attempt opens a work item: the contact is the person's, counted when closed
+                    if row.id not in seen and row.status in CONTACT_STATUSES and row.channel != _HANDOFF:
                         seen.add(row.id)
                         linked.add(row.account_id)
                         history.add_contact(Contact(row.id, row.account_id, row.channel, row.address_hash,

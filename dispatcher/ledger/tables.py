@@ -92,6 +92,7 @@ reminders = Table(
     Column("occurrence", Integer, nullable=False),
     Column("run_id", Integer),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("bucket", String(64)),  # the step's bucket (M1, M2 …) when the reminder was booked
 )
 
 attempts = Table(
@@ -126,6 +127,8 @@ attempts = Table(
     Column("attempted_at", UtcDateTime),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("duration_ms", Integer),  # how long the provider took to answer
+    Column("answered_by", String(32)),  # voice: Twilio's AnsweredBy (human, machine_end_beep … unknown)
+    Column("call_duration", Integer),  # voice: seconds the call lasted (CallDuration)
     Index("ix_attempts_account_id", "account_id"),
     Index("ix_attempts_provider_message_id", "provider_message_id"),
     Index("ix_attempts_status", "status"),
@@ -198,4 +201,47 @@ inbound_replies = Table(
     Column("read_at", UtcDateTime),  # a person read it (``dispatcher replies --mark-read``)
     Index("ix_inbound_replies_address_hash", "address_hash"),
     Index("ix_inbound_replies_decision", "decision"),
+)
+
+handoffs = Table(
+    "handoffs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(128), nullable=False),
+    Column("reminder_key", String(255), nullable=False, unique=True),  # one work item per occurrence
+    Column("attempt_id", Integer),  # the attempt (channel handoff) that opened it
+    Column("step", String(64), nullable=False),
+    Column("due_date", Date),  # the delinquency it belongs to
+    Column("queue", String(64), nullable=False),
+    Column("priority", Integer, nullable=False),  # 1 first
+    Column("kind", String(16), nullable=False),  # call | visit | legal
+    Column("status", String(16), nullable=False),  # open → claimed → closed (open → closed too)
+    Column("phone", String(255)),  # masked: the number the borrower had when it was opened
+    Column("phone_hash", String(64)),  # of that number: a wrong_number outcome suppresses it
+    Column("borrower_hash", String(64)),  # the borrower's key: a person's contact counts toward caps per borrower
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("claimed_by", String(64)),
+    Column("claimed_at", UtcDateTime),
+    Column("closed_by", String(64)),
+    Column("closed_at", UtcDateTime),
+    Column("outcome", String(32)),  # contacted | promise_to_pay | dispute | wrong_number | paid | visit_done
+    Column("until", Date),  # promise_to_pay (and a dispute) holds the ladder up to this day
+    Column("note", Text),  # masked
+    Column("agents", Text),  # JSON list of the people who closed it (a visit: at least two)
+    Index("ix_handoffs_account_id", "account_id"),
+    Index("ix_handoffs_attempt_id", "attempt_id"),
+    Index("ix_handoffs_borrower_hash", "borrower_hash"),
+    Index("ix_handoffs_queue_status", "queue", "status"),
+)
+
+handoff_events = Table(
+    "handoff_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("handoff_id", Integer, nullable=False),
+    Column("action", String(16), nullable=False),  # opened | claimed | closed | pushed | push_failed
+    Column("actor", String(64), nullable=False),  # an agent, or "dispatcher"
+    Column("at", UtcDateTime, nullable=False),
+    Column("detail", Text),  # masked
+    Index("ix_handoff_events_handoff_id", "handoff_id"),
 )

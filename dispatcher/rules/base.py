@@ -27,6 +27,12 @@ class AccountRule(Protocol):
     def check(self, account: Account, today: date) -> Block | None: ...
 
 
+class HistoryRule(Protocol):
+    """A rule about the borrower as a whole that reads the ledger's history (pauses agreed at a hand-off)."""
+
+    def check(self, account: Account, today: date, history: BatchHistory) -> Block | None: ...
+
+
 class ChannelRule(Protocol):
     """A rule about one channel of one reminder (opt-outs, windows, caps); ``history`` is the batch's."""
 

@@ -4,11 +4,14 @@
   ``civil-court``, ``civil-police``, ``civil-criminal``, ``civil-credit``, ``civil-contacts``: no
   threat of court or a lawsuit, of arrest or the police, of a criminal record, of the borrower's
   credit record, or of telling family, employer or contacts (:data:`~dispatcher.rules.wordlists.CIVIL_RULES`);
-* ``content``: brand, amount, deadline, masked repayment account, help contact, an
-  official way to verify the message, the opt-out wording (SMS, email); no run of
-  8 or more digits (a full account, card or ID number);
+* ``content``: brand, amount, deadline, the repayment account in full (where to pay: a borrower
+  cannot pay to ``**** 9593``) or the pay link, help contact, an official way to verify the
+  message, the opt-out wording (SMS, email); no other run of 8 or more digits (the borrower's
+  own card or ID number is shown masked);
 * ``third-party``: a push notification's title and body show no amount and no debt
-  wording, as anyone can read a lock screen.
+  wording, as anyone can read a lock screen; nor does a call's greeting (``voice_greeting.txt.j2``),
+  which an answering machine records. A call states the content elements in ``voice.txt.j2``
+  (no opt-out wording) and its greeting leaves the hotline.
 
 :func:`lint_templates` checks every template × locale × channel with sample data
 (``dispatcher validate`` and every load of schedules.yaml), on the template snapshot
@@ -37,6 +40,7 @@ from dispatcher.compose.renderer import (
     sample_context,
 )
 from dispatcher.errors import TemplateError
+from dispatcher.regions import country_of
 from dispatcher.rules.base import Block
 from dispatcher.rules.policy import Policy, resolve_policy
 from dispatcher.rules.wordlists import (
@@ -132,15 +136,18 @@ def violations(rendered: Rendered, policy: Policy, brand: Brand,
     yield from civil_violations(rendered.locale, words)
     for phrase in _blocked(policy.blocked_phrases(rendered.locale), words):
         yield "civil", f"the phrase {phrase!r} is not allowed (threat or insult)", phrase
-    allowed = (brand.hotline, brand.website, brand.help_email or "", mask(account.repayment_account),
-               rendered.data.get("deadline", ""))
-    for text in texts:
+    allowed = (brand.hotline, brand.website, brand.help_email or "", account.repayment_account,
+               mask(account.repayment_account), rendered.data.get("deadline", ""))
+    for text in words:  # links carry ids and signatures, not the borrower's numbers
         run = _DIGIT_RUN.search(_without(text, allowed))
         if run:
             digits = sum(c.isdigit() for c in run.group())
             yield ("content", f"a run of {digits} digits ({run.group()!r}) looks like a full account, card or "
                    "ID number: mask it", run.group())
             break
+    if rendered.channel is ChannelKind.VOICE:  # the greeting is what an answering machine or a relative hears
+        yield from _exposed(rendered, account, "a call's greeting says", "say the rest after the key press",
+                            rendered.title or "")
     if rendered.channel is ChannelKind.PUSH and policy.push_generic:
         shown = " ".join(t for t in (rendered.title, rendered.body) if t).lower()
         words = [w for w in LOCK_SCREEN_WORDS.get(language_of(rendered.locale), ()) if w.lower() in shown]
@@ -149,6 +156,17 @@ def violations(rendered: Rendered, policy: Policy, brand: Brand,
         if words:
             yield ("third-party", f"push notification text shows {', '.join(map(repr, words))} on the lock screen; "
                    "keep details in the app", words[0])
+
+
+def _exposed(rendered: Rendered, account: Account, what: str, instead: str,
+             text: str) -> Iterator[tuple[str, str, str]]:
+    """``third-party`` when ``text`` (heard or seen by anyone) has debt wording or the amount."""
+    shown = text.lower()
+    words = [w for w in LOCK_SCREEN_WORDS.get(language_of(rendered.locale), ()) if w.lower() in shown]
+    if money(account.overdue_amount, account.currency, rendered.locale).lower() in shown:
+        words.append("the amount")
+    if words:
+        yield "third-party", f"{what} {', '.join(map(repr, words))}; {instead}", words[0]
 
 
 def missing_elements(rendered: Rendered, ctx: RenderContext, brand: Brand) -> Iterator[str]:
@@ -161,12 +179,15 @@ def missing_elements(rendered: Rendered, ctx: RenderContext, brand: Brand) -> It
         "the brand": [brand.name],
         "the amount": [money(account.overdue_amount, account.currency, locale)],
         "the deadline": [localdate(ctx.deadline, locale)],
-        "the masked repayment account": [mask(account.repayment_account)],
+        "the repayment account in full or the pay link": [account.repayment_account, account.pay_link or ""],
         "a help contact": [brand.hotline, brand.help_email or brand.hotline],
         "an official way to verify the message": [brand.hotline, brand.website],
     }
     if rendered.channel is ChannelKind.SMS:
         required["the opt-out wording"] = list(OPT_OUT_WORDING.get(language_of(locale), ("STOP",)))
+    elif rendered.channel is ChannelKind.VOICE:  # no opt-out wording for calls; the greeting leaves a number
+        required["in its greeting, the hotline to call back"] = [brand.hotline] if brand.hotline in (
+            rendered.title or "") else []
     else:
         required["an unsubscribe link or wording"] = [ctx.unsubscribe_url or "", *_EMAIL_UNSUBSCRIBE]
     for what, options in required.items():
@@ -214,7 +235,7 @@ def lint_templates(schedule: Schedule, templates: TemplateSet | Path, policy: Po
             continue
         seen.add(step.template_name)
         for locale in sorted(composer.templates.locales(step.template_name) & set(schedule.locales)):
-            for channel in ChannelKind:
+            for channel in PARTS:  # the channels that have templates (a hand-off has none)
                 problems.extend(_lint_one(composer, schedule, step.step, locale, channel, policy))
     return problems
 
@@ -231,7 +252,7 @@ def _lint_one(composer: Composer, schedule: Schedule, step_name: str, locale: st
         rendered = composer.render_in(ctx, channel, locale)
     except TemplateError:
         return  # reported by the template checks
-    brand = composer.brand(locale)
+    brand = composer.brand(locale, country_of(ctx.account))
     base = TemplateProblem(step_name, template, locale, channel, None, None, "")
     for rule, message, needle in violations(rendered, policy, brand, ctx.account):
         file, line = _line_of(composer.templates, rendered, template, needle)
@@ -250,7 +271,8 @@ class ContentCheck:
         self.composer = composer
 
     def check(self, rendered: Rendered, account: Account) -> Block | None:
-        for rule, message, _text in violations(rendered, self.policy, self.composer.brand(rendered.locale), account):
+        brand = self.composer.brand(rendered.locale, country_of(account))
+        for rule, message, _text in violations(rendered, self.policy, brand, account):
             return Block(rule, message)
         return None
 

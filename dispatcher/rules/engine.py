@@ -3,7 +3,7 @@
 A rule either lets a reminder through or returns a :class:`~dispatcher.rules.base.Block`
 naming its rule id, whether it defers (try again later) or suppresses (never for this
 occurrence), and why. Rule ids: ``pause``, ``opt-out``, ``bad-address``, ``window``,
-``holiday``, ``cap`` here; ``paid``, ``civil``, ``content``, ``third-party`` at send time
+``holiday``, ``call-cap``, ``cap`` here; ``paid``, ``civil``, ``content``, ``third-party`` at send time
 (:mod:`dispatcher.rules.recheck`); ``no_address`` and ``superseded`` in the planner.
 """
 
@@ -16,10 +16,11 @@ from datetime import date, datetime
 from dispatcher.accounts import Account
 from dispatcher.channels.base import ChannelKind
 from dispatcher.history import BatchHistory
-from dispatcher.rules.base import AccountRule, Block, ChannelRule
+from dispatcher.rules.base import AccountRule, Block, ChannelRule, HistoryRule
+from dispatcher.rules.call_cap import CallCapRule
 from dispatcher.rules.cap import CapRule
 from dispatcher.rules.opt_out import OptOutRule
-from dispatcher.rules.pause import PauseRule
+from dispatcher.rules.pause import HandoffPauseRule, PauseRule
 from dispatcher.rules.policy import Policy
 from dispatcher.rules.window import HolidayRule, Holidays, WindowRule
 from dispatcher.schedule.models import Schedule
@@ -33,10 +34,19 @@ class RuleEngine:
     channel_rules: Sequence[ChannelRule]
     recheck_rules: Sequence[ChannelRule] = ()
     """The channel rules run again just before sending (not caps: the claim already counts)."""
+    history_rules: Sequence[HistoryRule] = ()
+    """Account rules that read the ledger's history (pauses agreed at a hand-off), after ``account_rules``."""
 
-    def check_account(self, account: Account, today: date) -> Block | None:
+    def check_account(self, account: Account, today: date, history: BatchHistory | None = None) -> Block | None:
         for rule in self.account_rules:
             block = rule.check(account, today)
+            if block is not None:
+                return block
+        return self._check_history(account, today, history) if history is not None else None
+
+    def _check_history(self, account: Account, today: date, history: BatchHistory) -> Block | None:
+        for rule in self.history_rules:
+            block = rule.check(account, today, history)
             if block is not None:
                 return block
         return None
@@ -67,6 +77,9 @@ def build_engine(schedule: Schedule, policy: Policy) -> RuleEngine:
     holiday = HolidayRule(holidays, policy.window, schedule.timezone)
     return RuleEngine(
         account_rules=[PauseRule()],
-        channel_rules=[opt_out, window, holiday, CapRule(policy.caps, policy.per_debt)],
+        channel_rules=[opt_out, window, holiday,
+                       *([CallCapRule(policy.call_limits)] if policy.call_limits else []),  # calls: before ``cap``
+                       CapRule(policy.caps, policy.per_debt)],
         recheck_rules=[opt_out, window, holiday],
+        history_rules=[HandoffPauseRule()],
     )

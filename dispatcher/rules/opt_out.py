@@ -2,7 +2,8 @@
 
 Sources: the account's ``opt_out_channels`` column, inbound STOP replies, Twilio
 error 21610, one-click email unsubscribes (``opt-out``); invalid numbers and dead
-push tokens reported by a provider (``bad-address``). Only that channel is blocked.
+push tokens reported by a provider, numbers a collector found to be wrong (``bad-address``).
+Only that channel is blocked.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dispatcher.channels.base import ChannelKind
 from dispatcher.history import BatchHistory
 from dispatcher.rules.base import Block
 
-DEAD_ADDRESS_SOURCES = frozenset({"bad_address", "dead_token"})
+DEAD_ADDRESS_SOURCES = frozenset({"bad_address", "dead_token", "wrong_number"})
 """Suppression sources that mean the address does not work, rather than that the borrower said stop."""
 
 

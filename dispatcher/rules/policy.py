@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from dispatcher.channels.base import ChannelKind
+from dispatcher.rules.call_cap import CALL_LIMITS, CallLimits
 from dispatcher.rules.wordlists import CIVIL_BLOCKLIST, language_of
 from dispatcher.schedule.models import Cap, ClockRange, Schedule
 
@@ -56,6 +57,8 @@ class Policy:
     retention: timedelta
     holidays: Mapping[str, frozenset[date]] = field(default_factory=dict)
     blocklist: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    call_limits: CallLimits | None = None
+    """The profile's call caps (``call-cap``), ``None`` for none."""
 
     @property
     def per_debt(self) -> bool:
@@ -63,7 +66,8 @@ class Policy:
 
     def contacts_since(self, now: datetime) -> datetime | None:
         """From when contacts must be read to check every cap at ``now`` (None: no caps)."""
-        longest = max((cap.per for cap in self.caps), default=None)
+        spans = [cap.per for cap in self.caps] + ([self.call_limits.longest] if self.call_limits else [])
+        longest = max(spans, default=None)
         return None if longest is None else now - longest
 
     def blocked_phrases(self, locale: str) -> tuple[str, ...]:
@@ -88,4 +92,5 @@ def resolve_policy(schedule: Schedule) -> Policy:
         retention=given.retention or DEFAULT_RETENTION,
         holidays={region: frozenset(days) for region, days in given.holidays.items()},
         blocklist=blocklist,
+        call_limits=CALL_LIMITS.get(schedule.profile),
     )

@@ -1,6 +1,6 @@
 """The checks repeated immediately before sending: what can change between plan and send.
 
-The balance (``paid``), pauses (``pause``), opt-outs and dead addresses
+The balance (``paid``), pauses (``pause``, those agreed at a hand-off included), opt-outs and dead addresses
 (``opt-out``, ``bad-address``), the contact window and holidays are checked again
 on a fresh read of the accounts and of the suppressions. Caps are not: they were
 counted when the reminder was planned and the claim makes the send happen once.
@@ -68,7 +68,8 @@ class SendCheck:
             return Block("paid", "the account is no longer in the overdue source")
         if account.settled:
             return Block("paid", f"settled before sending (balance {account.overdue_amount})")
-        block = self.engine.check_account(account, local_date(now, home_zone(account, self.default_zone)))
+        block = self.engine.check_account(account, local_date(now, home_zone(account, self.default_zone)),
+                                          facts.history)
         if block is not None:
             return block
         if job.planned_address_hash is not None or address_for(account, channel) != address:

@@ -78,14 +78,24 @@ def duplicate_names(root: Any, data: Any, file: str) -> list[Problem]:
 
 
 def _window(item: dict[str, Any]) -> DayWindow | None:
+    """The step's days, its ``until: {days_overdue: N}`` included."""
     try:
-        return parse_window(item.get("days_overdue"))
+        window = parse_window(item.get("days_overdue"))
     except ValueError:
         return None
+    until = item.get("until")
+    last = until.get("days_overdue") if isinstance(until, dict) else None
+    if window.last is None and isinstance(last, int) and not isinstance(last, bool) and last >= window.first:
+        return DayWindow(window.first, last)
+    return window
 
 
 def overlapping_windows(root: Any, data: Any, file: str) -> list[Problem]:
-    """A problem at each step whose ``days_overdue`` overlaps an earlier step's."""
+    """A problem at each step whose ``days_overdue`` overlaps an earlier step's.
+
+    An earlier step with ``when:`` conditions may share days with later ones: the accounts it does not
+    match fall through to them.
+    """
     problems: list[Problem] = []
     earlier: list[tuple[str, DayWindow]] = []
     for index, item in _items(data, "ladder"):
@@ -97,7 +107,8 @@ def overlapping_windows(root: Any, data: Any, file: str) -> list[Problem]:
                 path = ("ladder", index, "days_overdue")
                 message = f"{format_path(path)} {window} overlaps step {name!r} ({other})"
                 problems.append(Problem(file, *value_position(root, path), message))
-        earlier.append((str(item.get("step", f"ladder[{index}]")), window))
+        if not item.get("when"):
+            earlier.append((str(item.get("step", f"ladder[{index}]")), window))
     return problems
 
 

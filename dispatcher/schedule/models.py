@@ -9,14 +9,17 @@ cron syntax, zone names). Checks that need the whole file or other files
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.functional_validators import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from dispatcher.channels.base import ChannelKind
 
@@ -43,7 +46,12 @@ DEFAULT_RECHECK_QUERY = (
 )
 """Re-reads the accounts about to be contacted (fresh balance, pauses) just before sending."""
 
-_WINDOW_RE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d*)\s*)?$")
+PAY_LINK_FIELDS = ("account_id", "amount", "currency", "due_date", "signature")
+"""Placeholders a pay link template may use."""
+
+_WINDOW_RE = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d*)\s*)?$")
+EARLIEST_DAY = -60
+"""The earliest day a step may start: reminders before the due date go back at most this far."""
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdwy])\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 _CLOCK_RANGE_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
@@ -78,23 +86,25 @@ class DayWindow:
 
 
 def parse_window(value: Any) -> DayWindow:
-    """``3`` → day 3 only, ``1-3`` → days 1 to 3, ``15-`` → day 15 onwards."""
+    """``3`` → day 3 only, ``1-3`` → days 1 to 3, ``15-`` → day 15 onwards; ``0`` is the due date itself
+    and ``-3--1`` the three days before it (reminders before the due date)."""
     if isinstance(value, DayWindow):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise ValueError("days_overdue must be a day or a range like '1-3' or '15-'")
+        raise ValueError("days_overdue must be a day or a range like '1-3', '15-' or '-3--1'")
     match = _WINDOW_RE.match(value)
     if not match:
-        raise ValueError(f"days_overdue {value!r} is not a day or a range like '1-3' or '15-'")
+        raise ValueError(f"days_overdue {value!r} is not a day or a range like '1-3', '15-' or '-3--1'")
     first = int(match.group(1))
     if match.group(2) is None:
         last: int | None = first
     else:
         last = int(match.group(2)) if match.group(2) else None
-    if first < 1:
-        raise ValueError("days_overdue starts at day 1 (the day after the due date)")
+    if first < EARLIEST_DAY:
+        raise ValueError(f"days_overdue starts at day {EARLIEST_DAY} at the earliest ({-EARLIEST_DAY} days "
+                         "before the due date)")
     if last is not None and last < first:
         raise ValueError(f"days_overdue {value!r} ends before it starts")
     return DayWindow(first, last)
@@ -186,16 +196,95 @@ class Run(Strict):
         return value
 
 
+Label = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class AmountRange(Strict):
+    """Overdue amounts from ``min`` (inclusive) to below ``max``, in ``currency`` (any currency when unset)."""
+
+    min: Decimal | None = Field(default=None, ge=0)
+    max: Decimal | None = Field(default=None, gt=0)
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AmountRange:
+        if self.min is None and self.max is None:
+            raise ValueError("an amount range needs min, max or both")
+        if self.min is not None and self.max is not None and self.max <= self.min:
+            raise ValueError(f"amount max {self.max} is not above min {self.min}")
+        return self
+
+
+class When(Strict):
+    """Conditions on an account's fields that a step applies to; every condition given must hold.
+
+    ``product``, ``segment`` and ``risk_band`` list the values that match (optional columns of the
+    account contract: an account without the column matches no list).
+    """
+
+    amount: AmountRange | None = None
+    product: list[Label] | None = Field(default=None, min_length=1)
+    segment: list[Label] | None = Field(default=None, min_length=1)
+    risk_band: list[Label] | None = Field(default=None, min_length=1)
+
+
+class Until(Strict):
+    """Where an open-ended step ends: after ``occurrences`` sends, or after day ``days_overdue``."""
+
+    occurrences: int | None = Field(default=None, ge=1, le=1000)
+    days_overdue: int | None = Field(default=None, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _one(self) -> Until:
+        if (self.occurrences is None) == (self.days_overdue is None):
+            raise ValueError("until takes one of occurrences or days_overdue")
+        return self
+
+
+DEFAULT_HANDOFF_PRIORITY = 5
+"""Priority of a hand-off that names none: 1 is the most urgent, 9 the least."""
+
+
+class Handoff(Strict):
+    """Work for people instead of a message: one work item per occurrence of the step, in ``queue``.
+
+    ``kind`` says what the collectors do (``call``, ``visit``, ``legal``); ``priority`` orders a queue
+    (1 first). See :mod:`dispatcher.channels.handoff`.
+    """
+
+    queue: Name
+    priority: int = Field(default=DEFAULT_HANDOFF_PRIORITY, ge=1, le=9)
+    kind: Literal["call", "visit", "legal"] = "call"
+
+
+def _message_channel(value: Any) -> Any:
+    """A step's ``channels`` are message channels: a hand-off to people is written ``handoff: {queue: ...}``."""
+    kinds = [kind.value for kind in ChannelKind if kind is not ChannelKind.HANDOFF]
+    if value in kinds:
+        return value
+    choices = ", ".join(repr(kind) for kind in kinds[:-1]) + f" or {kinds[-1]!r}"
+    hint = " (a hand-off to people is written `handoff: {queue: NAME}`)" if value == ChannelKind.HANDOFF else ""
+    raise ValueError(f"expected {choices}, got {value!r}{hint}")
+
+
+MessageChannel = Annotated[ChannelKind, BeforeValidator(_message_channel)]
+
+
 class Step(Strict):
-    """One rung of the escalation ladder."""
+    """One rung of the escalation ladder: messages on ``channels``, or a ``handoff`` to people."""
 
     step: Name
     days_overdue: Window
     every: Duration | None = None
-    channels: list[ChannelKind] = Field(min_length=1)
+    until: Until | None = None
+    handoff: Handoff | None = None  # before channels: their validator reads it
+    channels: list[MessageChannel] = Field(default=None, validate_default=True)
     template: Name | None = None
     fallback: bool = False
     deadline_days: int = Field(default=DEFAULT_DEADLINE_DAYS, ge=0, le=365)
+    when: When | None = None
+    bucket: Name | None = None
+    max_segments: int | None = Field(default=None, ge=1, le=10)
 
     @property
     def template_name(self) -> str:
@@ -206,6 +295,30 @@ class Step(Strict):
         if self.every is None:
             return None
         return max(1, self.every.days)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _handoff_needs_no_channels(cls, data: Any) -> Any:
+        """A step written with ``handoff`` and without ``channels`` gets the marker ``()`` (YAML never makes one)."""
+        if isinstance(data, dict) and "handoff" in data and "channels" not in data:
+            return {**data, "channels": ()}
+        return data
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channels_or_handoff(cls, value: Any, info: ValidationInfo) -> Any:
+        """At least one channel, unless the step hands off to people; never both."""
+        if value is None:
+            raise PydanticCustomError("missing", "Field required")
+        if isinstance(value, tuple) and not value:  # the hand-off marker
+            return []
+        handoff = info.data.get("handoff")
+        if handoff is not None and value:
+            raise ValueError("a step sends messages (channels) or hands off to people (handoff), not both")
+        if handoff is None and isinstance(value, list) and not value:
+            raise PydanticCustomError("too_short", "List should have at least 1 item after validation, not 0",
+                                      {"field_type": "List", "min_length": 1, "actual_length": 0})
+        return value
 
     @field_validator("channels")
     @classmethod
@@ -220,6 +333,28 @@ class Step(Strict):
         if value is not None and (value.seconds or value.microseconds or value.days < 1):
             raise ValueError("must be a whole number of days or weeks, like '3d' or '1w'")
         return value
+
+    @model_validator(mode="after")
+    def _ends(self) -> Step:
+        until, window = self.until, self.days_overdue
+        if until is None:
+            return self
+        if until.occurrences is not None and self.every is None:
+            raise ValueError("until: occurrences needs `every` (a step without it is sent once)")
+        if until.days_overdue is not None:
+            if window.last is not None:
+                raise ValueError("until: days_overdue is for an open-ended window ('15-'); this one ends on "
+                                 f"day {window.last}")
+            if until.days_overdue < window.first:
+                raise ValueError(f"until: day {until.days_overdue} is before the window starts (day {window.first})")
+        return self
+
+    @property
+    def last_day(self) -> int | None:
+        """The last day of the step's window, ``until`` included (``None``: open-ended)."""
+        if self.days_overdue.last is not None:
+            return self.days_overdue.last
+        return self.until.days_overdue if self.until is not None else None
 
 
 class Cap(Strict):
@@ -254,13 +389,64 @@ class Delivery(Strict):
     rate_limits: dict[ProviderName, Annotated[float, Field(gt=0, le=100_000)]] = Field(default_factory=dict)
 
 
+class Contacts(Strict):
+    """A borrower country's own ways to reach the lender (a hotline dialable from there), overriding the locale's."""
+
+    hotline: str | None = Field(default=None, min_length=1)
+    website: str | None = Field(default=None, min_length=1)
+    help_email: str | None = None
+
+
+Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+
+
 class Brand(Strict):
-    """How the lender names itself in one locale, and how a borrower can check a message is genuine."""
+    """How the lender names itself in one locale, and how a borrower can check a message is genuine.
+
+    ``countries`` overrides the contacts for borrowers living in a country (the account's ``country``
+    column, else the phone number's region): a US borrower is given a number dialable from the US.
+    """
 
     name: str = Field(min_length=1)
     hotline: str = Field(min_length=1)
     website: str = Field(min_length=1)
     help_email: str | None = None
+    countries: dict[Country, Contacts] = Field(default_factory=dict)
+
+    def for_country(self, country: str | None) -> Brand:
+        """This brand with ``country``'s own contacts, if it has any."""
+        own = self.countries.get(country) if country else None
+        if own is None:
+            return self
+        return self.model_copy(update={k: v for k, v in own.model_dump().items() if v is not None})
+
+
+class Payments(Strict):
+    """The pay link shown to borrowers whose account has none of its own (the ``pay_link`` column).
+
+    ``link`` is a URL with placeholders ``{account_id}``, ``{amount}``, ``{currency}``, ``{due_date}`` and
+    ``{signature}``: an HMAC-SHA256 under ``DISPATCHER_SECRET_KEY`` of the other values, so the payment page
+    can trust them.
+    """
+
+    link: Annotated[str, Field(pattern=r"^https://\S+$", max_length=512)] | None = None
+
+    @field_validator("link")
+    @classmethod
+    def _placeholders(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"pay link {value!r}: {exc}") from None
+        unknown = sorted(set(names) - set(PAY_LINK_FIELDS))
+        if unknown:
+            raise ValueError(f"pay link placeholder {{{unknown[0]}}} is not one of "
+                             + ", ".join(f"{{{n}}}" for n in PAY_LINK_FIELDS))
+        if "signature" not in names:
+            raise ValueError("a pay link must carry {signature}, so the payment page can trust its values")
+        return value
 
 
 class Source(Strict):
@@ -324,6 +510,7 @@ class Schedule(Strict):
     runs: list[Run] = Field(min_length=1)
     ladder: list[Step] = Field(min_length=1)
     replies: Replies = Field(default_factory=Replies)
+    payments: Payments = Field(default_factory=Payments)
 
     @model_validator(mode="after")
     def _defaults_present(self) -> Schedule:

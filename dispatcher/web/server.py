@@ -10,11 +10,13 @@ from aiohttp import web
 from dispatcher.app import App
 from dispatcher.channels.provider_settings import STATUS_CALLBACK_PATH
 from dispatcher.web.access_log import RouteAccessLogger
+from dispatcher.web.api_handoffs import add_handoff_routes
 from dispatcher.web.health import health_checks, health_handler
 from dispatcher.web.limits import BodyLimits, body_limits
 from dispatcher.web.metrics import metrics_handler, metrics_text
 from dispatcher.web.refreshed import Refreshed
 from dispatcher.web.twilio_hooks import inbound_handler, spool_drainer, status_handler
+from dispatcher.web.twilio_voice_hooks import add_voice_routes
 from dispatcher.web.unsubscribe_page import confirm_handler, unsubscribe_handler
 
 INBOUND_PATH = "/webhooks/twilio/inbound"
@@ -28,18 +30,20 @@ LINGERING_TIME = 2.0
 
 
 def build_web_app(app: App) -> web.Application:
-    """Webhooks, unsubscribe pages, metrics and health bound to ``app``'s ledger and settings."""
+    """Webhooks, unsubscribe pages, metrics, health and the hand-off API bound to ``app``'s ledger and settings."""
     limits = BodyLimits.from_settings(app.settings)
     web_app = web.Application(client_max_size=limits.max_bytes, middlewares=[body_limits(limits)])
     metrics, checks = metrics_text(app), health_checks(app)
     web_app.on_cleanup.append(_closing(metrics, checks))
     web_app.router.add_post(STATUS_CALLBACK_PATH, status_handler(app))
     web_app.router.add_post(INBOUND_PATH, inbound_handler(app))
+    add_voice_routes(web_app.router, app)  # call progress and the calls' key-press menu
     web_app.cleanup_ctx.append(spool_drainer(app))  # applies replies spooled while the ledger was locked
     web_app.router.add_get("/unsubscribe/{token}", confirm_handler(app))
     web_app.router.add_post("/unsubscribe/{token}", unsubscribe_handler(app))
     web_app.router.add_get("/metrics", metrics_handler(metrics, app.settings.metrics_token))
     web_app.router.add_get("/healthz", health_handler(checks))
+    add_handoff_routes(web_app.router, app)  # only with DISPATCHER_API_TOKEN set
     return web_app
 
 

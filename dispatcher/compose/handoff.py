@@ -1,0 +1,62 @@
+"""The "message" of a hand-off: the work item's facts, for :class:`~dispatcher.channels.handoff.HandoffChannel`.
+
+A ``handoff:`` step has no templates. :class:`HandoffComposer` renders its reminders
+as the work item's fields (queue, priority, kind, the step and the borrower's masked
+number) in ``Rendered.data``, with no text, so delivery claims, re-checks and
+records a hand-off exactly as it does a message. Every other channel renders from
+templates as before; locales are resolved from the templates of the message steps only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from dispatcher.channels.base import ChannelKind
+from dispatcher.compose.renderer import Composer, RenderContext, Rendered
+from dispatcher.errors import TemplateError
+from dispatcher.history import borrower_key
+from dispatcher.masking import address_hash, mask_phone
+
+HANDOFF_TEMPLATE = "handoff"
+"""What the ledger records as the template of a hand-off attempt."""
+
+HANDOFF_FORMAT = "1"
+"""The version of the work item's fields (recorded as the template version)."""
+
+
+def work_item_data(ctx: RenderContext) -> dict[str, str]:
+    """The fields of the work item ``ctx``'s reminder opens; raises TemplateError when the step does not hand off."""
+    handoff = ctx.step.handoff
+    if handoff is None:
+        raise TemplateError(f"step {ctx.step.step!r} no longer hands off to people")
+    account = ctx.account
+    data = {"queue": handoff.queue, "priority": str(handoff.priority), "kind": handoff.kind, "step": ctx.step.step,
+            "occurrence": str(ctx.occurrence), "days_overdue": str(ctx.days_overdue),
+            "due_date": account.due_date.isoformat()}
+    if account.phone:
+        data |= {"phone": mask_phone(account.phone), "phone_hash": address_hash(account.phone)}
+    key = borrower_key(account)
+    if key:
+        data["borrower_hash"] = key
+    return data
+
+
+class HandoffComposer(Composer):
+    """A :class:`Composer` that also renders hand-offs (as work item fields, no templates)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        names = {step.template_name for step in self.schedule.ladder if step.handoff is None}
+        on_disk = [self.templates.locales(name) for name in names]
+        self.available = tuple(loc for loc in self.schedule.locales if all(loc in found for found in on_disk))
+
+    def render_in(self, ctx: RenderContext, channel: ChannelKind, locale: str) -> Rendered:
+        if ChannelKind(channel) is not ChannelKind.HANDOFF:
+            return super().render_in(ctx, channel, locale)
+        data = work_item_data(ctx)
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        return Rendered(channel=ChannelKind.HANDOFF, locale=locale, template=HANDOFF_TEMPLATE,
+                        template_version=HANDOFF_FORMAT, body="", subject=None, html=None, title=None, data=data,
+                        content_hash=digest)
