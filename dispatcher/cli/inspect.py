@@ -24,10 +24,10 @@ from dispatcher.output import to_json, write_rows
 from dispatcher.planner import address_for, rejected
 from dispatcher.zones import home_zone
 
-PLAN_COLUMNS = ("account_id", "zone", "day", "step", "bucket", "sms", "email", "push", "voice", "reason",
-                "detail")
+PLAN_COLUMNS = ("account_id", "zone", "day", "step", "bucket", "sms", "email", "push", "voice", "handoff",
+                "reason", "detail")
 _WIDTHS = {"account_id": 12, "zone": 19, "day": 4, "step": 8, "bucket": 6, "sms": 9, "email": 9, "push": 9,
-           "voice": 9, "reason": 15, "detail": 60}
+           "voice": 9, "handoff": 9, "reason": 15, "detail": 60}
 
 
 def decisions_at(app: App, now: datetime, account_id: str | None = None) -> Iterator[Decision]:

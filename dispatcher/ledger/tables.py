@@ -245,3 +245,18 @@ handoff_events = Table(
     Column("detail", Text),  # masked
     Index("ix_handoff_events_handoff_id", "handoff_id"),
 )
+
+visit_authorisations = Table(
+    "visit_authorisations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("handoff_id", Integer, nullable=False, unique=True),  # the visit work item (one authorisation each)
+    Column("account_id", String(128), nullable=False),
+    Column("collectors", Text, nullable=False),  # JSON [{"name": ..., "staff_id": ...}], at least two
+    Column("valid_from", Date, nullable=False),  # the claim day
+    Column("valid_until", Date, nullable=False),  # inclusive
+    Column("code", String(16), nullable=False),  # printed on the letter (reprinted by `handoffs authorisation`)
+    Column("code_hash", String(64), nullable=False, unique=True),  # what /verify looks up
+    Column("issued_by", String(64), nullable=False),
+    Column("issued_at", UtcDateTime, nullable=False),
+)
