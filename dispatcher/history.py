@@ -11,6 +11,7 @@ from datetime import date, datetime
 
 from dispatcher.accounts import Account
 from dispatcher.masking import address_hash
+from dispatcher.repayment_plans import RepaymentPlan
 
 CONTACT_STATUSES = frozenset({"claimed", "sending", "sent", "delivered", "unknown"})
 """Attempt statuses meaning the message reached, or may have reached, the borrower (what caps count)."""
@@ -53,15 +54,17 @@ class Suppression:
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """A pause agreed with people at a hand-off: a promise to pay until ``until``, or a dispute.
+    """A pause agreed with people at a hand-off: a promise to pay until ``until``, a dispute, or a repayment plan
+    (until its last instalment, while kept).
 
     A dispute without ``until`` holds for the delinquency of ``due_date`` (a new due date starts afresh).
     """
 
     handoff_id: int
-    reason: str  # promise_to_pay | dispute
+    reason: str  # promise_to_pay | dispute | repayment_plan
     until: date | None
     due_date: date | None
+    plan: RepaymentPlan | None = None  # a repayment_plan's instalments
 
 
 @dataclass(frozen=True, slots=True)

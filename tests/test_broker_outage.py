@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from dispatcher.app import build_app
 from dispatcher.demo import demo_accounts, seed_demo
 from dispatcher.executors import QUEUE
-from dispatcher.ledger.tables import attempts
+from dispatcher.ledger.tables import attempts, handoffs
 from dispatcher.settings import Settings
 
 ACCOUNTS = 250
@@ -104,9 +104,11 @@ def test_workers_down_the_queue_holds_the_runs_tasks_once_and_no_personal_data(
         statuses = dict(connection.execute(select(attempts.c.status, func.count()).where(attempts.c.try_no >= 1)
                                            .group_by(attempts.c.status)).all())
     assert set(statuses) <= {"sent", "suppressed"} and statuses["sent"] == planned
-    sent_ids = [json.loads(line)["attempt_id"] for kind in ("sms", "push")
+    sent_ids = [json.loads(line)["attempt_id"] for kind in ("sms", "push", "voice")
                 if (workdir / "outbox" / f"{kind}.jsonl").exists()
                 for line in (workdir / "outbox" / f"{kind}.jsonl").read_text("utf-8").splitlines()]
     sent_ids += [int(p.name.split("-")[0]) for p in (workdir / "outbox" / "email").glob("*.eml")]
+    with app.engine.connect() as connection:  # a hand-off is a work item in the ledger, not a file
+        sent_ids += [int(r.attempt_id) for r in connection.execute(select(handoffs.c.attempt_id))]
     assert len(sent_ids) == len(set(sent_ids)) == planned  # every reminder once
     app.engine.dispose()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,8 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, log: Path
 def daemon(workdir: Path, anytime: Path, clock: Callable[[], datetime],
            ledger_url: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     engine = create_engine(ledger_url)
-    seed_demo(engine, 100, clock().date())  # far overdue whatever today is; profile none: the first run sends
+    seed_demo(engine, 100, datetime.now(UTC).date())  # the message steps' days (the daemon reads the real clock);
+    # profile none: the first run sends
     engine.dispose()
     log = workdir / "daemon.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DISPATCHER_LOG_LEVEL": "INFO"}

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import insert, select
+from standins.openapi_form import SUBSET, find_spec, subset
 from standins.twilio_voice_server import TwilioVoiceStandin, call_problems
 from twilio.request_validator import RequestValidator
 
@@ -577,3 +578,14 @@ def test_voice_templates_that_break_a_content_rule_are_refused(
     path.write_text(text.replace(old, new), encoding="utf-8")
 
     assert (rule, file) in [(r, f) for r, f, _ in voice_lint(tmp_path)]
+
+
+def test_the_checked_subset_is_cut_from_twilios_published_description() -> None:
+    """The stand-in checks calls against tests/standins/twilio_api_v2010_subset.json; where Twilio's whole
+    description is beside the repository (``../shared/specs``), the subset must be exactly what it holds."""
+    whole = find_spec()
+    if whole is None:
+        pytest.skip("Twilio's whole OpenAPI description is not beside this checkout (../shared/specs)")
+    cut = subset(json.loads(whole.read_text(encoding="utf-8")))
+    assert json.loads(SUBSET.read_text(encoding="utf-8")) == cut
+    assert "/2010-04-01/Accounts/{AccountSid}/Calls.json" in cut["paths"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from dispatcher.app import App
 from dispatcher.cli import common
+from dispatcher.cli.visits import parse_instalments, plan_start
 from dispatcher.ladder import local_date
 from dispatcher.ledger.handoffs import (
     HANDOFF_COLUMNS,
@@ -25,6 +26,7 @@ from dispatcher.ledger.handoffs import (
     public,
 )
 from dispatcher.output import to_json, write_rows
+from dispatcher.visit_claims import authorise, visit_collectors
 from dispatcher.zones import zone
 
 _WIDTHS = {"id": 6, "account_id": 12, "queue": 12, "priority": 8, "kind": 5, "status": 7, "step": 10, "phone": 15,
@@ -67,15 +69,19 @@ def show_command(args: argparse.Namespace) -> int:
 
 def claim_command(args: argparse.Namespace) -> int:
     app = common.app(args)
+    collectors = visit_collectors(app, args.id, args.collector)  # refused before claiming
     item = claim_handoff(app.engine, args.id, args.agent, app.clock())
     print(f"hand-off #{item['id']} ({item['account_id']}, {item['kind']} in {item['queue']}) claimed by "
           f"{item['claimed_by']}")
+    if collectors:
+        print(authorise(app, item, collectors, args.valid_days))
     return 0
 
 
 def close_command(args: argparse.Namespace) -> int:
     app = common.app(args)
-    closing = Closing(args.outcome, tuple(args.agent), parse_until(args.until), args.note)
+    closing = Closing(args.outcome, tuple(args.agent), parse_until(args.until), args.note, args.place,
+                      parse_instalments(args.instalment), plan_start(app, args.id, args.outcome))
     item = close_handoff(app.engine, args.id, closing, app.clock(), today(app))
     print(f"hand-off #{item['id']} ({item['account_id']}) closed: {describe_outcome(item)}")
     return 0
@@ -92,6 +98,8 @@ def describe_outcome(item: dict[str, Any]) -> str:
         "contacted": "counted as a contact toward the caps",
         "visit_done": "counted as a contact toward the caps",
         "paid": "the source's balance decides whether reminders continue",
+        "repayment_plan": f"reminders paused until {item['until']} inclusive while the instalments are kept; "
+                          "a missed one resumes them",
     }
     return f"{outcome} by {agents}; {effects.get(outcome, '')}".rstrip("; ")
 

@@ -167,17 +167,30 @@ def _handoff_commands(commands: Any) -> None:
     claim = actions.add_parser("claim", help="take an open work item")
     claim.add_argument("id", type=int, metavar="ID")
     claim.add_argument("--agent", required=True, help="who takes it")
+    claim.add_argument("--collector", action="append", default=[], metavar="NAME:STAFFID",
+                       help="a visit item: each collector who visits (at least two); issues their authorisation")
+    claim.add_argument("--valid-days", type=int, default=7, metavar="N",
+                       help="a visit's authorisation holds from the claim day to N days later (default 7)")
     claim.set_defaults(handler="dispatcher.cli.handoffs:claim_command")
+    letter = actions.add_parser("authorisation", help="the authorisation letter of a claimed visit item")
+    letter.add_argument("id", type=int, metavar="ID")
+    letter.add_argument("--format", choices=["text", "html"], default="text")
+    letter.add_argument("--out", metavar="FILE", help="write it there instead of stdout")
+    letter.set_defaults(handler="dispatcher.cli.visits:authorisation_command")
     close = actions.add_parser(
         "close", help="record the outcome of a work item (claimed or not)",
         description="promise_to_pay pauses the account's reminders until --until (inclusive); dispute pauses them "
                     "(until --until, else for this delinquency); wrong_number stops SMS to the number the work item "
                     "was opened with; contacted, promise_to_pay and visit_done count as contacts toward the caps; "
-                    "visit_done needs at least two --agent.")
+                    "visit_done needs at least two --agent; repayment_plan (with --instalment) pauses them "
+                    "while the instalments are kept and resumes them on a missed one.")
     close.add_argument("id", type=int, metavar="ID")
     close.add_argument("--outcome", required=True, choices=HANDOFF_OUTCOMES)
     close.add_argument("--until", metavar="DATE", help="ISO date: the last day of a promise to pay (or a dispute)")
     close.add_argument("--agent", action="append", default=[], metavar="A",
                        help="who closes it (repeatable: every collector of a visit; default: who claimed it)")
     close.add_argument("--note", metavar="TEXT")
+    close.add_argument("--place", metavar="TEXT", help="where a visit took place (stored masked like notes)")
+    close.add_argument("--instalment", action="append", default=[], metavar="DATE:AMOUNT",
+                       help="repayment_plan: an agreed instalment, e.g. 2026-12-15:500.00 (repeatable)")
     close.set_defaults(handler="dispatcher.cli.handoffs:close_command")

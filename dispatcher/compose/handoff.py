@@ -4,14 +4,13 @@ A ``handoff:`` step has no templates. :class:`HandoffComposer` renders its remin
 as the work item's fields (queue, priority, kind, the step and the borrower's masked
 number) in ``Rendered.data``, with no text, so delivery claims, re-checks and
 records a hand-off exactly as it does a message. Every other channel renders from
-templates as before; locales are resolved from the templates of the message steps only.
+templates as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 from dispatcher.channels.base import ChannelKind
 from dispatcher.compose.renderer import Composer, RenderContext, Rendered
@@ -45,12 +44,6 @@ def work_item_data(ctx: RenderContext) -> dict[str, str]:
 
 class HandoffComposer(Composer):
     """A :class:`Composer` that also renders hand-offs (as work item fields, no templates)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        names = {step.template_name for step in self.schedule.ladder if step.handoff is None}
-        on_disk = [self.templates.locales(name) for name in names]
-        self.available = tuple(loc for loc in self.schedule.locales if all(loc in found for found in on_disk))
 
     def render_in(self, ctx: RenderContext, channel: ChannelKind, locale: str) -> Rendered:
         if ChannelKind(channel) is not ChannelKind.HANDOFF:

@@ -258,8 +258,9 @@ def _hash(texts: Iterable[str]) -> str:
 
 
 def _available_locales(templates: TemplateSet, schedule: Schedule) -> tuple[str, ...]:
-    """Locales of the schedule that every ladder template has a directory for, in schedule order."""
-    names = {step.template_name for step in schedule.ladder}
+    """Locales of the schedule that every ladder template has a directory for, in schedule order (a hand-off
+    step has no templates)."""
+    names = {step.template_name for step in schedule.ladder if step.handoff is None}
     on_disk = [templates.locales(name) for name in names]
     return tuple(loc for loc in schedule.locales if all(loc in found for found in on_disk))
 

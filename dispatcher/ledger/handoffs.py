@@ -28,6 +28,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Engine, exists, select, update
@@ -40,18 +41,19 @@ from dispatcher.ledger.claims import chunks, insert_ignoring_conflicts
 from dispatcher.ledger.suppressions import suppress_hash
 from dispatcher.ledger.tables import handoff_events, handoffs
 from dispatcher.masking import mask_text
+from dispatcher.repayment_plans import Instalment, PlanError, RepaymentPlan
 
 STATUSES = ("open", "claimed", "closed")
 """A work item's status, in the only order it moves."""
 
-OUTCOMES = ("contacted", "promise_to_pay", "dispute", "wrong_number", "paid", "visit_done")
+OUTCOMES = ("contacted", "promise_to_pay", "dispute", "wrong_number", "paid", "visit_done", "repayment_plan")
 """What an agent may record when closing a work item."""
 
-CONTACT_OUTCOMES = frozenset({"contacted", "promise_to_pay", "visit_done"})
+CONTACT_OUTCOMES = frozenset({"contacted", "promise_to_pay", "visit_done", "repayment_plan"})
 """Outcomes in which a person reached the borrower: each counts as a contact toward the caps."""
 
-HOLD_OUTCOMES = frozenset({"promise_to_pay", "dispute"})
-"""Outcomes that pause the ladder (``--until`` gives their last day)."""
+HOLD_OUTCOMES = frozenset({"promise_to_pay", "dispute", "repayment_plan"})
+"""Outcomes that pause the ladder (``--until`` gives their last day; a plan's is its last instalment's)."""
 
 VISIT_AGENTS = 2
 """Collectors a field visit needs (the 2026 collection guideline): ``visit_done`` names at least this many."""
@@ -67,10 +69,11 @@ CONTACT_ID_OFFSET = 10**15
 
 MAX_AGENT = 64
 MAX_NOTE = 2000
+MAX_PLACE = 200
 
 HANDOFF_COLUMNS = ("id", "account_id", "queue", "priority", "kind", "status", "step", "phone", "created_at",
                    "claimed_by", "claimed_at", "closed_by", "closed_at", "outcome", "until", "agents", "note",
-                   "reminder_key", "attempt_id")
+                   "reminder_key", "attempt_id", "place", "plan")
 """A work item as ``dispatcher handoffs list`` and ``GET /api/handoffs`` show it."""
 
 
@@ -113,12 +116,16 @@ class WorkItem:
 
 @dataclass(frozen=True, slots=True)
 class Closing:
-    """An agent's outcome of a work item: who (``agents``), what, until when, and a note."""
+    """An agent's outcome of a work item: who (``agents``), what, until when, and a note; a visit's place, an agreed
+    plan's instalments and the overdue amount it starts from (see :mod:`dispatcher.repayment_plans`)."""
 
     outcome: str
     agents: tuple[str, ...] = ()
     until: date | None = None
     note: str | None = None
+    place: str | None = None
+    instalments: tuple[Instalment, ...] = ()
+    start_amount: Decimal | None = None
 
     def checked(self, today: date) -> Closing:
         """This closing with its agents cleaned; raises :class:`InvalidHandoffAction` when it breaks a rule."""
@@ -127,6 +134,8 @@ class Closing:
         agents = tuple(dict.fromkeys(agent_name(a) for a in self.agents))
         if self.outcome == "promise_to_pay" and self.until is None:
             raise InvalidHandoffAction("a promise_to_pay needs the day it holds until (--until DATE)")
+        if self.outcome == "repayment_plan" or self.instalments:
+            return self._plan_checked(today, agents)
         if self.until is not None and self.outcome not in HOLD_OUTCOMES:
             raise InvalidHandoffAction(f"--until is for promise_to_pay and dispute, not {self.outcome}")
         if self.until is not None and self.until < today:
@@ -134,10 +143,36 @@ class Closing:
         if self.outcome == "visit_done" and len(agents) < VISIT_AGENTS:
             raise InvalidHandoffAction(f"a field visit is made by at least {VISIT_AGENTS} collectors: name each "
                                        f"with --agent ({len(agents)} given)")
+        return Closing(self.outcome, agents, self.until, self._note(), self._place())
+
+    def _note(self) -> str | None:
         note = self.note.strip() if self.note else None
         if note and len(note) > MAX_NOTE:
             raise InvalidHandoffAction(f"the note has {len(note)} characters (at most {MAX_NOTE})")
-        return Closing(self.outcome, agents, self.until, mask_text(note) if note else None)
+        return mask_text(note) if note else None
+
+    def _place(self) -> str | None:
+        place = self.place.strip() if self.place else None
+        if place and (len(place) > MAX_PLACE or not place.isprintable()):
+            raise InvalidHandoffAction(f"--place: give 1 to {MAX_PLACE} printable characters")
+        return mask_text(place) if place else None
+
+    def _plan_checked(self, today: date, agents: tuple[str, ...]) -> Closing:
+        if self.outcome != "repayment_plan":
+            raise InvalidHandoffAction(f"--instalment is for repayment_plan, not {self.outcome}")
+        if self.until is not None:
+            raise InvalidHandoffAction("a repayment plan holds until its last instalment: give no --until")
+        try:
+            plan = RepaymentPlan.agreed(self.instalments, self.start_amount, today)
+        except PlanError as exc:
+            raise InvalidHandoffAction(str(exc)) from None
+        return Closing(self.outcome, agents, plan.last_day, self._note(), self._place(), plan.instalments, plan.start)
+
+    def plan(self) -> RepaymentPlan | None:
+        """The agreed plan of a checked closing."""
+        if not self.instalments or self.start_amount is None:
+            return None
+        return RepaymentPlan(self.instalments, self.start_amount)
 
 
 def agent_name(name: str) -> str:
@@ -300,7 +335,8 @@ def close_handoff(engine: Engine, handoff_id: int, closing: Closing, now: dateti
             done = connection.execute(
                 update(handoffs).where(handoffs.c.id == handoff_id, handoffs.c.status == found["status"])
                 .values(status="closed", closed_by=agents[0], closed_at=now, outcome=closing.outcome,
-                        until=closing.until, note=closing.note, agents=json.dumps(list(agents), ensure_ascii=False)))
+                        until=closing.until, note=closing.note, agents=json.dumps(list(agents), ensure_ascii=False),
+                        place=closing.place, plan=_plan_json(closing)))
             if not done.rowcount:  # moved on meanwhile (another agent's close)
                 raise HandoffConflict(f"hand-off #{handoff_id} changed meanwhile; look again", handoff_id=handoff_id)
             detail = _closing_detail(connection, found, closing, agents, now)
@@ -316,6 +352,10 @@ def _closing_detail(connection: Connection, found: dict[str, Any], closing: Clos
     parts = [closing.outcome, f"agents {', '.join(agents)}"]
     if closing.until is not None:
         parts.append(f"until {closing.until.isoformat()}")
+    if closing.instalments:
+        parts.append("instalments " + ", ".join(f"{i.day.isoformat()}:{i.amount}" for i in closing.instalments))
+    if closing.place:
+        parts.append(f"place: {closing.place}")
     if closing.outcome == "wrong_number":
         parts.append(_suppress_number(connection, found, agents, now))
     if closing.note:
@@ -333,18 +373,26 @@ def _suppress_number(connection: Connection, found: dict[str, Any], agents: Sequ
     return f"{'/'.join(PHONE_CHANNELS)} to {found['phone']} suppressed"
 
 
+def _plan_json(closing: Closing) -> str | None:
+    plan = closing.plan()
+    return None if plan is None else plan.to_json()
+
+
 # what the planner and the rules read ---------------------------------------------------------------------------------
 def load_handoff_history(connection: Connection, ids: Sequence[str], hashes: Sequence[str],
                          contacts_since: datetime | None, history: BatchHistory) -> None:
     """Pauses agreed at the batch's hand-offs (newest first) and, since ``contacts_since``, people's contacts
     with its borrowers (by account, or by borrower hash for caps counted per borrower)."""
     closed = select(handoffs.c.id, handoffs.c.account_id, handoffs.c.outcome, handoffs.c.until, handoffs.c.due_date,
-                    handoffs.c.closed_at, handoffs.c.borrower_hash).where(handoffs.c.status == "closed")
+                    handoffs.c.closed_at, handoffs.c.borrower_hash, handoffs.c.plan).where(
+        handoffs.c.status == "closed")
     holds = closed.where(handoffs.c.outcome.in_(sorted(HOLD_OUTCOMES))).order_by(handoffs.c.closed_at.desc(),
                                                                                   handoffs.c.id.desc())
     for chunk in chunks(ids):
         for row in connection.execute(holds.where(handoffs.c.account_id.in_(chunk))):
-            history.holds.setdefault(row.account_id, []).append(Hold(row.id, row.outcome, row.until, row.due_date))
+            plan = RepaymentPlan.from_json(row.plan) if row.plan else None
+            history.holds.setdefault(row.account_id, []).append(Hold(row.id, row.outcome, row.until, row.due_date,
+                                                                     plan))
     if contacts_since is None:
         return
     contacts = closed.where(handoffs.c.outcome.in_(sorted(CONTACT_OUTCOMES)), handoffs.c.closed_at >= contacts_since)

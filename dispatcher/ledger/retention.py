@@ -19,7 +19,7 @@ What a purge keeps, whatever its age, so that it never changes who is contacted:
 Everything else older than the cut-off is deleted: decisions that never claimed
 (deferrals, holds: the planner records them again if still due), rejects, runs,
 lifted suppressions, parked callbacks and hand-offs closed before the cut-off with
-their events (the claim row of the hand-off attempt stays, so none is opened again).
+their events and visit authorisations (the claim row of the hand-off attempt stays, so none is opened again).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from dispatcher.ledger.tables import (
     reminders,
     runs,
     suppressions,
+    visit_authorisations,
 )
 
 PERSONAL_COLUMNS = ("address", "address_hash", "borrower_hash", "provider_message_id", "error_message", "detail",
@@ -106,6 +107,7 @@ def _targets(cutoff: datetime) -> list[tuple[Any, Any]]:
     claimed = exists().where(attempts.c.reminder_key == reminders.c.key, attempts.c.try_no >= 1)
     return [
         (handoff_events, handoff_events.c.handoff_id.in_(_old_handoffs(cutoff))),  # before the items they name
+        (visit_authorisations, visit_authorisations.c.handoff_id.in_(_old_handoffs(cutoff))),
         (handoffs, handoffs.c.id.in_(_old_handoffs(cutoff))),
         (attempts, and_(attempts.c.try_no < 1, attempts.c.created_at < cutoff)),
         (reminders, and_(reminders.c.created_at < cutoff, ~claimed)),

@@ -228,6 +228,8 @@ handoffs = Table(
     Column("until", Date),  # promise_to_pay (and a dispute) holds the ladder up to this day
     Column("note", Text),  # masked
     Column("agents", Text),  # JSON list of the people who closed it (a visit: at least two)
+    Column("place", Text),  # masked: where a visit took place
+    Column("plan", Text),  # JSON of a repayment_plan: its instalments and the overdue amount it starts from
     Index("ix_handoffs_account_id", "account_id"),
     Index("ix_handoffs_attempt_id", "attempt_id"),
     Index("ix_handoffs_borrower_hash", "borrower_hash"),

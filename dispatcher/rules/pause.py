@@ -41,7 +41,8 @@ class HandoffPauseRule:
     """Blocks every reminder while a promise to pay or a dispute recorded at a hand-off holds.
 
     A promise holds up to and including its date; a dispute until its date if it has one, else for the
-    delinquency it was recorded in (the account's due date then).
+    delinquency it was recorded in (the account's due date then); a repayment plan up to its last instalment's
+    day while no instalment is missed (:meth:`~dispatcher.repayment_plans.RepaymentPlan.holds`).
     """
 
     rule_id = "pause"
@@ -51,6 +52,10 @@ class HandoffPauseRule:
             if hold.until is not None and today > hold.until:
                 continue
             where = f"hand-off #{hold.handoff_id}"
+            if hold.reason == "repayment_plan" and hold.plan is not None:
+                if hold.plan.holds(account.overdue_amount, today):
+                    return Block(self.rule_id, f"{hold.plan.explain(account.overdue_amount, today)} ({where})")
+                continue  # broken: the ladder resumes
             if hold.reason == "promise_to_pay" and hold.until is not None:
                 return Block(self.rule_id, f"promise to pay until {hold.until.isoformat()} ({where})")
             if hold.reason == "dispute" and hold.due_date in (None, account.due_date):

@@ -44,6 +44,7 @@ from dispatcher.ledger.handoffs import (
     public,
 )
 from dispatcher.output import plain
+from dispatcher.visit_claims import authorise, visit_collectors
 from dispatcher.web.limits import Handler
 from dispatcher.zones import zone
 
@@ -174,12 +175,27 @@ def _text(body: Mapping[str, Any], name: str) -> str | None:
 
 
 def _claim(app: App) -> Handler:
+    """``{"agent": "A"}``; a visit also names its collectors, ``"collectors": ["Name:STAFFID", ...]`` (at least
+    two), and may give ``"valid_days"``: the answer then carries the authorisation line."""
     async def handle(request: web.Request) -> web.StreamResponse:
-        handoff_id, agent = _id(request), _text(await _body(request), "agent")
+        handoff_id, body = _id(request), await _body(request)
+        agent, given, valid_days = _text(body, "agent"), body.get("collectors", []), body.get("valid_days", 7)
         if not agent:
             raise InvalidHandoffAction("name the agent who claims it: {\"agent\": \"...\"}")
-        item = await _off_loop(lambda: claim_handoff(app.engine, handoff_id, agent, app.clock()))
-        return _json(public(item))
+        if not isinstance(given, list) or not all(isinstance(c, str) for c in given):
+            raise InvalidHandoffAction("collectors must be a list of \"Name:STAFFID\" texts")
+        if not isinstance(valid_days, int) or isinstance(valid_days, bool) or not 1 <= valid_days <= 90:
+            raise InvalidHandoffAction("valid_days must be a whole number of days from 1 to 90")
+
+        def claim() -> dict[str, Any]:
+            collectors = visit_collectors(app, handoff_id, given)  # refused before claiming
+            item = claim_handoff(app.engine, handoff_id, agent, app.clock())
+            found = public(item)
+            if collectors:
+                found["authorisation"] = authorise(app, item, collectors, valid_days)
+            return found
+
+        return _json(await _off_loop(claim))
 
     return handle
 

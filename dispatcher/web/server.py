@@ -18,6 +18,7 @@ from dispatcher.web.refreshed import Refreshed
 from dispatcher.web.twilio_hooks import inbound_handler, spool_drainer, status_handler
 from dispatcher.web.twilio_voice_hooks import add_voice_routes
 from dispatcher.web.unsubscribe_page import confirm_handler, unsubscribe_handler
+from dispatcher.web.verify_page import add_verify_routes
 
 INBOUND_PATH = "/webhooks/twilio/inbound"
 """Where Twilio posts replies to our SMS (configure it on the number or messaging service)."""
@@ -44,6 +45,7 @@ def build_web_app(app: App) -> web.Application:
     web_app.router.add_get("/metrics", metrics_handler(metrics, app.settings.metrics_token))
     web_app.router.add_get("/healthz", health_handler(checks))
     add_handoff_routes(web_app.router, app)  # only with DISPATCHER_API_TOKEN set
+    add_verify_routes(web_app.router, app)  # public: a borrower checks a field visit's code
     return web_app
 
 

@@ -1,0 +1,35 @@
+"""Claiming a field visit: the collectors it names (at least two, checked before claiming) and their
+authorisation. Shared by ``dispatcher handoffs claim`` and ``POST /api/handoffs/{id}/claim``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dispatcher.app import App
+from dispatcher.ladder import local_date
+from dispatcher.ledger.handoffs import InvalidHandoffAction, get_handoff
+from dispatcher.ledger.visits import Collector, checked_collectors, issue_authorisation
+from dispatcher.visit_letter import shown_code
+from dispatcher.zones import zone
+
+
+def visit_collectors(app: App, handoff_id: int, given: Sequence[str]) -> tuple[Collector, ...]:
+    """The collectors a claim names, checked before claiming: none for other kinds, at least two for a visit."""
+    item = get_handoff(app.engine, handoff_id)
+    if item["kind"] != "visit":
+        if given:
+            raise InvalidHandoffAction(f"--collector is for visit hand-offs; #{handoff_id} is a {item['kind']}",
+                                       handoff_id=handoff_id)
+        return ()
+    return checked_collectors([Collector.parse(text) for text in given])
+
+
+def authorise(app: App, item: dict[str, Any], collectors: Sequence[Collector], valid_days: int) -> str:
+    """Issue (or find) the visit's authorisation; one line saying so."""
+    now = app.clock()
+    today = local_date(now, zone(app.pipeline.loaded.schedule.timezone))
+    found = issue_authorisation(app.engine, item, collectors, item["claimed_by"] or "dispatcher", now, today,
+                                valid_days)
+    return (f"visit authorised until {found['valid_until']}: code {shown_code(found['code'])}; print the letter "
+            f"with `dispatcher handoffs authorisation {item['id']}`")
