@@ -16,6 +16,7 @@ import pytest
 from conftest import FixedClock
 from rows import demo_row, seed_rows
 from test_handoffs import SHANGHAI, borrower, build, decision_of, handoff_rows, local_today, run
+from test_handoffs_web import TOKEN, calls
 from webserver import serving
 
 from dispatcher.app import App, build_app
@@ -246,3 +247,26 @@ def test_the_plan_holds_while_the_overdue_amount_is_down_by_the_instalments_due(
         overdue: str, today: date, holds: bool, says: str) -> None:
     assert PLAN.holds(Decimal(overdue), today) is holds
     assert says in PLAN.explain(Decimal(overdue), today)
+
+
+def test_the_api_claims_a_visit_only_with_two_collectors_and_returns_its_authorisation(workdir: Path) -> None:
+    app = build_app(Settings.from_env({**Settings.from_env().env, "DISPATCHER_API_TOKEN": TOKEN}),
+                    clock=FixedClock(datetime.now(UTC)))
+    open_handoff(app.engine, WorkItem("V-1", "V-1|2026-01-01|visit|0", None, "visit", None, "field", 1, "visit"),
+                 app.clock())
+    claim = "/api/handoffs/1/claim"
+    (one, bad_days) = calls(
+        app, ("POST", claim, {"agent": "zhang", "collectors": ["Zhang Wei:SH-1001"]}, TOKEN),
+        ("POST", claim, {"agent": "zhang", "collectors": ["Zhang Wei:SH-1001", "Li Na:SH-1002"],
+                         "valid_days": 0}, TOKEN))
+    assert one[0] == 400 and "collector" in one[1]["error"]
+    assert bad_days[0] == 400 and "valid_days" in bad_days[1]["error"]
+    assert get_handoff(app.engine, 1)["status"] == "open"  # refused before anything was claimed
+    (two,) = calls(app, ("POST", claim, {"agent": "zhang", "collectors": ["Zhang Wei:SH-1001", "Li Na:SH-1002"]},
+                         TOKEN))
+    assert two[0] == 200 and two[1]["status"] == "claimed"
+    code = re.search(r"code ([A-Z0-9-]+)", two[1]["authorisation"])
+    assert code is not None
+    ((status, page),) = verify(app, ("GET", code.group(1)))
+    assert status == 200 and "SH-1002" in page and "Not genuine" not in page
+    app.engine.dispose()
