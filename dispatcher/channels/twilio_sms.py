@@ -79,6 +79,20 @@ def _basic(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
+def twilio_answer(status: int, raw: bytes, retry_after: str | None, what: str) -> DeliveryResult:
+    """The result of Twilio's answer to a create request: a refusal classified, else sent with the SID (``None``
+    when an accepted answer has no readable SID: it was created all the same)."""
+    if status >= 300:
+        code, text = _error_parts(status, raw)
+        return classify_twilio_error(status, code, text, parse_retry_after(retry_after))
+    try:
+        sid = json.loads(raw)["sid"]
+    except (ValueError, KeyError, TypeError):
+        log.warning("Twilio accepted %s (HTTP %d) but its answer has no readable SID", what, status)
+        return DeliveryResult.sent(None)
+    return DeliveryResult.sent(str(sid))
+
+
 def classify_twilio_error(
     status: int, code: int | None, message: str, retry_after: float | None = None
 ) -> DeliveryResult:
@@ -159,16 +173,7 @@ class TwilioSmsChannel:
             return DeliveryResult.transient("timeout", f"no answer in {self.settings.timeout:g} s")
         except aiohttp.ClientError as exc:
             return DeliveryResult.transient("connection", f"cannot reach Twilio: {exc!r}")
-        if status >= 300:
-            code, text = _error_parts(status, raw)
-            return classify_twilio_error(status, code, text, parse_retry_after(retry_after))
-        try:
-            sid = json.loads(raw)["sid"]
-        except (ValueError, KeyError, TypeError):  # accepted (2xx) but unreadable: sent, SID unknown
-            log.warning("Twilio accepted message %s (HTTP %d) but its answer has no readable SID",
-                        message.attempt_id, status)
-            return DeliveryResult.sent(None)
-        return DeliveryResult.sent(str(sid))
+        return twilio_answer(status, raw, retry_after, f"message {message.attempt_id}")
 
     async def find_sent(self, to: str, since: datetime, body: str | None = None) -> list[str]:
         """SIDs of messages to ``to`` created at or after ``since`` (naive means UTC), oldest pages first;

@@ -21,7 +21,6 @@ placed twice.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,8 +28,8 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from dispatcher.channels.base import ChannelKind, DeliveryResult, Message
-from dispatcher.channels.provider_settings import TwilioSettings, _Problems, parse_retry_after
-from dispatcher.channels.twilio_sms import USER_AGENT, _basic, _error_parts, classify_twilio_error, form_encode
+from dispatcher.channels.provider_settings import TwilioSettings, _Problems
+from dispatcher.channels.twilio_sms import USER_AGENT, _basic, form_encode, twilio_answer
 from dispatcher.channels.voice_script import MAX_TWIML, MENU_PATH, CallScript
 from dispatcher.phones import parse
 
@@ -133,16 +132,7 @@ class TwilioVoiceChannel:
                                             "so it is not tried again (dispatcher retry places it on purpose)")
         except aiohttp.ClientError as exc:
             return DeliveryResult.transient("connection", f"cannot reach Twilio: {exc!r}")
-        if status >= 300:
-            code, text = _error_parts(status, raw)
-            return classify_twilio_error(status, code, text, parse_retry_after(retry_after))
-        try:
-            sid = json.loads(raw)["sid"]
-        except (ValueError, KeyError, TypeError):  # accepted (2xx) but unreadable: placed, SID unknown
-            log.warning("Twilio accepted call %s (HTTP %d) but its answer has no readable SID", message.attempt_id,
-                        status)
-            return DeliveryResult.sent(None)
-        return DeliveryResult.sent(str(sid))
+        return twilio_answer(status, raw, retry_after, f"call {message.attempt_id}")
 
     def _sender(self) -> aiohttp.ClientSession:
         if self._session is None:
