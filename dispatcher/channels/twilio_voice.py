@@ -21,7 +21,6 @@ placed twice.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -33,7 +32,6 @@ from dispatcher.channels.twilio_sms import USER_AGENT, _basic, form_encode, twil
 from dispatcher.channels.voice_script import MAX_TWIML, MENU_PATH, CallScript
 from dispatcher.phones import parse
 
-log = logging.getLogger(__name__)
 
 VOICE_STATUS_CALLBACK_PATH = "/webhooks/twilio/voice-status"
 """Where the web app receives call progress, below ``DISPATCHER_PUBLIC_URL``."""
