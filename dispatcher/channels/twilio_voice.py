@@ -32,7 +32,6 @@ from dispatcher.channels.twilio_sms import USER_AGENT, _basic, form_encode, twil
 from dispatcher.channels.voice_script import MAX_TWIML, MENU_PATH, CallScript
 from dispatcher.phones import parse
 
-
 VOICE_STATUS_CALLBACK_PATH = "/webhooks/twilio/voice-status"
 """Where the web app receives call progress, below ``DISPATCHER_PUBLIC_URL``."""
 
