@@ -46,6 +46,15 @@ GUARDED: dict[str, tuple[str, ...]] = {
 MUTATED: dict[str, tuple[str, ...]] = dict(GUARDED)
 """What ``mutmut run`` is given per group: the guarded mutants (of store.py only its finish code)."""
 
+SLOW_TESTS = (
+    "tests/test_stops.py::test_the_daemon_refuses_a_broken_template_and_keeps_sending_with_the_last_good_one",
+    "tests/test_stops.py::test_kill_9_mid_delivery_then_the_next_run_reconciles_and_finishes",
+    "tests/test_stops.py::test_a_signal_stops_the_run_cleanly_and_the_next_run_sends_the_rest",
+)
+"""Left out of every mutant's tests (``--with-slow-tests`` keeps them): each runs daemons in subprocesses for 10 to
+40 s and covers nearly every function, so a surviving mutant would cost minutes; the rules, claims and
+replies they pass through are guarded by faster tests."""
+
 NOT_KILLED = ("survived", "no tests")
 _RESULT = re.compile(r"^\s+(\S+): (.+)$")
 
@@ -144,13 +153,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the mutants matching this name pattern, e.g. 'dispatcher.rules.cap.*'")
     parser.add_argument("--deselect", action="append", default=[], metavar="TEST",
                         help="leave this test id out (repeatable)")
+    parser.add_argument("--with-slow-tests", action="store_true",
+                        help="also run the daemon stop tests left out by default (SLOW_TESTS)")
     options = parser.parse_args(argv)
     unknown = [g for g in options.groups if g not in GUARDED]
     if unknown:
         parser.error(f"unknown group {unknown[0]!r} (choose from {', '.join(GUARDED)})")
     groups = list(options.groups) or list(GUARDED)
     if not options.report:
-        sync(options.deselect)
+        sync([*options.deselect, *(() if options.with_slow_tests else SLOW_TESTS)])
         patterns = options.mutants or [p for g in groups for p in MUTATED[g]]
         done = mutmut("run", "--max-children", str(options.max_children), *patterns)
         if done.returncode != 0:
