@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -66,9 +66,14 @@ def plan_command(args: argparse.Namespace) -> int:
     now = common.moment(args.at, app)
     app.pipeline.source.check_contract()  # a broken mapping is refused before any output
     tally: Counter[str] = Counter()
+    decisions: Iterable[Decision] = decisions_at(app, now, args.account)
+    if args.account:  # one account: read it before printing, so a missing one is an error with no output
+        decisions = list(decisions)
+        if not decisions:
+            raise DispatcherError(f"account {args.account} is not in the source")
 
     def rows() -> Iterator[dict[str, Any]]:
-        for decision in decisions_at(app, now, args.account):
+        for decision in decisions:
             tally[decision.reason or "contacted"] += 1
             yield _row(decision)
 

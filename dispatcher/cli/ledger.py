@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from dispatcher.cli import common
 from dispatcher.errors import ConfigError
@@ -59,11 +61,22 @@ def runs_command(args: argparse.Namespace) -> int:
     now = app.clock()
     rows = [{**row, "status": shown_status(row["status"], row["lease_until"], now)}
             for row in list_runs(app.engine, args.limit)]
+    if args.format == "json":  # an object in JSON; CSV and tables keep the stored text
+        rows = [{**row, "counts": counts_object(row["counts"])} for row in rows]
     columns: tuple[str, ...] = (*RUN_COLUMNS, *RUN_DETAILS)
     if args.format == "table":
         columns = (*RUN_COLUMNS, "error") if any(row["error"] for row in rows) else RUN_COLUMNS
     write_rows(sys.stdout, rows, columns, args.format, widths=_RUN_WIDTHS)
     return 0
+
+
+def counts_object(text: str | None) -> dict[str, Any]:
+    """A run's stored ``counts`` (JSON text) as an object; ``{}`` when missing or unreadable."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _close(result: CloseResult) -> int:

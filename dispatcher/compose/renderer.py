@@ -51,7 +51,7 @@ from dispatcher.compose.layout import PARTS, Field, Part, TemplateSet, template_
 from dispatcher.compose.segments import Segments, sms_segments
 from dispatcher.errors import TemplateError
 from dispatcher.ladder import pay_by
-from dispatcher.pay_links import PayLinks
+from dispatcher.pay_links import SIGNATURE_HEX, PayLinks
 from dispatcher.regions import country_of, locale_of
 from dispatcher.schedule.models import Brand, Schedule, Step
 
@@ -291,7 +291,7 @@ def sample_context(schedule: Schedule, step: Step, locale: str) -> RenderContext
     days = step.days_overdue.first
     template = schedule.payments.link
     pay_link = template.format(account_id="SAMPLE-0001", amount="1234.50", currency="CNY", due_date="2026-11-01",
-                               signature="0" * 32) if template else None
+                               signature="0" * SIGNATURE_HEX) if template else None
     account = Account(
         account_id="SAMPLE-0001",
         name=_SAMPLE_NAMES.get(language, "Alex Morgan"),
