@@ -1,11 +1,14 @@
-"""Claiming a field visit: the collectors it names (at least two, checked before claiming) and their
-authorisation. Shared by ``dispatcher handoffs claim`` and ``POST /api/handoffs/{id}/claim``."""
+"""Field visits and plans agreed by people: the collectors a visit names (at least two, checked before claiming),
+their authorisation, and the amount a repayment plan starts from. Shared by ``dispatcher handoffs`` and
+``/api/handoffs``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
+from dispatcher.accounts import Account
 from dispatcher.app import App
 from dispatcher.ladder import local_date
 from dispatcher.ledger.handoffs import InvalidHandoffAction, get_handoff
@@ -33,3 +36,20 @@ def authorise(app: App, item: dict[str, Any], collectors: Sequence[Collector], v
                                 valid_days)
     return (f"visit authorised until {found['valid_until']}: code {shown_code(found['code'])}; print the letter "
             f"with `dispatcher handoffs authorisation {item['id']}`")
+
+
+def plan_start(app: App, handoff_id: int, outcome: str) -> Decimal | None:
+    """For a repayment plan, the work item's account's overdue amount in the source now (None if not there):
+    read by id with the source's recheck query (without one, by scanning the source)."""
+    if outcome != "repayment_plan":
+        return None
+    account_id = get_handoff(app.engine, handoff_id)["account_id"]
+    source = app.pipeline.source
+    if source.can_recheck:
+        found = source.fetch([account_id]).get(account_id)
+        return found.overdue_amount if isinstance(found, Account) else None
+    for batch in source.batches():
+        for account in batch.accounts:
+            if account.account_id == account_id:
+                return account.overdue_amount
+    return None

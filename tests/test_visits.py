@@ -270,3 +270,27 @@ def test_the_api_claims_a_visit_only_with_two_collectors_and_returns_its_authori
     ((status, page),) = verify(app, ("GET", code.group(1)))
     assert status == 200 and "SH-1002" in page and "Not genuine" not in page
     app.engine.dispose()
+
+
+def test_the_api_closes_with_a_visits_place_and_a_repayment_plan_from_the_sources_amount(workdir: Path) -> None:
+    app = build_app(Settings.from_env({**Settings.from_env().env, "DISPATCHER_API_TOKEN": TOKEN}),
+                    clock=FixedClock(datetime.now(UTC)))
+    seed_rows(app.engine, demo_row("C-1", date(2026, 1, 1), overdue_amount="1000.00"))
+    for account, kind in (("V-1", "visit"), ("C-1", "call")):
+        open_handoff(app.engine, WorkItem(account, f"{account}|2026-01-01|x|0", None, "x", None, "q", 1, kind),
+                     app.clock())
+    first = datetime.now(UTC).date() + timedelta(days=10)
+    bad, plan, visit = calls(
+        app, ("POST", "/api/handoffs/2/close", {"outcome": "repayment_plan", "agent": "a",
+                                                "instalments": ["soon:500"]}, TOKEN),
+        ("POST", "/api/handoffs/2/close", {"outcome": "repayment_plan", "agent": "a",
+                                           "instalments": [f"{first}:500.00"]}, TOKEN),
+        ("POST", "/api/handoffs/1/close", {"outcome": "visit_done", "agents": ["Zhang Wei", "Li Na"],
+                                           "place": "at the gate, call 13812345678"}, TOKEN))
+    assert bad[0] == 400 and "DATE:AMOUNT" in bad[1]["error"]
+    assert plan[0] == 200 and visit[0] == 200
+    assert RepaymentPlan.from_json(get_handoff(app.engine, 2)["plan"]) == RepaymentPlan(
+        (Instalment(first, Decimal("500.00")),), Decimal("1000.00"))
+    place = get_handoff(app.engine, 1)["place"]
+    assert place.startswith("at the gate") and "13812345678" not in place
+    app.engine.dispose()

@@ -13,7 +13,7 @@ from typing import Any
 
 from dispatcher.app import App
 from dispatcher.cli import common
-from dispatcher.cli.visits import parse_instalments, plan_start
+from dispatcher.cli.visits import parse_instalments
 from dispatcher.ladder import local_date
 from dispatcher.ledger.handoffs import (
     HANDOFF_COLUMNS,
@@ -26,7 +26,7 @@ from dispatcher.ledger.handoffs import (
     public,
 )
 from dispatcher.output import to_json, write_rows
-from dispatcher.visit_claims import authorise, visit_collectors
+from dispatcher.visit_claims import authorise, plan_start, visit_collectors
 from dispatcher.zones import zone
 
 _WIDTHS = {"id": 6, "account_id": 12, "queue": 12, "priority": 8, "kind": 5, "status": 7, "step": 10, "phone": 15,
@@ -54,7 +54,7 @@ def list_command(args: argparse.Namespace) -> int:
     app = common.app(args)
     rows = list_handoffs(app.engine, queue=args.queue, status=args.status, account_id=args.account, limit=args.limit)
     if args.format == "table":
-        count = write_rows(sys.stdout, rows, _TABLE, "table", widths=_WIDTHS)
+        count = write_rows(sys.stdout, rows, _TABLE, "table", widths=_WIDTHS, zone=common.shown_zone(args, app))
         print(f"{count} hand-off(s)", file=sys.stderr)
     else:
         write_rows(sys.stdout, rows, HANDOFF_COLUMNS, args.format)

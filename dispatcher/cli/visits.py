@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from decimal import Decimal
 from pathlib import Path
 
 from dispatcher.app import App
 from dispatcher.cli import common
-from dispatcher.ledger.handoffs import InvalidHandoffAction, get_handoff
+from dispatcher.ledger.handoffs import InvalidHandoffAction
 from dispatcher.ledger.visits import get_authorisation
 from dispatcher.repayment_plans import Instalment, PlanError
 from dispatcher.visit_letter import Letter, letter_html, letter_text
@@ -50,13 +49,3 @@ def parse_instalments(given: Sequence[str]) -> tuple[Instalment, ...]:
         raise InvalidHandoffAction(str(exc)) from None
 
 
-def plan_start(app: App, handoff_id: int, outcome: str) -> Decimal | None:
-    """For a repayment plan, the work item's account's overdue amount in the source now (None if not there)."""
-    if outcome != "repayment_plan":
-        return None
-    account_id = get_handoff(app.engine, handoff_id)["account_id"]
-    for batch in app.pipeline.source.batches():
-        for account in batch.accounts:
-            if account.account_id == account_id:
-                return account.overdue_amount
-    return None

@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import date
 from typing import Any, TypeVar
 
@@ -44,7 +45,8 @@ from dispatcher.ledger.handoffs import (
     public,
 )
 from dispatcher.output import plain
-from dispatcher.visit_claims import authorise, visit_collectors
+from dispatcher.repayment_plans import Instalment, PlanError
+from dispatcher.visit_claims import authorise, plan_start, visit_collectors
 from dispatcher.web.limits import Handler
 from dispatcher.zones import zone
 
@@ -210,8 +212,15 @@ def _closing(body: Mapping[str, Any]) -> Closing:
         day = date.fromisoformat(until) if until else None
     except ValueError:
         raise InvalidHandoffAction(f"until {until!r} is not an ISO date like 2026-12-31") from None
+    given = body.get("instalments", [])
+    if not isinstance(given, list) or not all(isinstance(i, str) for i in given):
+        raise InvalidHandoffAction("instalments must be a list of \"YYYY-MM-DD:AMOUNT\" texts")
+    try:
+        instalments = tuple(Instalment.parse(text) for text in given)
+    except PlanError as exc:
+        raise InvalidHandoffAction(str(exc)) from None
     return Closing(_text(body, "outcome") or "", tuple(agents) + ((single,) if single else ()), day,
-                   _text(body, "note"))
+                   _text(body, "note"), _text(body, "place"), instalments)
 
 
 def _close(app: App) -> Handler:
@@ -219,7 +228,11 @@ def _close(app: App) -> Handler:
         handoff_id, closing = _id(request), _closing(await _body(request))
         now = app.clock()
         today = local_date(now, zone(app.pipeline.loaded.schedule.timezone))
-        item = await _off_loop(lambda: close_handoff(app.engine, handoff_id, closing, now, today))
-        return _json(public(item))
+
+        def close() -> dict[str, Any]:
+            start = plan_start(app, handoff_id, closing.outcome)  # a plan starts from the source's amount now
+            return close_handoff(app.engine, handoff_id, replace(closing, start_amount=start), now, today)
+
+        return _json(public(await _off_loop(close)))
 
     return handle
