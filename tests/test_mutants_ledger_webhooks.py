@@ -215,7 +215,7 @@ def test_a_further_try_inserted_again_is_not_a_second_row(engine: Engine) -> Non
 
 
 # replies: an opt-out word inside a longer reply --------------------------------------------------------------------
-@pytest.mark.parametrize("reply", ["i said stop to them nonstop", "why stop here nonstop"])
+@pytest.mark.parametrize("reply", ["i said stop to them nonstop", "why stop here nonstop", "nonstop stop nonstop"])
 def test_an_opt_out_word_inside_a_reply_is_unclear_even_when_it_also_occurs_inside_another_word(reply: str) -> None:
     found = recognise(reply)
     assert (found.decision, found.keyword) == (Decision.UNCLEAR, "STOP")
