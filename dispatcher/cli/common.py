@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 
 from dispatcher.app import App, build_app
 from dispatcher.errors import ConfigError
@@ -30,3 +30,8 @@ def moment(text: str | None, app: App) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=zone(app.pipeline.loaded.schedule.timezone))
     return value
+
+
+def shown_zone(args: argparse.Namespace, app: App) -> tzinfo:
+    """The zone a table shows times in: UTC with ``--utc``, else the schedule's."""
+    return UTC if getattr(args, "utc", False) else zone(app.pipeline.loaded.schedule.timezone)

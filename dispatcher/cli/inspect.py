@@ -13,6 +13,7 @@ from dispatcher.accounts import Account
 from dispatcher.app import App
 from dispatcher.channels.base import ChannelKind
 from dispatcher.cli import common
+from dispatcher.cli.progress import Progress
 from dispatcher.compose.renderer import RenderContext
 from dispatcher.decisions import Decision
 from dispatcher.errors import DispatcherError
@@ -73,9 +74,12 @@ def plan_command(args: argparse.Namespace) -> int:
             raise DispatcherError(f"account {args.account} is not in the source")
 
     def rows() -> Iterator[dict[str, Any]]:
-        for decision in decisions:
-            tally[decision.reason or "contacted"] += 1
-            yield _row(decision)
+        # a table on the terminal shows its own progress; into a file or a pipe, stderr shows it (on a terminal)
+        with Progress("planning", unit=" accounts", enabled=not sys.stdout.isatty()) as bar:
+            for decision in decisions:
+                tally[decision.reason or "contacted"] += 1
+                bar.advance()
+                yield _row(decision)
 
     columns = (*PLAN_COLUMNS, "local_date", "occurrence", "reminder_key", "contacted", "channels")
     if args.format == "json":

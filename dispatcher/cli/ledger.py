@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from dispatcher.cli import common
+from dispatcher.cli.progress import Progress
 from dispatcher.errors import ConfigError
 from dispatcher.ledger.database import create_ledger_engine, current_revision, upgrade
 from dispatcher.ledger.queries import ATTEMPT_FIELDS, AttemptFilter, iter_attempts, list_rejects, list_runs
@@ -46,7 +47,7 @@ def attempts_command(args: argparse.Namespace) -> int:
                           since=parse_since(args.since, app.pipeline.loaded.schedule.timezone), limit=args.limit)
     rows = iter_attempts(app.engine, where)
     columns = ATTEMPT_FIELDS if args.format != "table" else _TABLE
-    count = write_rows(sys.stdout, rows, columns, args.format, widths=_WIDTHS)
+    count = write_rows(sys.stdout, rows, columns, args.format, widths=_WIDTHS, zone=common.shown_zone(args, app))
     if args.format == "table":
         print(f"{count} attempt(s)", file=sys.stderr)
     return 0
@@ -66,7 +67,7 @@ def runs_command(args: argparse.Namespace) -> int:
     columns: tuple[str, ...] = (*RUN_COLUMNS, *RUN_DETAILS)
     if args.format == "table":
         columns = (*RUN_COLUMNS, "error") if any(row["error"] for row in rows) else RUN_COLUMNS
-    write_rows(sys.stdout, rows, columns, args.format, widths=_RUN_WIDTHS)
+    write_rows(sys.stdout, rows, columns, args.format, widths=_RUN_WIDTHS, zone=common.shown_zone(args, app))
     return 0
 
 
@@ -115,7 +116,8 @@ def purge_command(args: argparse.Namespace) -> int:
         older_than = parse_duration(args.older_than)
     except ValueError as exc:
         raise ConfigError(f"--older-than: {exc}") from None
-    counts = purge(app.engine, older_than, app.pipeline.policy.retention, app.clock(), dry_run=args.dry_run)
+    with Progress("counting what purge would delete" if args.dry_run else "purging"):
+        counts = purge(app.engine, older_than, app.pipeline.policy.retention, app.clock(), dry_run=args.dry_run)
     verb, erase = ("would delete", "would erase") if args.dry_run else ("deleted", "erased")
     print(f"{verb}: " + ", ".join(f"{table}={count}" for table, count in counts.deleted.items()))
     print(f"{erase} the personal data of {counts.erased} attempt(s) kept as reminder keys (so that nothing is sent "

@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from dispatcher.channels.base import ChannelKind
+from dispatcher.cli.examples import add_examples
 from dispatcher.ledger.handoffs import OUTCOMES as HANDOFF_OUTCOMES
 from dispatcher.ledger.handoffs import STATUSES as HANDOFF_STATUSES
 from dispatcher.retry import DEFAULT_LIMIT, RETRYABLE
@@ -24,6 +25,9 @@ STATUSES = ("planned", "claimed", "sending", "sent", "delivered", "failed", "und
 """The attempt statuses ``dispatcher attempts --status`` accepts."""
 
 
+_UTC_HELP = "tables: times in UTC (default: the schedule's zone, offset shown)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dispatcher", description="Overdue-repayment reminder dispatcher (see README.md).")
@@ -33,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: $DISPATCHER_LOG_LEVEL, else INFO; DEBUG also prints the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_run_commands, _schedule_commands, _inspect_commands, _ledger_commands, _retry_commands,
-                _replies_commands, _handoff_commands):
+                _replies_commands, _handoff_commands, _completion_command):
         add(commands)
-    return parser
+    return add_examples(parser)
 
 
 def _run_commands(commands: Any) -> None:
@@ -94,10 +98,12 @@ def _ledger_commands(commands: Any) -> None:
     attempts.add_argument("--run", type=int, metavar="RUN_ID")
     attempts.add_argument("--limit", type=int)
     attempts.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    attempts.add_argument("--utc", action="store_true", help=_UTC_HELP)
     attempts.set_defaults(handler="dispatcher.cli.ledger:attempts_command")
     runs = commands.add_parser("runs", help="list the latest runs (or close one that will never finish)")
     runs.add_argument("--limit", type=int, default=20)
     runs.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    runs.add_argument("--utc", action="store_true", help=_UTC_HELP)
     runs.add_argument("--close", type=int, metavar="RUN_ID",
                       help="end a run that will never finish (status closed); its unsettled attempts are left to "
                            "the next run and the reconciler")
@@ -124,11 +130,7 @@ def _retry_commands(commands: Any) -> None:
         "retry", help="send failed or unknown attempts again as new tries, when the rules allow it now",
         description="Choose the latest try of each reminder and channel with the given status, re-check it now "
                     "(account re-read, opt-outs, dead addresses, window, holidays, caps) and book the allowed ones "
-                    "as new tries linked to it, delivered at once (or by the workers with a broker).",
-        epilog="examples:\n  dispatcher retry --status failed --dry-run\n"
-               "  dispatcher retry --status unknown --run 42\n"
-               "  dispatcher retry --account L00000017 --since 2026-12-01",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "as new tries linked to it, delivered at once (or by the workers with a broker).")
     retry.add_argument("--status", choices=RETRYABLE, action="append",
                        help="which attempts (repeatable; default: failed)")
     retry.add_argument("--run", type=int, metavar="RUN_ID")
@@ -160,6 +162,7 @@ def _handoff_commands(commands: Any) -> None:
     listing.add_argument("--account", metavar="ID")
     listing.add_argument("--limit", type=int)
     listing.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    listing.add_argument("--utc", action="store_true", help=_UTC_HELP)
     listing.set_defaults(handler="dispatcher.cli.handoffs:list_command")
     show = actions.add_parser("show", help="one work item with every action on it: who did what, when")
     show.add_argument("id", type=int, metavar="ID")
@@ -194,3 +197,9 @@ def _handoff_commands(commands: Any) -> None:
     close.add_argument("--instalment", action="append", default=[], metavar="DATE:AMOUNT",
                        help="repayment_plan: an agreed instalment, e.g. 2026-12-15:500.00 (repeatable)")
     close.set_defaults(handler="dispatcher.cli.handoffs:close_command")
+
+
+def _completion_command(commands: Any) -> None:
+    completion = commands.add_parser("completion", help="print a shell completion script for bash or zsh")
+    completion.add_argument("shell", choices=["bash", "zsh"])
+    completion.set_defaults(handler="dispatcher.cli.completion:completion_command")

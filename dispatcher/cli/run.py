@@ -12,6 +12,7 @@ from types import FrameType
 from dispatcher.app import App
 from dispatcher.cli import common
 from dispatcher.cli.parser import DEMO_ACCOUNTS
+from dispatcher.cli.progress import Progress
 from dispatcher.daemon import Daemon
 from dispatcher.demo import demo_count, seed_demo
 from dispatcher.errors import ConfigError
@@ -72,8 +73,9 @@ def run_once(app: App, name: str) -> int:
     worker = threading.Thread(target=carry_out, name="run-once")
     worker.start()
     try:
-        while worker.is_alive():
-            worker.join(0.2)  # the main thread stays free to take signals
+        with Progress(f"run {name}"):
+            while worker.is_alive():
+                worker.join(0.2)  # the main thread stays free to take signals
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -116,6 +118,7 @@ def web_command(args: argparse.Namespace) -> int:
 
 def seed_command(args: argparse.Namespace) -> int:
     app = common.app(args)
-    count = seed_demo(app.engine, args.accounts, app.clock().date(), replace=args.replace)
+    with Progress(f"seeding {args.accounts:,} demo borrowers"):
+        count = seed_demo(app.engine, args.accounts, app.clock().date(), replace=args.replace)
     print(f"demo_accounts now holds {count} borrowers")
     return 0
