@@ -153,6 +153,8 @@ def test_the_pay_link_is_shown_in_sms_and_email_and_kept_off_the_lock_screen(
     assert LINK_WITH_QUERY.replace("&", "&amp;") in mail.html
     push = render(composer, template, locale, ChannelKind.PUSH, pay_link=LINK_WITH_QUERY)
     assert all("http" not in text for text in (push.title or "", push.body))
+    assert push.data["pay_link"] == LINK_WITH_QUERY  # the app opens it on a tap
+    assert "pay_link" not in render(composer, template, locale, ChannelKind.PUSH, pay_link=None).data
 
 
 @pytest.mark.parametrize(("template", "locale"), SHIPPED)

@@ -157,7 +157,7 @@ class Composer:
             subject=texts.get("subject"),
             html=texts.get("html"),
             title=texts.get("title"),
-            data=push_data(ctx, locale) if channel is ChannelKind.PUSH
+            data=push_data(ctx, locale, variables["pay_link"]) if channel is ChannelKind.PUSH
             else call_data(variables) if channel is ChannelKind.VOICE else {},
             content_hash=_hash(texts.values()),
         )
@@ -233,10 +233,11 @@ class Composer:
             raise as_template_error(exc, template.filename or template.name or "<template>") from exc
 
 
-def push_data(ctx: RenderContext, locale: str) -> dict[str, str]:
-    """The data of a push message: the reminder's details, shown by the app once opened."""
+def push_data(ctx: RenderContext, locale: str, pay_link: object = None) -> dict[str, str]:
+    """The data of a push message: the reminder's details, shown by the app once opened, and the pay link the app
+    opens on a tap (in the data, never in the lock-screen text)."""
     account = ctx.account
-    return {
+    data = {
         "kind": PUSH_DATA_KIND,
         "account_id": account.account_id,
         "step": ctx.step.step,
@@ -245,6 +246,9 @@ def push_data(ctx: RenderContext, locale: str) -> dict[str, str]:
         "deadline": ctx.deadline.isoformat(),
         "days_overdue": str(ctx.days_overdue),
     }
+    if isinstance(pay_link, str) and pay_link:
+        data["pay_link"] = pay_link
+    return data
 
 
 def call_data(variables: Mapping[str, object]) -> dict[str, str]:
