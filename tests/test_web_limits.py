@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,6 +112,41 @@ def test_idle_oversized_and_trickling_uploads_are_cut_off_while_healthz_answers(
     assert idle == [408] * 100  # and each connection was closed: exchange() read up to EOF
     assert tricklers == [408] * 5  # the timeout is on the whole body, not between bytes
     assert chunked == 413  # 80 KiB chunked: refused once past 64 KiB
+
+
+def test_a_refused_connection_closes_in_stages_so_a_client_still_sending_is_not_reset(web_app_env: App) -> None:
+    """After the refusal and its end of stream, the server still takes what the client sends for a moment.
+
+    Closed at once, the server's kernel would answer those bytes with a reset, and a
+    reset that arrives before the client has read the refusal destroys it.
+    """
+    def ask(host: str, port: int, head: str, body: bytes) -> tuple[bytes, list[str]]:
+        with socket.create_connection((host, port)) as client:
+            client.settimeout(PATIENCE)
+            client.sendall(head.encode() + body)
+            answer = b""
+            while chunk := client.recv(65536):  # up to the server's end of stream
+                answer += chunk
+            sent = []
+            for _ in range(3):  # the client goes on sending; a reset shows on the next send
+                try:
+                    client.sendall(b"y" * 100)
+                    sent.append("ok")
+                except OSError as error:
+                    sent.append(type(error).__name__)
+                time.sleep(0.2)
+            return answer, sent
+
+    async def go() -> list[tuple[bytes, list[str]]]:
+        async with serving(web_app_env) as (host, port):
+            return list(await asyncio.gather(
+                asyncio.to_thread(ask, host, port, post_head("/unsubscribe/x", 1 << 20), b"x" * 1024),
+                asyncio.to_thread(ask, host, port, post_head("/unsubscribe/x", 1000), b"x" * 10)))
+
+    (too_large, sent_413), (timed_out, sent_408) = asyncio.run(go())
+    assert too_large.startswith(b"HTTP/1.1 413 ") and too_large.endswith(b"request body over 65536 bytes")
+    assert timed_out.startswith(b"HTTP/1.1 408 ") and timed_out.endswith(b"request body not received within 2 s")
+    assert sent_413 == sent_408 == ["ok"] * 3
 
 
 def test_a_small_body_within_the_timeout_reaches_the_handler(web_app_env: App) -> None:

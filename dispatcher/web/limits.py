@@ -5,11 +5,18 @@ gets 413 before any of it is read; a chunked body that grows past it gets 413 as
 soon as it does. A body that has not arrived in full within the timeout gets 408
 and its connection is closed, so idle or trickling uploads hold neither memory
 nor a connection for long. Handlers then find the whole body already read.
+
+Either refusal closes in stages (RFC 9112 §9.6): the answer, then our half of the
+connection, then whatever the client still sends is read and dropped for a moment
+before the socket is closed. Closing at once, with the client's bytes unread,
+makes the kernel answer them with a reset, and a reset can destroy the refusal
+before the client has read it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +27,9 @@ from aiohttp.typedefs import Middleware
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
+
+LINGER_SECONDS = 2.0
+"""How long a refused connection goes on reading (and dropping) what the client sends after the refusal."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 """A request handler of ``dispatcher web``."""
@@ -52,33 +62,40 @@ def body_limits(limits: BodyLimits) -> Middleware:
 
 
 async def _read_body(request: web.Request, limits: BodyLimits) -> web.StreamResponse | None:
-    """None once the body is read (and kept by ``request``), else the refusal to send."""
+    """None once the body is read (and kept by ``request``), else the refusal, already sent."""
     declared = request.content_length
     if declared is not None and declared > limits.max_bytes:
-        return _too_large(limits)
+        return await _refuse(request, 413, f"request body over {limits.max_bytes} bytes")
     try:
         async with asyncio.timeout(limits.timeout):
             await request.read()
     except TimeoutError:
-        return await _timed_out(request, limits)
+        log.info("request body not received within %g s: closing the connection", limits.timeout)
+        return await _refuse(request, 408, f"request body not received within {limits.timeout:g} s")
     except web.HTTPRequestEntityTooLarge:
-        return _too_large(limits)
+        return await _refuse(request, 413, f"request body over {limits.max_bytes} bytes")
     return None
 
 
-def _too_large(limits: BodyLimits) -> web.StreamResponse:
-    """413; the server reads and drops what the client still sends for a moment, then closes."""
-    response = web.Response(status=413, text=f"request body over {limits.max_bytes} bytes")
-    response.force_close()
-    return response
-
-
-async def _timed_out(request: web.Request, limits: BodyLimits) -> web.StreamResponse:
-    """408, sent at once, then the connection is closed without waiting for the rest of the body."""
-    log.info("request body not received within %g s: closing the connection", limits.timeout)
-    response = web.Response(status=408, text=f"request body not received within {limits.timeout:g} s")
+async def _refuse(request: web.Request, status: int, text: str) -> web.StreamResponse:
+    """Send ``status`` at once, then close in stages without waiting for the rest of the body."""
+    response = web.Response(status=status, text=text)
     response.force_close()
     await response.prepare(request)
     await response.write_eof()
+    await _linger(request)
     request.protocol.force_close()
     return response
+
+
+async def _linger(request: web.Request) -> None:
+    """Half-close, then drop what the client sends until it closes or ``LINGER_SECONDS`` pass."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return
+    if transport.can_write_eof():
+        transport.write_eof()
+    with contextlib.suppress(Exception):  # the time is up, or the client has gone: either way we close
+        async with asyncio.timeout(LINGER_SECONDS):
+            while await request.content.readany():
+                pass

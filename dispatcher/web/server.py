@@ -12,7 +12,7 @@ from dispatcher.channels.provider_settings import STATUS_CALLBACK_PATH
 from dispatcher.web.access_log import RouteAccessLogger
 from dispatcher.web.api_handoffs import add_handoff_routes
 from dispatcher.web.health import health_checks, health_handler
-from dispatcher.web.limits import BodyLimits, body_limits
+from dispatcher.web.limits import LINGER_SECONDS, BodyLimits, body_limits
 from dispatcher.web.metrics import metrics_handler, metrics_text
 from dispatcher.web.refreshed import Refreshed
 from dispatcher.web.twilio_hooks import inbound_handler, spool_drainer, status_handler
@@ -26,8 +26,8 @@ INBOUND_PATH = "/webhooks/twilio/inbound"
 KEEPALIVE_TIMEOUT = 15.0
 """Seconds a connection may go without a complete request (idle, or headers trickling in) before it is closed."""
 
-LINGERING_TIME = 2.0
-"""Seconds the rest of a refused (413) body is read and dropped before closing, so the client sees the 413."""
+BACKLOG = 1024
+"""Connections the kernel holds for ``accept`` (aiohttp's 128 is short for a burst of provider callbacks)."""
 
 
 def build_web_app(app: App) -> web.Application:
@@ -52,12 +52,13 @@ def build_web_app(app: App) -> web.Application:
 def server_options() -> dict[str, Any]:
     """How connections are handled, for ``web.run_app`` and ``web.AppRunner`` alike."""
     return {"access_log_class": RouteAccessLogger, "keepalive_timeout": KEEPALIVE_TIMEOUT,
-            "lingering_time": LINGERING_TIME}
+            "lingering_time": LINGER_SECONDS}
 
 
 def serve(app: App, host: str, port: int) -> None:
     """Serve until interrupted (SIGINT / SIGTERM)."""
-    web.run_app(build_web_app(app), host=host, port=port, print=None, handle_signals=True, **server_options())
+    web.run_app(build_web_app(app), host=host, port=port, backlog=BACKLOG, print=None, handle_signals=True,
+                **server_options())
 
 
 def _closing(*cached: Refreshed[Any]) -> Callable[[web.Application], Awaitable[None]]:
