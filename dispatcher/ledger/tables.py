@@ -262,3 +262,14 @@ visit_authorisations = Table(
     Column("issued_by", String(64), nullable=False),
     Column("issued_at", UtcDateTime, nullable=False),
 )
+
+config_versions = Table(
+    "config_versions",
+    metadata,
+    Column("version", String(32), primary_key=True),  # content_version(): the schedule's and templates' hash
+    Column("schedule_text", Text, nullable=False),  # schedules.yaml as it was loaded
+    Column("templates", Text, nullable=False),  # JSON {template name: source} of the snapshot it was checked with
+    Column("path", Text),  # where it was loaded from
+    Column("first_loaded_at", UtcDateTime, nullable=False),
+    Column("last_loaded_at", UtcDateTime, nullable=False),  # the newest one is what the daemon is running
+)
