@@ -231,3 +231,35 @@ def test_a_latin_phrase_with_inner_punctuation_matches_whole_words_only() -> Non
     assert content._blocked(phrases, ["box-ray and ray-xenon"]) == []
     assert content._blocked(phrases, ["an x-ray, a ray-x"]) == ["x-ray", "ray-x"]
 
+
+
+# -- reading an inbound reply: which number it came from --------------------------------------------------------
+
+def test_a_reply_is_read_from_its_sender_in_the_region_twilio_names_before_the_one_of_our_number() -> None:
+    from dispatcher.replies.inbound import read_reply
+
+    at = datetime(2026, 3, 10, 1, 0, tzinfo=UTC)
+    vocabulary = Vocabulary.build()
+
+    def read(**form: str) -> tuple[str, str, str, str | None, str] | None:
+        reply = read_reply(form, vocabulary, "GB", at)
+        if reply is None:
+            return None
+        assert reply.received_at == at and reply.channel == "sms"
+        return reply.message_sid, reply.address_hash, reply.decision, reply.keyword, reply.sender
+
+    us, fr, nl, gb = "+12025550143", "+33612345678", "+31612345678", "+447911123456"
+    # 0612345678 is a mobile number in France and in the Netherlands alike: where it was read decides
+    assert read(MessageSid=" SM1 ", From="06 12 34 56 78", FromCountry="FR", To="+31201234567", Body="STOP") == (
+        "SM1", address_hash(fr), "opt_out", "STOP", mask_phone(fr))  # Twilio's FromCountry before our number's
+    assert read(MessageSid="SM2", From="0612345678", To="+31201234567", Body="STOP")[:2] == (
+        "SM2", address_hash(nl))  # without FromCountry, the region of the number it was sent to
+    # with neither, the default region
+    assert read(MessageSid="SM3", From="07911123456", Body="hello")[:3] == ("SM3", address_hash(gb), "other")
+    # a message id is cut to the column's 64 characters; no body reads as nothing recognised
+    assert read(MessageSid="S" * 70, From=us) == ("S" * 64, address_hash(us), "other", None, mask_phone(us))
+    # without a message id or a sender there is nothing to record
+    assert read(From=us, Body="STOP") is None
+    assert read(MessageSid="  ", From=us, Body="STOP") is None
+    assert read(MessageSid="SM4", Body="STOP") is None
+    assert read(MessageSid="SM5", From="   ", Body="STOP") is None
