@@ -36,6 +36,7 @@ def _attempt_row(decision: Decision, plan: ChannelPlan, status: str, try_no: int
         "address": mask_address(plan.channel.value, plan.address) if plan.address else None,
         "address_hash": address_hash(plan.address) if plan.address else None,
         "borrower_hash": borrower_key(decision.account) if decision.account else None,
+        "variant": decision.step.variant_for(decision.account_id),
         "rule_id": plan.rule_id,
         "detail": plan.detail,
         "not_before": plan.not_before,
@@ -50,7 +51,8 @@ def _superseded_row(decision: Decision, deferred: Deferred, newer: str, run_id: 
     return {
         "reminder_key": deferred.reminder_key, "account_id": decision.account_id, "step": deferred.step,
         "occurrence": deferred.occurrence, "channel": deferred.channel, "try_no": 1, "status": "suppressed",
-        "address": None, "address_hash": None, "borrower_hash": None, "rule_id": Reason.SUPERSEDED.value,
+        "address": None, "address_hash": None, "borrower_hash": None, "variant": None,
+        "rule_id": Reason.SUPERSEDED.value,
         "detail": f"deferred, then replaced by the newer reminder {newer}", "not_before": None,
         "run_id": run_id, "created_at": now, "updated_at": now,
     }

@@ -13,8 +13,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from dispatcher.app import App, Pipeline, load
+from dispatcher.dry_run import changes_between
 from dispatcher.errors import ConfigError, DispatcherError
+from dispatcher.ledger.config_versions import record_loaded
 from dispatcher.runner import Runner
+from dispatcher.schedule.diff import Totals
 from dispatcher.schedule.loader import LoadedSchedule
 from dispatcher.schedule.models import Run
 from dispatcher.schedule.watch import ScheduleWatcher
@@ -89,6 +92,7 @@ class Daemon:
         """Start everything and block until SIGTERM or SIGINT; the run in progress ends cleanly."""
         self._install_signals()
         self._schedule(self.pipeline.loaded)
+        self._remember(self.pipeline.loaded)
         self._scheduler.add_job(self._catch_up, id="catch-up")
         self._scheduler.add_job(self._take_over, "interval", seconds=HOUSEKEEPING_SECONDS, id="take-over")
         self._scheduler.start()
@@ -202,11 +206,36 @@ class Daemon:
                       loaded.version, exc, self.pipeline.loaded.version)
             return
         with self._lock:
-            previous = self.app.pipeline.loaded.version
+            before = self.app.pipeline
             self.app.pipeline = pipeline
         self._schedule(loaded)
         log.info("configuration reloaded: version %s replaces %s (used from the next run)",
-                 loaded.version, previous)
+                 loaded.version, before.loaded.version)
+        self._remember(loaded)
+        self._log_diff(before, pipeline)
+
+    def _remember(self, loaded: LoadedSchedule) -> None:
+        """Keep a copy of the version now running in the ledger (``dispatcher diff`` compares with it)."""
+        try:
+            record_loaded(self.app.engine, loaded, self.app.clock())
+        except DispatcherError as exc:
+            log.error("configuration version %s runs but is not recorded: %s", loaded.version, exc)
+
+    def _log_diff(self, before: Pipeline, after: Pipeline) -> None:
+        """One line of what the edit changes now (``dispatcher diff``'s totals); a diff that fails changes nothing."""
+        try:
+            totals = Totals.of(changes_between(self.app, before, after, self.app.clock(), self._halt_if_stopping))
+        except Exception as exc:
+            log.warning("schedule edit %s -> %s: no diff of its reminders (%s: %s)", before.loaded.version,
+                        after.loaded.version, type(exc).__name__, exc)
+            log.debug("the diff failed", exc_info=True)
+            return
+        log.info("schedule edit %s -> %s: %s", before.loaded.version, after.loaded.version, totals.summary())
+
+    def _halt_if_stopping(self) -> None:
+        """Called for each account the diff plans: a stopping daemon does not wait for the rest."""
+        if self.stopping.is_set():
+            raise InterruptedError("the daemon is stopping")
 
     def _refused(self, error: ConfigError) -> None:
         for problem in error.problems:

@@ -42,6 +42,7 @@ from dispatcher.ledger.group_commit import GroupCommitter
 from dispatcher.ledger.store import Ledger
 from dispatcher.ledger.suppressions import suppress
 from dispatcher.ledger.tally import HELD_CLASS
+from dispatcher.logs import job_fields
 from dispatcher.masking import address_hash, mask_address
 from dispatcher.planner import address_for
 from dispatcher.ratelimit import LocalRateLimiter, RateLimiter
@@ -156,10 +157,10 @@ class Deliverer:
                 claimed, fallback = None, True
         except LedgerError as exc:
             log.error("attempt %s (%s, %s): %s; left for the reconciler", job.attempt_id, job.account.account_id,
-                      job.channel.value, exc)
+                      job.channel.value, exc, extra=job_fields(job))
         except Exception:
             log.exception("attempt %s (%s, %s) failed unexpectedly", job.attempt_id, job.account.account_id,
-                          job.channel.value)
+                          job.channel.value, extra=job_fields(job))
 
     async def aclose(self) -> None:
         for channel in self.channels.values():
@@ -276,7 +277,7 @@ class Deliverer:
         if block is None:
             return None
         log.info("attempt %s (%s, %s) held back before sending: %s: %s", job.attempt_id,
-                 job.account.account_id, job.channel.value, block.rule_id, block.detail)
+                 job.account.account_id, job.channel.value, block.rule_id, block.detail, extra=job_fields(job))
         if block.defer:
             await self.commit.give_back(GiveBack(job.attempt_id, rule_id=block.rule_id))
             await self.commit.decide(_deferral(job, job.channel, block, self.clock()))
@@ -300,13 +301,13 @@ class Deliverer:
             sids = await channel.find_sent(message.to, began - LOOKUP_SLACK, message.body)
         except DeliveryError as exc:
             log.warning("attempt %s: timed out and the provider cannot be asked (%s); its outcome is asked "
-                        "again at reconciliation", job.attempt_id, exc)
+                        "again at reconciliation", job.attempt_id, exc, extra=job_fields(job))
             return None
         self.commit.flush()  # outcomes still lagging hold the ids of this number's other messages
         fresh = [sid for sid in sids if not self.ledger.has_provider_id(sid)]
         if fresh:
             log.info("attempt %s: timed out but the provider had taken it (%s); not resent", job.attempt_id,
-                     fresh[0])
+                     fresh[0], extra=job_fields(job))
             return DeliveryResult.sent(fresh[0])
         return result
 
@@ -328,14 +329,14 @@ class Deliverer:
             rendered = self.composer.render(context, job.channel)
         except TemplateError as exc:
             log.error("attempt %s (%s, %s) held until the templates are fixed: %s", job.attempt_id,
-                      job.account.account_id, job.channel.value, exc)
+                      job.account.account_id, job.channel.value, exc, extra=job_fields(job))
             await self.commit.give_back(GiveBack(job.attempt_id, "template_error", HELD_CLASS, str(exc)))
             counts.held += 1
             return None
         block = self.content_check.check(rendered, job.account) if self.content_check else None
         if block is not None:  # the templates passed these rules when loaded: the account's data breaks them
             log.error("attempt %s (%s, %s) blocked: %s: %s", job.attempt_id, job.account.account_id,
-                      job.channel.value, block.rule_id, block.detail)
+                      job.channel.value, block.rule_id, block.detail, extra=job_fields(job))
             await self.commit.record(AttemptOutcome(job.attempt_id, "suppressed", rule_id=block.rule_id,
                                                     detail=block.detail, template=rendered.template,
                                                     template_version=rendered.template_version,

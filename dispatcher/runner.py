@@ -24,9 +24,12 @@ from dispatcher.app import App, Pipeline
 from dispatcher.errors import DispatcherError
 from dispatcher.executors import Executor
 from dispatcher.jobs import RunCounts
+from dispatcher.ledger.outcomes import CureTracker
 from dispatcher.ledger.tally import job_outcomes
+from dispatcher.logs import log_context
 from dispatcher.reject_limit import RejectLimit, TooManyRejects
 from dispatcher.replies.inbound import drain_spool
+from dispatcher.run_progress import RunProgress
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,8 @@ class _Lease(threading.Thread):
             if time.monotonic() - renewed >= every:
                 renewed = time.monotonic()
                 if not self.app.runs.renew(self.run_id, self.app.settings.daemon_id, self.app.clock()):
-                    log.error("run #%s was taken over by another daemon; stopping here", self.run_id)
+                    log.error("run #%s was taken over by another daemon; stopping here", self.run_id,
+                              extra={"run_id": self.run_id})
                     self.halt.set()
 
 
@@ -92,7 +96,8 @@ class Runner:
         if run_id is None:
             log.info("run %s at %s already happened or is running elsewhere; skipped", name, fire_time.isoformat())
             return RunReport(None, name, fire_time, "skipped", counts)
-        log.info("run %s (#%s) started with configuration version %s", name, run_id, pipeline.loaded.version)
+        log.info("run %s (#%s) started with configuration version %s", name, run_id, pipeline.loaded.version,
+                 extra={"run_id": run_id})
         self._apply_spooled_replies()
         loops.settle_heap()
         lease = _Lease(app, run_id, self.stopping)
@@ -100,7 +105,9 @@ class Runner:
         status, error = "failed", "stopped by an unexpected error"
         jobs: list[int] = []
         try:
-            finished = loops.run(self._execute(run_id, pipeline, counts, jobs, lease.halt), app.settings.event_loop)
+            with log_context(run_id=run_id):  # every line the run logs carries its id (JSON logs)
+                finished = loops.run(self._execute(run_id, pipeline, counts, jobs, lease.halt),
+                                     app.settings.event_loop)
             status, error = ("completed", "") if finished else ("interrupted", "")
         except (RunFailed, TooManyRejects) as exc:
             error = str(exc)
@@ -130,26 +137,31 @@ class Runner:
         try:
             settle_counts(counts, job_outcomes(app.engine, jobs))
         except SQLAlchemyError as exc:
-            log.error("run #%s: cannot count its outcomes: %s", run_id, exc)
+            log.error("run #%s: cannot count its outcomes: %s", run_id, exc, extra={"run_id": run_id})
         if status == "failed":
             done = app.runs.fail(run_id, error, counts.as_dict(), app.clock(), app.settings.daemon_id)
-            log.error("run %s (#%s) failed: %s", name, run_id, error)
+            log.error("run %s (#%s) failed: %s", name, run_id, error, extra={"run_id": run_id})
         else:
             done = app.runs.finish(run_id, status, counts.as_dict(), app.clock(), app.settings.daemon_id)
         status = status if done else "taken-over"
-        log.info("run %s (#%s) %s: %s", name, run_id, status, summary(counts))
+        log.info("run %s (#%s) %s: %s", name, run_id, status, summary(counts), extra={"run_id": run_id})
         return status
 
     async def _execute(self, run_id: int, pipeline: Pipeline, counts: RunCounts, jobs: list[int],
                        halt: threading.Event) -> bool:
         await self._reconcile(pipeline)
         executor = self.app.executor(pipeline, halt, run_id)
+        interval = self.app.settings.progress_interval
+        progress = RunProgress(self.app.engine, run_id, counts, interval).every_interval() if interval else None
+        ticking = asyncio.create_task(progress) if progress else None  # a timer on this loop, not a thread
         try:
             finished = await self._book_all(run_id, pipeline, executor, counts, jobs, halt)
             if executor.remote and finished:
                 finished = await self._follow(run_id, pipeline, executor, halt)
             return finished and not halt.is_set()
         finally:
+            if ticking:
+                ticking.cancel()
             await executor.aclose()
 
     async def _book_all(self, run_id: int, pipeline: Pipeline, executor: Executor, counts: RunCounts,
@@ -157,6 +169,7 @@ class Runner:
         """Plan and book every batch of the source, handing each batch's jobs to ``executor``."""
         ledger, booker = self.app.ledger, self.app.booker()
         limit = RejectLimit(pipeline.loaded.schedule.source.max_reject_ratio)
+        outcomes = CureTracker(self.app.engine, run_id, self.app.clock())
         for batch in pipeline.source.batches():
             if halt.is_set():
                 return False
@@ -169,9 +182,13 @@ class Runner:
             booked.rejected = len(batch.rejects)
             booked.accounts += len(batch.rejects)
             jobs.extend(job.attempt_id for job in booked_jobs)
+            outcomes.observe(batch.accounts, {d.account_id for d in decisions if d.reminder_key}, now,
+                             [r.account_id for r in batch.rejects if r.account_id])
             counts.add(booked)  # booked is booked: counted even when handing it over fails (a dead broker)
             await executor.submit(booked_jobs)
         limit.finish()
+        if not halt.is_set():  # the whole source was read: who is not in it any more is cured
+            outcomes.finish(self.app.clock())
         return True
 
     async def _follow(self, run_id: int, pipeline: Pipeline, executor: Executor, halt: threading.Event) -> bool:

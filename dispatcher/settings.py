@@ -43,6 +43,9 @@ DEFAULT_SWEEP_AFTER = 30
 DEFAULT_STALL_TIMEOUT = 600
 """Seconds a run with a broker may go without any progress before it is marked failed."""
 
+DEFAULT_PROGRESS_INTERVAL = 10.0
+"""Seconds between two progress lines of a run in the log (accounts read, planned, sent); 0 turns them off."""
+
 DEFAULT_WEB_BODY_TIMEOUT = 10
 """Seconds ``dispatcher web`` waits for a request's whole body before answering 408 and closing."""
 
@@ -58,6 +61,9 @@ UNKNOWN_OUTCOME_POLICIES = ("mark-unknown", "resend")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 """The values of ``DISPATCHER_LOG_LEVEL`` and ``--log-level`` (any case); INFO when unset."""
 
+LOG_FORMATS = ("text", "json")
+"""The values of ``DISPATCHER_LOG_FORMAT``: readable lines (the default) or one JSON object per line."""
+
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name, "").strip()
@@ -70,6 +76,30 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration in seconds, decimals allowed, 0 or more."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{name}={raw} must be 0 or more seconds")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    """A TCP port (1-65535), ``None`` when unset."""
+    if not env.get(name, "").strip():
+        return None
+    port = _int(env, name, 0)
+    if port > 65535:
+        raise ConfigError(f"{name}={port} is not a TCP port (1-65535)")
+    return port
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
@@ -85,6 +115,15 @@ def log_level(env: Mapping[str, str]) -> str:
     if value not in LOG_LEVELS:
         raise ConfigError(f"DISPATCHER_LOG_LEVEL={env['DISPATCHER_LOG_LEVEL']!r} must be one of "
                           f"{', '.join(LOG_LEVELS)}")
+    return value
+
+
+def log_format(env: Mapping[str, str]) -> str:
+    """``DISPATCHER_LOG_FORMAT`` in lower case, ``text`` when unset; raises :class:`ConfigError` for another word."""
+    value = env.get("DISPATCHER_LOG_FORMAT", "").strip().lower() or LOG_FORMATS[0]
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"DISPATCHER_LOG_FORMAT={env['DISPATCHER_LOG_FORMAT']!r} must be one of "
+                          f"{', '.join(LOG_FORMATS)}")
     return value
 
 
@@ -112,6 +151,12 @@ class Settings:
     event_loop: str
     env: Mapping[str, str] = field(repr=False, compare=False)
     metrics_token: str | None = field(default=None, repr=False)
+    metrics_port: int | None = None
+    """``dispatcher web`` serves ``/metrics`` on this port of its own instead of its main port."""
+    metrics_host: str | None = None
+    """The address of that port (``0.0.0.0`` for a Prometheus elsewhere); ``None``: the web server's ``--host``."""
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL
+    """Seconds between two progress lines of a run (``DISPATCHER_PROGRESS_INTERVAL``); 0: none."""
     web_body_timeout: int = DEFAULT_WEB_BODY_TIMEOUT
     web_max_body: int = DEFAULT_WEB_MAX_BODY
 
@@ -144,6 +189,9 @@ class Settings:
             event_loop=_choice(env, "DISPATCHER_EVENT_LOOP", EVENT_LOOPS),
             env=env,
             metrics_token=env.get("DISPATCHER_METRICS_TOKEN", "").strip() or None,
+            metrics_port=_port(env, "DISPATCHER_METRICS_PORT"),
+            metrics_host=env.get("DISPATCHER_METRICS_HOST", "").strip() or None,
+            progress_interval=_seconds(env, "DISPATCHER_PROGRESS_INTERVAL", DEFAULT_PROGRESS_INTERVAL),
             web_body_timeout=_int(env, "DISPATCHER_WEB_BODY_TIMEOUT", DEFAULT_WEB_BODY_TIMEOUT),
             web_max_body=_int(env, "DISPATCHER_WEB_MAX_BODY", DEFAULT_WEB_MAX_BODY),
         )

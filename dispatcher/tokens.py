@@ -6,6 +6,10 @@ is HMAC-SHA256 over the encoded payload under ``DISPATCHER_SECRET_KEY``, so a
 token cannot be forged or altered without the key. Tokens are signed, not
 encrypted: the address they carry is readable by whoever holds the link, which
 is the recipient it was sent to.
+
+The secret is a key ring (:mod:`dispatcher.keyring`): new tokens are signed
+with its first key and a token signed with any listed key is accepted, so a
+rotation breaks no link already sent.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
+
+from dispatcher.keyring import ring, signing_key
 
 _CONTEXT = b"dispatcher/unsubscribe/v1\x00"
 """Domain separation: the same key may sign other kinds of token later."""
@@ -56,21 +62,24 @@ def sign_unsubscribe(
     issued = int(time.time()) if issued_at is None else issued_at
     claims = {"c": channel, "a": address, "i": account_id, "t": issued}
     payload = _b64encode(json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-    return f"{payload}.{_b64encode(_signature(secret, payload))}"
+    key = signing_key(secret) if secret else secret
+    return f"{payload}.{_b64encode(_signature(key, payload))}"
 
 
 def verify_unsubscribe(secret: bytes, token: str) -> UnsubscribeClaim | None:
-    """Return the claim of a genuine token, ``None`` for a malformed, altered or foreign one.
+    """Return the claim of a token signed by a key of the ring ``secret``, ``None`` for a malformed, altered
+    or foreign one.
 
-    The signature is compared in constant time. Raises ``ValueError`` for an empty secret.
+    The signature is compared in constant time with each key's. Raises ``ValueError`` for an empty secret.
     """
+    keys = ring(secret) or (secret,)
     payload, dot, signature = token.strip().partition(".")
     if not dot or not payload.isascii() or not signature.isascii():
         return None
     # compare the canonical text, not the decoded bytes: base64's last character carries
     # padding bits, and two spellings of one signature must not both be accepted
-    expected = _b64encode(_signature(secret, payload))
-    if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii")):
+    given = signature.encode("ascii")
+    if not any([hmac.compare_digest(_b64encode(_signature(key, payload)).encode("ascii"), given) for key in keys]):
         return None
     return _claim(payload)
 

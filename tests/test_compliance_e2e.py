@@ -17,8 +17,8 @@ from sqlalchemy import Engine, create_engine, func, insert, select
 
 from dispatcher import daemon
 from dispatcher.app import App, build_app
-from dispatcher.cli.inspect import decisions_at
 from dispatcher.daemon import trigger_for
+from dispatcher.dry_run import decisions_at
 from dispatcher.ledger.replies import InboundReply, list_replies, mark_read, record_reply
 from dispatcher.ledger.retention import PERSONAL_COLUMNS
 from dispatcher.ledger.suppressions import lift, suppress

@@ -85,11 +85,12 @@ def test_every_shipped_template_passes_the_lint() -> None:
 
 
 def test_the_lint_covers_every_template_locale_and_channel() -> None:
-    """Sanity of the lint itself: a blocklist hit everywhere is reported for each template × locale × channel."""
+    """Sanity of the lint itself: a blocklist hit everywhere is reported for each template (every variant of an
+    experiment too) × locale × channel."""
     schedule, policy = load(REPO)
     every = replace(policy, blocklist={"zh": ("信用钱包",), "en": ("xinyong wallet",)})
     found = {(p.template, p.locale, p.channel.value) for p in lint_templates(schedule, REPO / "templates", every)}
-    messages = {(t, loc, c.value) for t in ("courtesy", "gentle", "firm", "final_notice")
+    messages = {(t, loc, c.value) for t in ("courtesy", "gentle", "firm", "firm_help", "final_notice")
                 for loc in ("zh-CN", "en-US") for c in (ChannelKind.SMS, ChannelKind.EMAIL, ChannelKind.PUSH)}
     calls = {("call", loc, ChannelKind.VOICE.value) for loc in ("zh-CN", "en-US")}
     assert found == messages | calls

@@ -20,9 +20,9 @@ from test_rules import overdue
 
 from dispatcher.app import App, build_app
 from dispatcher.channels.base import ChannelKind
-from dispatcher.cli.inspect import decisions_at
 from dispatcher.decisions import Decision, Verdict
 from dispatcher.demo import demo_accounts
+from dispatcher.dry_run import decisions_at
 from dispatcher.history import BatchHistory, Hold
 from dispatcher.ledger.handoffs import Closing, claim_handoff, close_handoff
 from dispatcher.ledger.retention import purge

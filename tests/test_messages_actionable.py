@@ -49,7 +49,7 @@ LONG_PAY_LINK = ("https://pay.xinyongqianbao.example.cn/checkout/" + "A1b2C3d4" 
 LONG_ACCOUNT = "DE89370400440532013000DE89370400440532013000"
 """A repayment account with no place to break a line."""
 
-SMS_SEGMENTS_ZH = {"courtesy": 2, "gentle": 2, "firm": 2, "final_notice": 2}
+SMS_SEGMENTS_ZH = {"courtesy": 2, "gentle": 2, "firm": 2, "firm_help": 2, "final_notice": 2}
 """Segments of the Chinese SMS before the account was shown in full: never more."""
 
 
@@ -73,8 +73,11 @@ def composer() -> Composer:
 
 
 def step_for(template: str) -> Step:
-    step = next((s for s in SCHEDULE.ladder if s.template_name == template), None)
-    return step or SCHEDULE.ladder[0].model_copy(update={"template": template})
+    """The step that renders ``template`` (an experiment's step rendering that variant for everyone)."""
+    for step in SCHEDULE.ladder:
+        if template in step.templates:
+            return step.as_variant(template)
+    return SCHEDULE.ladder[0].model_copy(update={"template": template})
 
 
 def context(template: str, locale: str, pay_link: str | None = None, account: str = ACCOUNT,

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import NOW, FixedClock
 from prometheus_client.parser import text_string_to_metric_families
@@ -37,6 +38,7 @@ from webserver import serving
 
 from dispatcher.app import App, build_app
 from dispatcher.demo import seed_demo
+from dispatcher.errors import ConfigError
 from dispatcher.executors import QUEUE
 from dispatcher.ledger.tables import attempts
 from dispatcher.runner import Runner
@@ -112,7 +114,7 @@ def test_metrics_match_the_ledger(ran: Any) -> None:
     assert {(dict(k)["channel"], dict(k)["status"]): int(v) for k, v in samples["dispatcher_attempts"].items()} \
         == counts
 
-    assert samples["dispatcher_retries"] == {(("channel", "sms"),): 1.0}
+    assert samples["dispatcher_retries_total"] == {(("channel", "sms"),): 1.0}  # a counter: `_total`
     assert samples["dispatcher_config_info"] == {(("version", app.pipeline.loaded.version),): 1.0}
 
 
@@ -366,3 +368,85 @@ def test_metrics_and_healthz_answer_503_when_the_ledger_is_broken(app: App, ledg
         connection.exec_driver_sql("DROP TABLE attempts" + (" CASCADE" if ledger_backend == "postgresql" else ""))
     status, body = get(app, "/metrics")
     assert status == 503 and body.startswith("metrics unavailable: ") and "Traceback" not in body
+
+
+# Prometheus conventions, the cost on a large ledger, a port of its own ------------------------------------------
+def test_metric_names_and_units_follow_prometheus_conventions(ran: Any) -> None:
+    status, body = get(ran(), "/metrics")
+    assert status == 200
+    families = {family.name: family for family in text_string_to_metric_families(body)}
+    assert "# TYPE dispatcher_retries_total counter" in body
+    for family in families.values():
+        assert not re.search(r"_(ms|milliseconds|millis)\b", family.name)
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name
+        if family.type == "histogram":
+            assert family.name.endswith("_seconds")
+            for labels in {tuple((k, v) for k, v in s.labels.items() if k != "le") for s in family.samples}:
+                bounds = [s.labels["le"] for s in family.samples
+                          if s.name.endswith("_bucket") and tuple((k, v) for k, v in s.labels.items() if k != "le")
+                          == labels]
+                assert bounds[-1] == "+Inf" and [float(b) for b in bounds] == sorted(float(b) for b in bounds)
+                assert float(bounds[0]) < 1  # bounds in seconds: the first is a few milliseconds
+    assert families["dispatcher_provider_latency_seconds"].type == "histogram"
+
+
+def test_a_scrape_reads_attempts_in_two_aggregated_statements_bounded_in_time(ran: Any) -> None:
+    app = ran()
+    statements: list[str] = []
+    event.listen(app.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    scrape(app)
+    on_attempts = [s for s in statements if re.search(r"\bFROM attempts\b", s)]
+    assert len(on_attempts) == 2  # the grouped count (with the retries), the latency
+    assert all("count(" in s.lower() for s in on_attempts)  # aggregated by the database: no row travels
+    (latency,) = [s for s in on_attempts if "duration_ms" in s]
+    assert "attempts.created_at >=" in latency  # the created_at index bounds the rows read
+
+
+def test_latency_leaves_out_attempts_booked_before_the_lookback(ran: Any) -> None:
+    app = ran()
+    before = scrape(app)["dispatcher_provider_latency_seconds_count"][(("provider", "twilio"),)]
+    now = app.clock()
+    with app.engine.begin() as connection:
+        for booked in (now - timedelta(days=1), now - timedelta(days=3)):
+            connection.execute(attempts.insert().values(
+                reminder_key=f"late|{booked.date()}", account_id="late", step="gentle", occurrence=0,
+                channel="sms", try_no=1, status="sent", provider="twilio", duration_ms=120, created_at=booked,
+                updated_at=now))
+    after = scrape(ran())["dispatcher_provider_latency_seconds_count"][(("provider", "twilio"),)]
+    assert after == before + 1  # booked a day ago: in; three days ago: out (LATENCY_LOOKBACK)
+
+
+def test_metrics_on_a_port_of_their_own(ran: Any) -> None:
+    port = closed_port()
+    app = ran(DISPATCHER_METRICS_PORT=str(port), DISPATCHER_METRICS_TOKEN=TOKEN, DISPATCHER_METRICS_HOST="127.0.0.1")
+    assert (app.settings.metrics_port, app.settings.metrics_host) == (port, "127.0.0.1")
+
+    async def go() -> dict[str, int]:
+        runner = web.AppRunner(build_web_app(app, metrics_host="0.0.0.0"))  # the variable wins
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        main = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                async def status(url: str, **headers: str) -> int:
+                    async with session.get(url, headers=headers) as response:
+                        return response.status
+
+                return {"main": await status(f"http://127.0.0.1:{main}/metrics",
+                                             Authorization=f"Bearer {TOKEN}"),
+                        "healthz": await status(f"http://127.0.0.1:{main}/healthz"),
+                        "own, no token": await status(f"http://127.0.0.1:{port}/metrics"),
+                        "own": await status(f"http://127.0.0.1:{port}/metrics", Authorization=f"Bearer {TOKEN}")}
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(go()) == {"main": 404, "healthz": 200, "own, no token": 401, "own": 200}
+    with socket.socket() as probe:  # the metrics site closed with the web app
+        probe.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("value", ["0", "65536", "http"])
+def test_a_bad_metrics_port_is_refused_naming_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="DISPATCHER_METRICS_PORT"):
+        Settings.from_env({"DISPATCHER_METRICS_PORT": value})

@@ -281,7 +281,8 @@ def test_templates_of_valid_steps_are_checked_despite_other_errors(tmp_path: Pat
         "ladder[0].channels: needs at least 1 item(s)",
         "ladder[2].every: must be a whole number of days or weeks, like '3d' or '1w'",
     ]
-    assert seen == [["gentle", "firm", "final", "call", "agents", "visit"]]  # the broken step is left out
+    assert seen == [["gentle", "firm", "final", "call", "agents", "visit"],  # the broken step is left out
+                    ["firm"]]  # then the steps with a further template variant (the shipped firm experiment)
 
 
 def test_max_reject_ratio_defaults_to_five_percent_and_stays_between_zero_and_one(tmp_path: Path) -> None:

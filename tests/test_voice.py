@@ -32,9 +32,9 @@ from dispatcher.channels.base import ChannelKind, Effect, Message, Outcome
 from dispatcher.channels.provider_settings import TwilioSettings
 from dispatcher.channels.twilio_voice import VOICE_STATUS_CALLBACK_PATH, TwilioVoiceChannel, TwilioVoiceSettings
 from dispatcher.channels.voice_script import MENU_PATH
-from dispatcher.cli.inspect import decisions_at
 from dispatcher.decisions import Verdict
 from dispatcher.demo import demo_accounts, demo_metadata
+from dispatcher.dry_run import decisions_at
 from dispatcher.ledger.tables import attempts
 from dispatcher.masking import address_hash
 from dispatcher.rules.content import lint_templates

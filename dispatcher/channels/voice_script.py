@@ -13,8 +13,10 @@ the reminder itself (``voice.txt.j2``) only after a key press:
   hotline (``<Dial>``). Nobody pressing (an answering machine: answering-machine
   detection starts the TwiML after its beep) falls through to ``<Hangup/>``: the
   voicemail holds the greeting only. What the menu says travels in the action URL
-  encrypted (Fernet, under a key derived from ``DISPATCHER_SECRET_KEY``), so no
-  proxy log or Twilio debugger URL shows an amount or an account;
+  encrypted (Fernet, under a key derived from the first key of the
+  ``DISPATCHER_SECRET_KEY`` ring; every key of the ring opens it, see
+  :mod:`dispatcher.keyring`), so no proxy log or Twilio debugger URL shows an
+  amount or an account;
 * without one, Twilio has nowhere to send a key press (an inline ``Twiml`` has no
   document URL for a ``<Gather>`` to post to, and nothing but a request can branch
   a TwiML document), so the call says the greeting and hangs up: a limited-content
@@ -33,11 +35,12 @@ import json
 from dataclasses import dataclass, field
 
 import phonenumbers
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from twilio.twiml import TwiML
 from twilio.twiml.voice_response import VoiceResponse
 
 from dispatcher.channels.base import Message
+from dispatcher.keyring import ring
 from dispatcher.phones import region_of
 
 MENU_PATH = "/webhooks/twilio/voice-menu"
@@ -174,9 +177,14 @@ class CallScript:
         hotline = raw.get("h")
         return MenuState(raw["l"], raw["t"], hotline if isinstance(hotline, str) else None)
 
-    def _fernet(self) -> Fernet:
-        key = hmac.new(self.secret, b"dispatcher voice menu", hashlib.sha256).digest()
-        return Fernet(base64.urlsafe_b64encode(key))
+    def _fernet(self) -> MultiFernet:
+        """Encrypts with the ring's first key, decrypts with any of its keys."""
+        return MultiFernet([_fernet(secret) for secret in ring(self.secret)])
+
+
+def _fernet(secret: bytes) -> Fernet:
+    key = hmac.new(secret, b"dispatcher voice menu", hashlib.sha256).digest()
+    return Fernet(base64.urlsafe_b64encode(key))
 
 
 def _say(parent: TwiML, voice: Voice, text: str) -> None:

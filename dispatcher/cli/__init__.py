@@ -30,7 +30,7 @@ from dispatcher.cli.parser import build_parser
 from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.logs import configure_logging
 from dispatcher.masking import mask_text, mask_url
-from dispatcher.settings import log_level
+from dispatcher.settings import log_format, log_level
 
 log = logging.getLogger("dispatcher.cli")
 
@@ -49,9 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.log_level = args.log_level or log_level(os.environ)
+        formatted = log_format(os.environ)
     except ConfigError as exc:
         return _refused(exc)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, formatted)
     try:
         code: int = _handler(args.handler)(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit

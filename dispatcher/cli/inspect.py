@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from dispatcher.accounts import Account
@@ -16,13 +16,12 @@ from dispatcher.cli import common
 from dispatcher.cli.progress import Progress
 from dispatcher.compose.renderer import RenderContext
 from dispatcher.decisions import Decision
+from dispatcher.dry_run import decisions_at
 from dispatcher.errors import DispatcherError
-from dispatcher.history import BatchHistory
 from dispatcher.ladder import days_overdue, local_date, occurrence_of
-from dispatcher.ledger.database import current_revision
 from dispatcher.masking import mask_address
 from dispatcher.output import to_json, write_rows
-from dispatcher.planner import address_for, rejected
+from dispatcher.planner import address_for
 from dispatcher.zones import home_zone
 
 PLAN_COLUMNS = ("account_id", "zone", "day", "step", "bucket", "sms", "email", "push", "voice", "handoff",
@@ -31,23 +30,12 @@ _WIDTHS = {"account_id": 12, "zone": 19, "day": 4, "step": 8, "bucket": 6, "sms"
            "voice": 9, "handoff": 9, "reason": 15, "detail": 60}
 
 
-def decisions_at(app: App, now: datetime, account_id: str | None = None) -> Iterator[Decision]:
-    """Every account's decision at ``now``, batch by batch, reading the ledger but writing nothing."""
-    pipeline = app.pipeline
-    has_ledger = current_revision(app.engine) is not None
-    for batch in pipeline.source.batches():
-        accounts = [a for a in batch.accounts if account_id in (None, a.account_id)]
-        history = (app.ledger.load_history(accounts, pipeline.policy.contacts_since(now))
-                   if has_ledger and accounts else BatchHistory())
-        yield from (rejected(r) for r in batch.rejects if account_id in (None, r.account_id))
-        yield from pipeline.planner.plan(accounts, history, now)
-
-
 def _row(decision: Decision) -> dict[str, Any]:
     row: dict[str, Any] = {
         "account_id": decision.account_id, "zone": decision.zone, "day": decision.days_overdue,
         "local_date": decision.local_today, "step": decision.step.step if decision.step else None,
         "bucket": decision.step.bucket if decision.step else None,
+        "variant": decision.step.variant_for(decision.account_id) if decision.step else None,
         "occurrence": decision.occurrence, "reminder_key": decision.reminder_key,
         "contacted": decision.reason is None, "reason": decision.reason or "", "detail": decision.detail,
     }
@@ -81,7 +69,7 @@ def plan_command(args: argparse.Namespace) -> int:
                 bar.advance()
                 yield _row(decision)
 
-    columns = (*PLAN_COLUMNS, "local_date", "occurrence", "reminder_key", "contacted", "channels")
+    columns = (*PLAN_COLUMNS, "local_date", "occurrence", "reminder_key", "contacted", "channels", "variant")
     if args.format == "json":
         write_rows(sys.stdout, rows(), columns, "json")
     else:

@@ -87,6 +87,20 @@ def _inspect_commands(commands: Any) -> None:
     preview.add_argument("--channel", choices=[c.value for c in ChannelKind])
     preview.add_argument("--at", metavar="ISO-TIME", help="the moment (default: now)")
     preview.set_defaults(handler="dispatcher.cli.inspect:preview_command")
+    diff = commands.add_parser(
+        "diff", help="who gains, loses or gets a changed reminder if NEW replaces OLD (default: the running "
+                     "version)",
+        description="Plan both configuration versions over the same accounts (NEW's source) at the same moment, "
+                    "writing nothing, and list every account that gains, loses or gets a changed reminder (step, "
+                    "channel, template, when), with totals per step and channel. Without OLD: the version the "
+                    "daemon loaded last, from the ledger, with its own templates. NEW's templates are the "
+                    "templates/ directory beside it.")
+    diff.add_argument("old", nargs="?", metavar="OLD", help="the schedules.yaml in use (default: the running version)")
+    diff.add_argument("new", metavar="NEW", help="the edited schedules.yaml")
+    diff.add_argument("--at", metavar="ISO-TIME", help="the moment to plan for (default: now)")
+    diff.add_argument("--format", choices=["table", "json"], default="table")
+    diff.add_argument("--utc", action="store_true", help="times in UTC (default: the schedule's zone, offset shown)")
+    diff.set_defaults(handler="dispatcher.cli.diff:diff_command")
 
 
 def _ledger_commands(commands: Any) -> None:
@@ -114,6 +128,14 @@ def _ledger_commands(commands: Any) -> None:
     rejects.add_argument("--run", type=int, metavar="RUN_ID")
     rejects.add_argument("--format", choices=["table", "json", "csv"], default="table")
     rejects.set_defaults(handler="dispatcher.cli.ledger:rejects_command")
+    report = commands.add_parser(
+        "report", help="write the ledger's figures as one HTML page that opens offline (funnel, failures, rules, "
+                       "cure rates, daily volume against the caps, opt-outs)")
+    report.add_argument("--since", metavar="DATE", help="first day, ISO date in the schedule's zone (default: the "
+                        "day of the ledger's first attempt)")
+    report.add_argument("--until", metavar="DATE", help="last day, included (default: the day of the last attempt)")
+    report.add_argument("--out", metavar="FILE", help="write the page there instead of stdout")
+    report.set_defaults(handler="dispatcher.cli.report:report_command")
     purge = commands.add_parser("purge", help="delete ledger rows older than the retention period (reminder keys "
                                 "and active opt-outs are kept, without personal data)")
     purge.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 3y, 1200d (at least the "

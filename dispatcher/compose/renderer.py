@@ -144,7 +144,7 @@ class Composer:
     def render_in(self, ctx: RenderContext, channel: ChannelKind, locale: str) -> Rendered:
         """Render the step's template for ``channel`` in exactly ``locale``."""
         channel = ChannelKind(channel)
-        template = ctx.step.template_name
+        template = ctx.step.template_for(ctx.account.account_id)  # an experiment's variant for this borrower
         compiled = self._compiled_for(template, locale, channel)
         variables = self.variables(ctx, locale)
         texts = {field: self._render_part(part, variables) for field, part in compiled.parts}
@@ -262,9 +262,9 @@ def _hash(texts: Iterable[str]) -> str:
 
 
 def _available_locales(templates: TemplateSet, schedule: Schedule) -> tuple[str, ...]:
-    """Locales of the schedule that every ladder template has a directory for, in schedule order (a hand-off
-    step has no templates)."""
-    names = {step.template_name for step in schedule.ladder if step.handoff is None}
+    """Locales of the schedule that every ladder template (every variant's too) has a directory for, in schedule
+    order (a hand-off step has no templates)."""
+    names = {name for step in schedule.ladder if step.handoff is None for name in step.templates}
     on_disk = [templates.locales(name) for name in names]
     return tuple(loc for loc in schedule.locales if all(loc in found for found in on_disk))
 

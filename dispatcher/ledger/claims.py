@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Insert, Table, bindparam, func, update
+from sqlalchemy import Connection, Insert, Table, bindparam, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatcher.ledger.callbacks import apply_parked
@@ -145,7 +145,13 @@ def give_back(connection: Connection, backs: Sequence[GiveBack], now: datetime) 
 def insert_try(connection: Connection, row: Mapping[str, Any]) -> int | None:
     """Insert one further try (a retry, a fallback channel); ``None`` when that try exists already."""
     statement = insert_ignoring_conflicts(connection.dialect.name, attempts).returning(attempts.c.id)
-    found = connection.execute(statement, [dict(row)]).all()
+    values = dict(row)
+    if "variant" not in values:  # a further try keeps the reminder's template variant (an experiment's arm)
+        values["variant"] = connection.execute(
+            select(attempts.c.variant).where(attempts.c.reminder_key == values["reminder_key"],
+                                             attempts.c.try_no >= literal_column("1"),  # the claim index
+                                             attempts.c.variant.is_not(None)).limit(1)).scalar()
+    found = connection.execute(statement, [values]).all()
     return int(found[0].id) if found else None
 
 

@@ -38,6 +38,7 @@ from dispatcher.channels.base import ChannelKind
 from dispatcher.errors import DispatcherError, LedgerError
 from dispatcher.history import BatchHistory, Contact, Hold
 from dispatcher.ledger.claims import chunks, insert_ignoring_conflicts
+from dispatcher.ledger.outcomes import cure_paid
 from dispatcher.ledger.suppressions import suppress_hash
 from dispatcher.ledger.tables import handoff_events, handoffs
 from dispatcher.masking import mask_text
@@ -340,6 +341,8 @@ def close_handoff(engine: Engine, handoff_id: int, closing: Closing, now: dateti
             if not done.rowcount:  # moved on meanwhile (another agent's close)
                 raise HandoffConflict(f"hand-off #{handoff_id} changed meanwhile; look again", handoff_id=handoff_id)
             detail = _closing_detail(connection, found, closing, agents, now)
+            if closing.outcome == "paid":  # the delinquency is cured now, whatever the source says later
+                cure_paid(connection, found["account_id"], found["due_date"], now)
             _event(connection, handoff_id, "closed", agents[0], now, detail)
             return _read(connection, handoff_id)
     except SQLAlchemyError as exc:

@@ -16,7 +16,7 @@ ATTEMPT_FIELDS = (
     "id", "account_id", "step", "bucket", "occurrence", "channel", "try_no", "status", "address", "provider",
     "provider_message_id", "error_code", "error_class", "error_message", "rule_id", "detail", "not_before",
     "template", "template_version", "content_hash", "parent_id", "run_id", "reminder_key", "created_at",
-    "attempted_at", "updated_at", "answered_by", "call_duration",
+    "attempted_at", "updated_at", "answered_by", "call_duration", "variant",
 )
 """Columns of an attempt as listed by ``dispatcher attempts``."""
 

@@ -20,6 +20,12 @@ Everything else older than the cut-off is deleted: decisions that never claimed
 (deferrals, holds: the planner records them again if still due), rejects, runs,
 lifted suppressions, parked callbacks and hand-offs closed before the cut-off with
 their events and visit authorisations (the claim row of the hand-off attempt stays, so none is opened again).
+
+A purge works in batches of at most :data:`PURGE_BATCH` rows, each statement
+its own transaction, so a purge of millions of rows never holds one long lock:
+runs, webhooks and the web app go on writing between two batches. An
+interrupted purge leaves the ledger consistent (each batch is whole) and the
+next one carries on. A dry run counts in one read-only pass.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ PERSONAL_COLUMNS = ("address", "address_hash", "borrower_hash", "provider_messag
                     "content_hash")
 """Columns of a claim row that identify the borrower or hold text from a provider: erased past retention."""
 
+PURGE_BATCH = 5000
+"""Rows one purge statement deletes or erases at most, each batch in a transaction of its own."""
+
 TO_READ = ("unclear", "other")
 """Decisions of an inbound reply that a person reads (``dispatcher replies``): kept whole until read."""
 
@@ -67,11 +76,11 @@ class PurgeCounts:
 
 
 def purge(engine: Engine, older_than: timedelta, retention: timedelta, now: datetime, *,
-          dry_run: bool = False) -> PurgeCounts:
+          dry_run: bool = False, batch: int = PURGE_BATCH) -> PurgeCounts:
     """Delete (or erase, see the module docstring) rows created before ``now - older_than``.
 
     Refuses when ``older_than`` < ``retention``. With ``dry_run`` nothing changes and
-    the counts say what would.
+    the counts say what would. Rows change ``batch`` at a time, one transaction each.
     """
     if older_than < retention:
         years = f"{retention.days / 365:g} years, " if retention.days % 365 == 0 else ""
@@ -79,8 +88,10 @@ def purge(engine: Engine, older_than: timedelta, retention: timedelta, now: date
                           f"--older-than is {older_than.days} days")
     cutoff = now - older_than
     try:
-        with engine.begin() as connection:
-            return _purge(connection, cutoff, dry_run)
+        if dry_run:
+            with engine.begin() as connection:
+                return _dry_run(connection, cutoff)
+        return _purge(engine, cutoff, max(1, batch))
     except SQLAlchemyError as exc:
         raise LedgerError(f"ledger: cannot purge: {exc}") from exc
 
@@ -122,24 +133,44 @@ def _count(connection: Connection, table: Any, condition: Any) -> int:
     return int(connection.execute(select(func.count()).select_from(table).where(condition)).scalar_one())
 
 
-def _purge(connection: Connection, cutoff: datetime, dry_run: bool) -> PurgeCounts:
+def _dry_run(connection: Connection, cutoff: datetime) -> PurgeCounts:
     counts = PurgeCounts()
-    old_claims, old_replies = _old_claims(cutoff), _old_replies(cutoff)
-    if dry_run:
-        counts.erased = _count(connection, attempts, old_claims)
-        counts.erased_replies = _count(connection, inbound_replies, old_replies)
-    else:
-        erase = update(attempts).where(old_claims).values(**dict.fromkeys(PERSONAL_COLUMNS))
-        counts.erased = int(connection.execute(erase).rowcount)
-        erase = update(inbound_replies).where(old_replies).values(sender="", text="", address_hash="")
-        counts.erased_replies = int(connection.execute(erase).rowcount)
+    counts.erased = _count(connection, attempts, _old_claims(cutoff))
+    counts.erased_replies = _count(connection, inbound_replies, _old_replies(cutoff))
     for table, condition in _targets(cutoff):
-        if dry_run:
-            counts.deleted[table.name] = _count(connection, table, condition)
-        else:
-            counts.deleted[table.name] = int(connection.execute(delete(table).where(condition)).rowcount)
+        counts.deleted[table.name] = _count(connection, table, condition)
+    _kept(connection, cutoff, counts)
+    return counts
+
+
+def _purge(engine: Engine, cutoff: datetime, batch: int) -> PurgeCounts:
+    counts = PurgeCounts()
+    erase = update(attempts).values(**dict.fromkeys(PERSONAL_COLUMNS))
+    counts.erased = _in_batches(engine, attempts, _old_claims(cutoff), erase, batch)
+    erase = update(inbound_replies).values(sender="", text="", address_hash="")
+    counts.erased_replies = _in_batches(engine, inbound_replies, _old_replies(cutoff), erase, batch)
+    for table, condition in _targets(cutoff):
+        counts.deleted[table.name] = _in_batches(engine, table, condition, delete(table), batch)
+    with engine.begin() as connection:
+        _kept(connection, cutoff, counts)
+    return counts
+
+
+def _in_batches(engine: Engine, table: Any, condition: Any, change: Any, batch: int) -> int:
+    """Apply ``change`` (a DELETE or an UPDATE that takes the rows out of ``condition``) to the rows matching
+    ``condition``, ``batch`` rows per transaction, until none is left; the rows changed."""
+    total = 0
+    while True:
+        chosen = table.c.id.in_(select(table.c.id).where(condition).limit(batch))
+        with engine.begin() as connection:
+            done = int(connection.execute(change.where(chosen)).rowcount)
+        total += done
+        if done < batch:
+            return total
+
+
+def _kept(connection: Connection, cutoff: datetime, counts: PurgeCounts) -> None:
     counts.active_suppressions = _count(connection, suppressions, suppressions.c.lifted_at.is_(None))
     counts.unread_replies = _count(connection, inbound_replies, and_(
         inbound_replies.c.received_at < cutoff, inbound_replies.c.read_at.is_(None),
         inbound_replies.c.decision.in_(TO_READ)))
-    return counts

@@ -129,9 +129,10 @@ attempts = Table(
     Column("duration_ms", Integer),  # how long the provider took to answer
     Column("answered_by", String(32)),  # voice: Twilio's AnsweredBy (human, machine_end_beep … unknown)
     Column("call_duration", Integer),  # voice: seconds the call lasted (CallDuration)
+    Column("variant", String(64)),  # the step's template variant this borrower is assigned (an experiment)
     Index("ix_attempts_account_id", "account_id"),
     Index("ix_attempts_provider_message_id", "provider_message_id"),
-    Index("ix_attempts_status", "status"),
+    Index("ix_attempts_status_channel_try", "status", "channel", "try_no"),  # /metrics counts without a sort
     Index("ix_attempts_created_at", "created_at"),
     Index("ix_attempts_address_hash", "address_hash"),
     Index("ix_attempts_borrower_hash", "borrower_hash"),
@@ -272,4 +273,22 @@ config_versions = Table(
     Column("path", Text),  # where it was loaded from
     Column("first_loaded_at", UtcDateTime, nullable=False),
     Column("last_loaded_at", UtcDateTime, nullable=False),  # the newest one is what the daemon is running
+)
+
+delinquencies = Table(
+    "delinquencies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(128), nullable=False),
+    Column("due_date", Date, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("first_balance", String(40), nullable=False),  # exact decimal text, read when the first reminder was booked
+    Column("last_balance", String(40), nullable=False),  # the latest balance read that differed from the one before
+    Column("first_reminded_at", UtcDateTime, nullable=False),
+    Column("last_seen_at", UtcDateTime, nullable=False),  # when last_balance was read (written only on a change)
+    Column("last_run_id", Integer),  # the run that read last_balance
+    Column("cured_at", UtcDateTime),  # the run (or hand-off) that found it settled
+    Column("cure", String(16)),  # zero_balance | left_overdue | paid
+    UniqueConstraint("account_id", "due_date"),
+    Index("ix_delinquencies_cured_at", "cured_at"),
 )

@@ -51,7 +51,7 @@ from dispatcher.rules.wordlists import (
     CivilRule,
     language_of,
 )
-from dispatcher.schedule.models import Brand, Schedule
+from dispatcher.schedule.models import Brand, Schedule, Step
 
 _DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d){7,}")
 _URL = re.compile(r"(?:https?://|mailto:)[^\s<>\"')]+", re.IGNORECASE)
@@ -231,20 +231,20 @@ def lint_templates(schedule: Schedule, templates: TemplateSet | Path, policy: Po
     problems: list[TemplateProblem] = []
     seen: set[str] = set()
     for step in schedule.ladder:
-        if step.template_name in seen:
-            continue
-        seen.add(step.template_name)
-        for locale in sorted(composer.templates.locales(step.template_name) & set(schedule.locales)):
-            for channel in PARTS:  # the channels that have templates (a hand-off has none)
-                problems.extend(_lint_one(composer, schedule, step.step, locale, channel, policy))
+        # an experiment's every variant, each as the step rendering it for everyone
+        for view in [step.as_variant(name) for name in step.templates] if step.variants else [step]:
+            if view.template_name in seen:
+                continue
+            seen.add(view.template_name)
+            for locale in sorted(composer.templates.locales(view.template_name) & set(schedule.locales)):
+                for channel in PARTS:  # the channels that have templates (a hand-off has none)
+                    problems.extend(_lint_one(composer, schedule, view, locale, channel, policy))
     return problems
 
 
-def _lint_one(composer: Composer, schedule: Schedule, step_name: str, locale: str, channel: ChannelKind,
+def _lint_one(composer: Composer, schedule: Schedule, step: Step, locale: str, channel: ChannelKind,
               policy: Policy) -> Iterator[TemplateProblem]:
-    step = schedule.step_named(step_name)
-    assert step is not None
-    template = step.template_name
+    step_name, template = step.step, step.template_name
     if not all(template_name(template, locale, p.filename) in composer.templates.files for p in PARTS[channel]):
         return
     ctx = sample_context(schedule, step, locale)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from dispatcher.channels.base import ChannelKind
 from dispatcher.compose.layout import TemplateSet
 from dispatcher.errors import Problem
-from dispatcher.schedule.models import DayWindow, Schedule, parse_window
+from dispatcher.schedule.models import DayWindow, Schedule, Step, parse_window
 from dispatcher.schedule.positions import format_path, value_position
 
 
@@ -118,7 +118,12 @@ def template_problems(
     """Template findings as problems: a missing one at its step, a broken one at its file, line and column."""
     problems: list[Problem] = []
     reported: set[tuple[str, str]] = set()
+    distinct: set[tuple[object, ...]] = set()  # the checks of several variant views may find the same one
     for issue in issues:
+        key = (issue.step, issue.template, issue.locale, issue.channel, issue.file, issue.line, issue.message)
+        if key in distinct:
+            continue
+        distinct.add(key)
         if not issue.missing:
             problems.append(_broken(issue, root, data, file, templates.root))
             continue
@@ -131,26 +136,50 @@ def template_problems(
     return problems
 
 
-def _step_position(root: Any, data: Any, step: str) -> tuple[int, int]:
-    """Where a step's ``template:`` value (or its ``step:`` value) is written."""
+def _step_position(root: Any, data: Any, step: str, template: str | None = None) -> tuple[int, int]:
+    """Where a step's ``template:`` value (a variant's, when ``template`` is one of them, or else the step's
+    name) is written."""
     for index, item in _items(data, "ladder"):
         if item.get("step") == step:
+            for number, variant in _items(item, "variants"):
+                if variant.get("template") == template:
+                    return value_position(root, ("ladder", index, "variants", number, "template"))
             key = "template" if "template" in item else "step"
             return value_position(root, ("ladder", index, key))
     return value_position(root, ("ladder",))
+
+
+def variant_views(schedule: Schedule) -> list[Schedule]:
+    """The schedule as the template checks see it: each step with variants renders its first variant (the
+    control), then once more per further variant with only those steps. Every variant's templates must exist
+    and pass the checks, like a step's ``template:``."""
+    most = max((len(step.variants or ()) for step in schedule.ladder), default=0)
+    if not most:
+        return [schedule]
+
+    def view(number: int, everything: bool) -> Schedule:
+        ladder: list[Step] = []
+        for step in schedule.ladder:
+            if step.variants and number < len(step.variants):
+                ladder.append(step.as_variant(step.variants[number].template))
+            elif everything:
+                ladder.append(step)
+        return schedule.model_copy(update={"ladder": ladder})
+
+    return [view(0, True), *(view(number, False) for number in range(1, most))]
 
 
 def _missing(issue: TemplateIssue, root: Any, data: Any, file: str, templates_dir: Path) -> Problem:
     expected = display_template_path(issue.file, templates_dir) if issue.file else None
     where = f"no file {expected}" if expected else f"no {issue.channel} template for {issue.locale}"
     message = f"template {issue.template!r} has {where}"
-    return Problem(file, *_step_position(root, data, issue.step), message, rule="template")
+    return Problem(file, *_step_position(root, data, issue.step, issue.template), message, rule="template")
 
 
 def _broken(issue: TemplateIssue, root: Any, data: Any, file: str, templates_dir: Path) -> Problem:
     if issue.file is None:
         message = f"template {issue.template!r} ({issue.locale}, {issue.channel}): {issue.message}"
-        return Problem(file, *_step_position(root, data, issue.step), message, rule="template")
+        return Problem(file, *_step_position(root, data, issue.step, issue.template), message, rule="template")
     shown = display_template_path(issue.file, templates_dir)
     col = getattr(issue, "col", None) or 1
     return Problem(shown, issue.line or 1, col, issue.message, rule=getattr(issue, "rule", "template"))

@@ -31,6 +31,7 @@ from dispatcher.schedule.checks import (
     duplicate_names,
     overlapping_windows,
     template_problems,
+    variant_views,
 )
 from dispatcher.schedule.models import Schedule
 from dispatcher.schedule.positions import YamlPath, value_position
@@ -155,7 +156,7 @@ def _validate(
         problems += problems_from_errors(root, file, errors)
         schedule = salvage(data, exc.errors())
     if schedule is not None and check_templates is not None:
-        issues = check_templates(schedule, templates)
+        issues = [i for view in variant_views(schedule) for i in check_templates(view, templates)]
         problems += template_problems(issues, root, data, file, templates)
     if problems or schedule is None:
         raise ConfigError(sorted(problems, key=lambda p: (p.file != file, p.file, p.line, p.col)))

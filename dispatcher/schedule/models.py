@@ -8,6 +8,7 @@ cron syntax, zone names). Checks that need the whole file or other files
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 from dataclasses import dataclass
@@ -270,6 +271,20 @@ def _message_channel(value: Any) -> Any:
 MessageChannel = Annotated[ChannelKind, BeforeValidator(_message_channel)]
 
 
+class Variant(Strict):
+    """One template of a step's experiment, chosen for a share ``weight`` / (sum of weights) of the borrowers."""
+
+    template: Name
+    weight: int = Field(strict=True, ge=1, le=1_000_000)
+
+
+def variant_bucket(step: str, account_id: str, total: int) -> int:
+    """A stable number in ``[0, total)`` for (step, account): sha256, never Python's salted ``hash()``, so a
+    borrower sees the same variant in every run, process and release."""
+    digest = hashlib.sha256(f"{step}\0{account_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % total
+
+
 class Step(Strict):
     """One rung of the escalation ladder: messages on ``channels``, or a ``handoff`` to people."""
 
@@ -280,6 +295,7 @@ class Step(Strict):
     handoff: Handoff | None = None  # before channels: their validator reads it
     channels: list[MessageChannel] = Field(default=None, validate_default=True)
     template: Name | None = None
+    variants: list[Variant] | None = None  # an experiment: instead of `template`
     fallback: bool = False
     deadline_days: int = Field(default=DEFAULT_DEADLINE_DAYS, ge=0, le=365)
     when: When | None = None
@@ -288,7 +304,52 @@ class Step(Strict):
 
     @property
     def template_name(self) -> str:
+        """The step's template; with variants, the first's (the control)."""
+        if self.variants:
+            return self.variants[0].template
         return self.template or self.step
+
+    @property
+    def templates(self) -> list[str]:
+        """Every template the step renders: each variant's of an experiment, else its one."""
+        return [v.template for v in self.variants] if self.variants else [self.template_name]
+
+    def variant_for(self, account_id: str) -> str | None:
+        """The variant (its template's name) this account is assigned, ``None`` when the step has no variants."""
+        if not self.variants:
+            return None
+        point = variant_bucket(self.step, account_id, sum(v.weight for v in self.variants))
+        for variant in self.variants:
+            if point < variant.weight:
+                return variant.template
+            point -= variant.weight
+        raise AssertionError("unreachable: the point is below the total weight")
+
+    def template_for(self, account_id: str) -> str:
+        """The template an account's message of this step is rendered with."""
+        return self.variant_for(account_id) or self.template_name
+
+    def as_variant(self, template: str) -> Step:
+        """This step rendering ``template`` for everyone: how each variant's templates are checked."""
+        return self.model_copy(update={"template": template, "variants": None})
+
+    @field_validator("variants")
+    @classmethod
+    def _an_experiment(cls, value: list[Variant] | None, info: ValidationInfo) -> list[Variant] | None:
+        """Two or more variants of distinct templates, instead of ``template``, on a step that sends messages."""
+        if value is None:
+            return None
+        if info.data.get("template") is not None:
+            raise ValueError("a step names one `template` or several `variants`, not both")
+        if info.data.get("handoff") is not None:
+            raise ValueError("a hand-off step has no templates to vary")
+        if len(value) < 2:
+            raise ValueError("an experiment needs at least 2 variants")
+        names = [v.template for v in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"variant template {twice[0]!r} is listed twice")
+        return value
 
     @property
     def every_days(self) -> int | None:

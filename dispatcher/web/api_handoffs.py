@@ -18,7 +18,6 @@ thread, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -47,6 +46,7 @@ from dispatcher.ledger.handoffs import (
 from dispatcher.output import plain
 from dispatcher.repayment_plans import Instalment, PlanError
 from dispatcher.visit_claims import authorise, plan_start, visit_collectors
+from dispatcher.web.bearer import bearer_ok
 from dispatcher.web.limits import Handler
 from dispatcher.zones import zone
 
@@ -87,11 +87,6 @@ def add_handoff_routes(router: web.UrlDispatcher, app: App) -> None:
     router.add_post(BASE_PATH + r"/{id:\d+}/close", _guarded(token, _close(app)))
 
 
-def _authorized(request: web.Request, token: str) -> bool:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
-
-
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(text=json.dumps(data, ensure_ascii=False, default=plain), status=status,
                         content_type="application/json", headers=headers)
@@ -106,7 +101,7 @@ def _guarded(token: str, handler: Handler) -> Handler:
     """``handler`` behind the bearer token, its known refusals turned into JSON answers."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if not _authorized(request, token):
+        if not bearer_ok(request, token):
             return web.Response(status=401, text="the hand-off API needs a bearer token",
                                 headers={"WWW-Authenticate": 'Bearer realm="handoffs"'})
         try:

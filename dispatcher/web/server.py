@@ -13,8 +13,9 @@ from dispatcher.web.access_log import RouteAccessLogger
 from dispatcher.web.api_handoffs import add_handoff_routes
 from dispatcher.web.health import health_checks, health_handler
 from dispatcher.web.limits import LINGER_SECONDS, BodyLimits, body_limits
-from dispatcher.web.metrics import metrics_handler, metrics_text
+from dispatcher.web.metrics import metrics_handler, metrics_site, metrics_text
 from dispatcher.web.refreshed import Refreshed
+from dispatcher.web.report_page import add_report_routes
 from dispatcher.web.twilio_hooks import inbound_handler, spool_drainer, status_handler
 from dispatcher.web.twilio_voice_hooks import add_voice_routes
 from dispatcher.web.unsubscribe_page import confirm_handler, unsubscribe_handler
@@ -30,8 +31,12 @@ BACKLOG = 1024
 """Connections the kernel holds for ``accept`` (aiohttp's 128 is short for a burst of provider callbacks)."""
 
 
-def build_web_app(app: App) -> web.Application:
-    """Webhooks, unsubscribe pages, metrics, health and the hand-off API bound to ``app``'s ledger and settings."""
+def build_web_app(app: App, metrics_host: str = "127.0.0.1") -> web.Application:
+    """Webhooks, unsubscribe pages, metrics, health and the hand-off API bound to ``app``'s ledger and settings.
+
+    With ``DISPATCHER_METRICS_PORT`` set, ``/metrics`` is served at that port instead, on
+    ``DISPATCHER_METRICS_HOST`` or else ``metrics_host`` (the web server's own host).
+    """
     limits = BodyLimits.from_settings(app.settings)
     web_app = web.Application(client_max_size=limits.max_bytes, middlewares=[body_limits(limits)])
     metrics, checks = metrics_text(app), health_checks(app)
@@ -42,9 +47,15 @@ def build_web_app(app: App) -> web.Application:
     web_app.cleanup_ctx.append(spool_drainer(app))  # applies replies spooled while the ledger was locked
     web_app.router.add_get("/unsubscribe/{token}", confirm_handler(app))
     web_app.router.add_post("/unsubscribe/{token}", unsubscribe_handler(app))
-    web_app.router.add_get("/metrics", metrics_handler(metrics, app.settings.metrics_token))
+    token, metrics_port = app.settings.metrics_token, app.settings.metrics_port
+    if metrics_port is None:
+        web_app.router.add_get("/metrics", metrics_handler(metrics, token))
+    else:
+        host = app.settings.metrics_host or metrics_host
+        web_app.cleanup_ctx.append(metrics_site(metrics, token, host, metrics_port))
     web_app.router.add_get("/healthz", health_handler(checks))
     add_handoff_routes(web_app.router, app)  # only with DISPATCHER_API_TOKEN set
+    add_report_routes(web_app.router, app)  # /report, behind the same token
     add_verify_routes(web_app.router, app)  # public: a borrower checks a field visit's code
     return web_app
 
@@ -57,8 +68,8 @@ def server_options() -> dict[str, Any]:
 
 def serve(app: App, host: str, port: int) -> None:
     """Serve until interrupted (SIGINT / SIGTERM)."""
-    web.run_app(build_web_app(app), host=host, port=port, backlog=BACKLOG, print=None, handle_signals=True,
-                **server_options())
+    web.run_app(build_web_app(app, metrics_host=host), host=host, port=port, backlog=BACKLOG, print=None,
+                handle_signals=True, **server_options())
 
 
 def _closing(*cached: Refreshed[Any]) -> Callable[[web.Application], Awaitable[None]]:
