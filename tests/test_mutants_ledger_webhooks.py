@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, select
 from test_optout_words import CASES
 
+from dispatcher.accounts import Account
+from dispatcher.channels.base import ChannelKind
+from dispatcher.history import BatchHistory, Contact
 from dispatcher.ledger import claims
 from dispatcher.ledger.claims import AttemptOutcome, GiveBack
 from dispatcher.ledger.database import create_ledger_engine, upgrade
@@ -25,8 +30,9 @@ from dispatcher.ledger.store import Ledger
 from dispatcher.ledger.suppressions import lift_hash, suppress_hash
 from dispatcher.ledger.tables import attempts, suppressions
 from dispatcher.masking import address_hash, mask_phone
-from dispatcher.replies.words import Decision, Vocabulary, recognise
+from dispatcher.replies.words import Decision, Vocabulary, normalise, recognise
 from dispatcher.rules import content
+from dispatcher.rules.call_cap import CALL_LIMITS, CallCapRule
 
 
 @pytest.mark.parametrize(("reply", "decision", "keyword"), CASES, ids=[f"case{n}" for n in range(len(CASES))])
@@ -263,3 +269,64 @@ def test_a_reply_is_read_from_its_sender_in_the_region_twilio_names_before_the_o
     assert read(MessageSid="  ", From=us, Body="STOP") is None
     assert read(MessageSid="SM4", Body="STOP") is None
     assert read(MessageSid="SM5", From="   ", Body="STOP") is None
+
+
+# -- normalising a reply: what vanishes, what splits words ----------------------------------------------------------
+
+VANISHING = {"vs1-fe00": "\ufe00", "vs16-fe0f": "\ufe0f", "vs17-e0100": "\U000e0100", "vs256-e01ef": "\U000e01ef",
+             "zero-width-space": "\u200b", "keycap-enclosing-mark": "\u20e3", "apostrophe": "'",
+             "right-quote": "\u2019", "modifier-apostrophe": "\u02bc", "grave": "`"}
+"""Characters dropped without a trace: inside a word they leave it whole."""
+
+SPLITTING = {"before-fe00": "\ufdfd", "after-fe0f": "\ufe10", "before-e0100": "\U000e00ff",
+             "after-e01ef": "\U000e01f0", "comma": ",", "emoji": "\U0001f6d1"}
+"""Characters just outside those ranges (a symbol, punctuation, unassigned code points): they split words."""
+
+
+@pytest.mark.parametrize("char", list(VANISHING.values()), ids=list(VANISHING))
+def test_format_characters_and_variation_selectors_vanish_inside_a_word(char: str) -> None:
+    assert normalise(f"ST{char}OP") == "stop"
+    assert recognise(f"STOP{char}", Vocabulary.build()).decision is Decision.OPT_OUT
+
+
+@pytest.mark.parametrize("char", list(SPLITTING.values()), ids=list(SPLITTING))
+def test_characters_next_to_the_dropped_ranges_split_words(char: str) -> None:
+    assert normalise(f"ST{char}OP") == "st op"
+
+
+def test_phrases_added_in_schedules_yaml_extend_the_shipped_ones() -> None:
+    extended = Vocabulary.build(opt_out={"en-US": ["leave me alone"]}, opt_in={"zh-CN": ["恢复提醒"]})
+    assert recognise("Leave me ALONE!", extended) == recognise("Leave me ALONE!", extended)
+    assert (recognise("Leave me ALONE!", extended).decision, recognise("Leave me ALONE!", extended).keyword) == (
+        Decision.OPT_OUT, "leave me alone")
+    assert recognise("恢复提醒", extended).decision is Decision.OPT_IN
+    assert recognise("STOP", extended).decision is Decision.OPT_OUT  # the shipped phrases stay
+    shipped = Vocabulary.build()
+    assert recognise("Leave me ALONE!", shipped).decision is not Decision.OPT_OUT
+    assert recognise("恢复提醒", shipped).decision is not Decision.OPT_IN
+
+
+# -- call caps per debt: calls this run planned count too ------------------------------------------------------------
+
+def test_calls_planned_in_this_run_count_toward_the_per_debt_cap_of_that_debt_only() -> None:
+    now = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+    account = Account(account_id="L1", name="Ann Lee", phone="+12025550143", email=None, push_token=None,
+                      locale="en-US", timezone="America/New_York", currency="USD", overdue_amount=Decimal("50.00"),
+                      due_date=now.date() - timedelta(days=31), deadline=None, repayment_account="0001 2345")
+    other = replace(account, account_id="L2")
+    rule = CallCapRule(CALL_LIMITS["us"])
+    history = BatchHistory()
+    for n in range(7):  # known to the run as contacts (planned now or read back), not among the recorded calls
+        history.add_contact(Contact(100 + n, other.account_id, "voice", address_hash(account.phone or "x"),
+                                    now - timedelta(hours=n + 1)))
+    assert rule.check(account, ChannelKind.VOICE, account.phone or "", now, history) is None  # another debt's
+    for n in range(6):
+        history.add_contact(Contact(n + 1, account.account_id, "voice", "elsewhere", now - timedelta(hours=n + 1)))
+    history.add_contact(Contact(7, account.account_id, "sms", "elsewhere", now - timedelta(hours=1)))
+    assert rule.check(account, ChannelKind.VOICE, account.phone or "", now, history) is None  # 6 calls, 1 SMS
+    history.add_contact(Contact(8, account.account_id, "voice", None, now - timedelta(days=7)))  # 7 days ago: out
+    assert rule.check(account, ChannelKind.VOICE, account.phone or "", now, history) is None
+    history.add_contact(Contact(9, account.account_id, "voice", None, now - timedelta(minutes=5)))
+    block = rule.check(account, ChannelKind.VOICE, account.phone or "", now, history)
+    assert block is not None and block.rule_id == "call-cap" and block.defer
+    assert block.not_before == now - timedelta(hours=6) + timedelta(days=7)  # when the oldest of the 7 ages out

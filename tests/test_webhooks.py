@@ -675,6 +675,22 @@ def test_twilio_signatures_are_checked_against_a_public_url_with_a_path(make_wor
     assert len(world.active("sms", PHONE)) == 1
 
 
+@pytest.mark.parametrize("missing", ["public-url", "twilio-credentials", "signature"])
+def test_a_stop_that_cannot_be_verified_is_refused_before_any_check(make_world: Callable[..., World],
+                                                                     missing: str) -> None:
+    """Without a public URL or Twilio's auth token no signature can be checked; without a signature there is none."""
+    unset = {"public-url": {"DISPATCHER_PUBLIC_URL": ""},
+             "twilio-credentials": {"TWILIO_ACCOUNT_SID": "", "TWILIO_AUTH_TOKEN": "", "TWILIO_FROM_NUMBER": ""},
+             "signature": {}}[missing]
+    world = make_world(**unset)
+    form = inbound_form("STOP")
+    headers = {} if missing == "signature" else signature(world.auth_token, PUBLIC_URL + INBOUND_PATH, form)
+
+    assert exchange(world.app, [Call("POST", INBOUND_PATH, form, headers)]) == [
+        (403, "missing or unverifiable signature")]
+    assert world.active("sms", PHONE) == []
+
+
 def test_unsubscribe_form_posts_back_to_the_link_under_a_public_url_with_a_path(
     make_world: Callable[..., World]
 ) -> None:
