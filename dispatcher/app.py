@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 
 from dispatcher.booking import Booker
-from dispatcher.channels.base import Channel, ChannelKind
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import Channel
 from dispatcher.channels.registry import Providers
 from dispatcher.compose.handoff import HandoffComposer
 from dispatcher.compose.renderer import Composer
@@ -28,8 +29,8 @@ from dispatcher.reconcile import Reconciler
 from dispatcher.rules.content import ContentCheck, template_checks
 from dispatcher.rules.engine import RuleEngine, build_engine
 from dispatcher.rules.policy import Policy, resolve_policy
-from dispatcher.rules.recheck import SendCheck
 from dispatcher.schedule.loader import LoadedSchedule, load_schedule
+from dispatcher.send_check import SendCheck
 from dispatcher.settings import Settings
 from dispatcher.source import AccountSource
 from dispatcher.unsubscribe import UnsubscribeLinks
@@ -108,9 +109,9 @@ class App:
                  run_id: int | None = None) -> Executor:
         """Celery workers when a broker is configured, else this process."""
         if self.settings.broker_url:
-            from dispatcher.worker import deliver_batch
+            from dispatcher.celery_app import delivery_task  # imports Celery only when a broker is set
 
-            return CeleryExecutor(deliver_batch, pipeline.loaded.schedule.delivery.task_batch,
+            return CeleryExecutor(delivery_task(), pipeline.loaded.schedule.delivery.task_batch,
                                   pipeline.loaded.version, run_id, float(self.settings.run_timeout))
         return InProcessExecutor(self.deliverer(pipeline, stopping), self.job_loader(pipeline), self.clock)
 

@@ -20,11 +20,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from dispatcher.accounts import Account, RejectedRow
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.channels.base import (
     AMBIGUOUS_ERRORS,
     AttemptLookup,
     Channel,
-    ChannelKind,
     DeliveryResult,
     Effect,
     Message,
@@ -48,8 +48,8 @@ from dispatcher.planner import address_for
 from dispatcher.ratelimit import LocalRateLimiter, RateLimiter
 from dispatcher.rules.base import Block
 from dispatcher.rules.content import ContentCheck
-from dispatcher.rules.recheck import BatchFacts, SendCheck
 from dispatcher.schedule.models import Schedule
+from dispatcher.send_check import BatchFacts, SendCheck
 
 log = logging.getLogger(__name__)
 

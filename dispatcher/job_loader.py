@@ -19,7 +19,7 @@ from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.accounts import Account, RejectedRow
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import LedgerError
 from dispatcher.jobs import DeliveryJob
 from dispatcher.ladder import days_overdue, local_date

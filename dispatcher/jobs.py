@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import date
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 
 
 @dataclass(frozen=True, slots=True)

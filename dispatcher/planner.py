@@ -13,7 +13,7 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from dispatcher.accounts import Account, RejectedRow
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.decisions import ChannelPlan, Decision, Reason, Verdict
 from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred, borrower_key, deferral_note
 from dispatcher.ladder import DueStep, days_overdue, due_step, local_date, reminder_key, why_no_step

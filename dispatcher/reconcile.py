@@ -31,7 +31,8 @@ from typing import Any
 from sqlalchemy import Engine, and_, or_, select, update
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import AttemptLookup, Channel, ChannelKind, SentLookup
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import AttemptLookup, Channel, SentLookup
 from dispatcher.errors import DeliveryError
 from dispatcher.ledger.tables import attempts
 from dispatcher.masking import address_hash

@@ -24,7 +24,7 @@ from dispatcher.job_loader import JobLoader
 from dispatcher.ledger.claims import insert_try
 from dispatcher.ledger.tables import attempts
 from dispatcher.masking import address_hash, mask_address
-from dispatcher.rules.recheck import SendCheck
+from dispatcher.send_check import SendCheck
 
 RETRYABLE = ("failed", "unknown")
 """Statuses an operator may retry."""

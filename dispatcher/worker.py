@@ -1,4 +1,7 @@
-"""The Celery app and its one task, ``dispatcher.deliver_batch``: deliver a batch of booked attempts.
+"""The Celery task ``dispatcher.deliver_batch`` and its worker runtime: deliver a batch of booked attempts.
+
+The Celery app itself is :mod:`dispatcher.celery_app`; the daemon sends tasks by
+name through it and never imports this module (which builds the whole app).
 
 A task carries the configuration version, the run id and attempt ids, never a
 borrower's name, number, address or amount: each worker reads the attempts from
@@ -24,40 +27,18 @@ import os
 import threading
 from typing import Any
 
-from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from dispatcher import loops
 from dispatcher.app import App, build_app, load
+from dispatcher.celery_app import TASK_NAME, app
 from dispatcher.delivery import Deliverer
-from dispatcher.executors import QUEUE
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "dispatcher.deliver_batch"
-
-
-def configure(celery: Celery, settings: Settings) -> Celery:
-    """Broker and delivery guarantees: late acks, requeue on a lost worker, one task prefetched."""
-    celery.conf.update(
-        broker_url=settings.broker_url,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        task_default_queue=QUEUE,
-        worker_prefetch_multiplier=1,
-        worker_hijack_root_logger=False,
-    )
-    return celery
-
-
-app = Celery("dispatcher")
-configure(app, Settings.from_env())
+__all__ = ["TASK_NAME", "app", "deliver_batch"]
+"""``celery -A dispatcher.worker`` finds the app here, with the task registered on it."""
 
 
 class _Runtime:

@@ -33,7 +33,7 @@ ALLOWED = ROOT / "scripts" / "mutants_allowed.txt"
 COPIED = ("dispatcher", "tests", "templates", "pyproject.toml", "schedules.yaml")
 
 GUARDED: dict[str, tuple[str, ...]] = {
-    "rules": ("dispatcher.rules.*",),
+    "rules": ("dispatcher.rules.*", "dispatcher.send_check.*"),  # the rules, and their re-check at send time
     "ladder": ("dispatcher.ladder.*",),
     "claims": ("dispatcher.ledger.claims.*", "dispatcher.ledger.group_commit.*"),
     "finish": ("dispatcher.ledger.store.xǁLedgerǁstart_sending__mutmut_*",

@@ -10,7 +10,8 @@ from typing import TypeVar
 import pytest
 from standins.fcm_server import FcmStandin
 
-from dispatcher.channels.base import Channel, ChannelKind, DeliveryResult, Effect, Message, Outcome
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import Channel, DeliveryResult, Effect, Message, Outcome
 from dispatcher.channels.fcm_push import FcmPushChannel, classify_fcm_error
 from dispatcher.channels.provider_settings import FcmSettings
 from dispatcher.errors import ConfigError

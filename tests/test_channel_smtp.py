@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import pytest
 from standins.smtp_server import SmtpStandin, free_port, tls_contexts
 
-from dispatcher.channels.base import Channel, ChannelKind, DeliveryResult, Effect, Message, Outcome
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import Channel, DeliveryResult, Effect, Message, Outcome
 from dispatcher.channels.headers import UNSAFE_HEADER
 from dispatcher.channels.provider_settings import SmtpSecurity, SmtpSettings
 from dispatcher.channels.smtp_email import SmtpEmailChannel, build_email

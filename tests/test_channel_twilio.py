@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from standins.twilio_server import TwilioStandin
 
-from dispatcher.channels.base import Channel, ChannelKind, Effect, Message, Outcome
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import Channel, Effect, Message, Outcome
 from dispatcher.channels.provider_settings import TwilioSettings
 from dispatcher.channels.twilio_sms import TwilioSmsChannel, form_encode
 from dispatcher.errors import ConfigError, DeliveryError, TransientDeliveryError

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.filters import babel_locale, localdate, mask, money
 from dispatcher.compose.layout import PARTS
 from dispatcher.compose.renderer import (

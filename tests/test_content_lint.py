@@ -17,7 +17,7 @@ from sqlalchemy import insert, select
 
 from dispatcher.accounts import Account
 from dispatcher.app import App
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.renderer import Composer, RenderContext, TemplateProblem
 from dispatcher.demo import demo_accounts, demo_metadata
 from dispatcher.ledger.tables import attempts

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from test_rules import overdue
 
 from dispatcher.app import App, build_app
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.decisions import Decision, Verdict
 from dispatcher.demo import demo_accounts
 from dispatcher.dry_run import decisions_at

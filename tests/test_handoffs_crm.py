@@ -18,7 +18,7 @@ from standins import HttpStandin, Recorded, Reply
 from test_handoffs import borrower, handoff_rows, local_today, run, with_handoff_ladder
 
 from dispatcher.app import App, build_app
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.channels.handoff import SIGNATURE_HEADER, CrmSettings, HandoffChannel
 from dispatcher.errors import ConfigError
 from dispatcher.ledger.tables import handoff_events

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import create_engine, insert
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.renderer import Composer, RenderContext, check_templates
 from dispatcher.decisions import Reason
 from dispatcher.demo import demo_accounts

@@ -23,7 +23,8 @@ from browser import chromium, png_size
 from ruamel.yaml import YAML
 from standins.smtp_server import SmtpStandin
 
-from dispatcher.channels.base import ChannelKind, Message, Outcome
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import Message, Outcome
 from dispatcher.channels.headers import UNSAFE_HEADER, UnsafeHeaderError
 from dispatcher.channels.outbox import OutboxChannel
 from dispatcher.channels.provider_settings import SmtpSettings

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, insert, select
 from test_optout_words import CASES
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.history import BatchHistory, Contact
 from dispatcher.ledger import claims
 from dispatcher.ledger.claims import AttemptOutcome, GiveBack

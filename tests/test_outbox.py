@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.channels.base import AttemptLookup, ChannelKind, DeliveryResult, Message, Outcome
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import AttemptLookup, DeliveryResult, Message, Outcome
 from dispatcher.channels.headers import UNSAFE_HEADER
 from dispatcher.channels.outbox import OutboxChannel
 from dispatcher.errors import DeliveryError

@@ -21,7 +21,8 @@ from sqlalchemy import insert, select
 
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.app import App
-from dispatcher.channels.base import Channel, ChannelKind, DeliveryResult, Message
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import Channel, DeliveryResult, Message
 from dispatcher.delivery import Deliverer, DeliveryPolicy
 from dispatcher.demo import demo_accounts, seed_demo
 from dispatcher.jobs import DeliveryJob

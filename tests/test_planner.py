@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.decisions import Decision, Reason, Verdict
 from dispatcher.history import BatchHistory, Suppression
 from dispatcher.ladder import reminder_key

@@ -23,14 +23,15 @@ from sqlalchemy import update
 from test_rules import BORROWER, PUSH, SMS, channel, contact, history_with, overdue, plan, schedule, shanghai
 
 from dispatcher.app import App, build_app
-from dispatcher.channels.base import Channel, ChannelKind, DeliveryResult, Message
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import Channel, DeliveryResult, Message
 from dispatcher.decisions import Verdict
 from dispatcher.delivery import Deliverer, DeliveryPolicy
 from dispatcher.demo import demo_accounts
 from dispatcher.ledger.suppressions import suppress
 from dispatcher.rules.policy import resolve_policy
-from dispatcher.rules.recheck import SendCheck
 from dispatcher.runner import Runner
+from dispatcher.send_check import SendCheck
 from dispatcher.settings import Settings
 from dispatcher.source import AccountSource
 

@@ -25,7 +25,8 @@ from standins.smtp_server import SmtpStandin
 from standins.twilio_server import TwilioStandin
 
 from dispatcher.app import App, build_app
-from dispatcher.channels.base import ChannelKind, Message, Outcome
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import Message, Outcome
 from dispatcher.channels.outbox import OutboxChannel
 from dispatcher.channels.twilio_sms import TwilioSmsChannel
 from dispatcher.cli import main

@@ -22,7 +22,8 @@ from sqlalchemy import insert, update
 
 from dispatcher.accounts import Account
 from dispatcher.app import App
-from dispatcher.channels.base import ChannelKind, DeliveryResult, Message
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import DeliveryResult, Message
 from dispatcher.decisions import Decision, Reason, Verdict
 from dispatcher.delivery import Deliverer, DeliveryPolicy
 from dispatcher.demo import demo_accounts

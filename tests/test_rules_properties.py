@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.history import BatchHistory, Contact
 from dispatcher.rules.cap import CapRule
 from dispatcher.rules.window import SEARCH_LIMIT, SEARCH_STEP, allowed, next_allowed

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import ConfigError, Problem
 from dispatcher.schedule.checks import TemplateChecker, TemplateIssue
 from dispatcher.schedule.loader import LoadedSchedule, load_schedule

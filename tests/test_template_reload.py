@@ -13,7 +13,7 @@ import pytest
 from rows import demo_row, seed_rows
 
 from dispatcher.app import App, load, template_checks
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.layout import TemplateSet
 from dispatcher.compose.renderer import Composer, sample_context
 from dispatcher.errors import ConfigError, Problem

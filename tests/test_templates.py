@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.layout import PARTS
 from dispatcher.compose.renderer import Composer, Rendered, check_templates, sample_context
 from dispatcher.schedule.models import Schedule, Step

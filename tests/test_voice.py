@@ -28,7 +28,8 @@ from standins.twilio_voice_server import TwilioVoiceStandin, call_problems
 from twilio.request_validator import RequestValidator
 
 from dispatcher.app import App, build_app
-from dispatcher.channels.base import ChannelKind, Effect, Message, Outcome
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import Effect, Message, Outcome
 from dispatcher.channels.provider_settings import TwilioSettings
 from dispatcher.channels.twilio_voice import VOICE_STATUS_CALLBACK_PATH, TwilioVoiceChannel, TwilioVoiceSettings
 from dispatcher.channels.voice_script import MENU_PATH

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.app import template_checks
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.renderer import Composer, sample_context
 from dispatcher.errors import ConfigError
 from dispatcher.schedule.loader import LoadedSchedule, load_schedule

@@ -14,20 +14,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.masking import mask_text, mask_token
-
-
-class ChannelKind(StrEnum):
-    """The kinds of channel a ladder step can use."""
-
-    SMS = "sms"
-    EMAIL = "email"
-    PUSH = "push"
-    VOICE = "voice"
-    """A phone call to the borrower's number (Twilio Programmable Voice): the ``voice`` templates, spoken."""
-    HANDOFF = "handoff"
-    """Not a message: a work item for people (a step's ``handoff:``), kept in the ledger's ``handoffs`` table.
-    Its address is the account id; it is claimed, re-checked and recorded like any channel."""
 
 
 class Outcome(StrEnum):

@@ -20,7 +20,8 @@ from typing import Any
 import aiohttp
 import jwt
 
-from dispatcher.channels.base import ChannelKind, DeliveryResult, Effect, Message
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import DeliveryResult, Effect, Message
 from dispatcher.channels.provider_settings import FcmSettings, ServiceAccount, parse_retry_after
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"

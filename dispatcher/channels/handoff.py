@@ -25,7 +25,8 @@ from datetime import date, datetime
 import aiohttp
 from sqlalchemy import Engine
 
-from dispatcher.channels.base import ChannelKind, DeliveryResult, Message
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import DeliveryResult, Message
 from dispatcher.channels.provider_settings import _positive_float, _Problems, parse_retry_after
 from dispatcher.errors import DeliveryError, LedgerError
 from dispatcher.ledger.handoffs import WorkItem, handoff_of_attempt, open_handoff, record_push

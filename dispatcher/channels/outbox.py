@@ -29,7 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from dispatcher.channels.base import ChannelKind, DeliveryResult, Message
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import DeliveryResult, Message
 from dispatcher.channels.eml import eml_bytes
 from dispatcher.channels.headers import UNSAFE_HEADER, UnsafeHeaderError
 from dispatcher.channels.voice_script import CallScript

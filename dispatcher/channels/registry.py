@@ -13,7 +13,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from dispatcher.channels.base import Channel, ChannelKind
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import Channel
 from dispatcher.channels.fcm_push import FcmPushChannel
 from dispatcher.channels.handoff import CrmSettings, HandoffChannel
 from dispatcher.channels.outbox import DEFAULT_EMAIL_FROM, OutboxChannel

@@ -19,7 +19,8 @@ from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, parseaddr
 
-from dispatcher.channels.base import ChannelKind, DeliveryResult, Effect, Message
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import DeliveryResult, Effect, Message
 from dispatcher.channels.headers import UNSAFE_HEADER, UnsafeHeaderError, checked_headers
 from dispatcher.channels.provider_settings import SmtpSecurity, SmtpSettings
 

@@ -36,7 +36,8 @@ from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioS
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from dispatcher.channels.base import ChannelKind, DeliveryResult, Effect, Message
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import DeliveryResult, Effect, Message
 from dispatcher.channels.provider_settings import TwilioSettings, parse_retry_after
 from dispatcher.errors import DeliveryError, TransientDeliveryError
 from dispatcher.masking import mask_text

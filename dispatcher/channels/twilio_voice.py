@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from dispatcher.channels.base import ChannelKind, DeliveryResult, Message
+from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import DeliveryResult, Message
 from dispatcher.channels.provider_settings import TwilioSettings, _Problems
 from dispatcher.channels.twilio_sms import USER_AGENT, _basic, form_encode, twilio_answer
 from dispatcher.channels.voice_script import MAX_TWIML, MENU_PATH, CallScript

@@ -11,7 +11,7 @@ from typing import Any
 
 from dispatcher.accounts import Account
 from dispatcher.app import App
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.cli import common
 from dispatcher.cli.progress import Progress
 from dispatcher.compose.renderer import RenderContext

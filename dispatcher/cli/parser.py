@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.cli.examples import add_examples
 from dispatcher.ledger.handoffs import OUTCOMES as HANDOFF_OUTCOMES
 from dispatcher.ledger.handoffs import STATUSES as HANDOFF_STATUSES

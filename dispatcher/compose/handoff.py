@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.renderer import Composer, RenderContext, Rendered
 from dispatcher.errors import TemplateError
 from dispatcher.history import borrower_key

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, NamedTuple
 
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 
 Field = Literal["subject", "title", "body", "html"]
 

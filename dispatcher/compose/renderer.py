@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 from jinja2 import Template, TemplateNotFound
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.diagnostics import as_template_error, describe, template_column, template_position
 from dispatcher.compose.environment import build_environment
 from dispatcher.compose.filters import money

@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import LedgerError
 from dispatcher.history import CONTACT_STATUSES, BatchHistory, Call
 from dispatcher.ledger.callbacks import advance_status

@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, exists, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import DispatcherError, LedgerError
 from dispatcher.history import BatchHistory, Contact, Hold
 from dispatcher.ledger.claims import chunks, insert_ignoring_conflicts

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, bindparam, exists, func, select, upda
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.accounts import Account, RejectedRow
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import LedgerError
 from dispatcher.history import (
     CONTACT_STATUSES,

@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import Engine, select
 
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.history import CONTACT_STATUSES
 from dispatcher.ledger.handoffs import CONTACT_OUTCOMES
 from dispatcher.ledger.tables import attempts, handoffs

@@ -7,7 +7,7 @@ from datetime import date, datetime
 from typing import Protocol
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.history import BatchHistory
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.history import BatchHistory, Contact
 from dispatcher.rules.base import Block
 from dispatcher.schedule.models import Cap

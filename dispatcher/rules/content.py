@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.filters import localdate, mask, money
 from dispatcher.compose.layout import PARTS, TemplateSet, template_name
 from dispatcher.compose.renderer import (

@@ -4,7 +4,7 @@ A rule either lets a reminder through or returns a :class:`~dispatcher.rules.bas
 naming its rule id, whether it defers (try again later) or suppresses (never for this
 occurrence), and why. Rule ids: ``pause``, ``opt-out``, ``bad-address``, ``window``,
 ``holiday``, ``call-cap``, ``cap`` here; ``paid``, ``civil``, ``content``, ``third-party`` at send time
-(:mod:`dispatcher.rules.recheck`); ``no_address`` and ``superseded`` in the planner.
+(:mod:`dispatcher.send_check`); ``no_address`` and ``superseded`` in the planner.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.history import BatchHistory
 from dispatcher.rules.base import AccountRule, Block, ChannelRule, HistoryRule
 from dispatcher.rules.call_cap import CallCapRule

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.history import BatchHistory
 from dispatcher.rules.base import Block
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.rules.call_cap import CALL_LIMITS, CallLimits
 from dispatcher.rules.wordlists import CIVIL_BLOCKLIST, language_of
 from dispatcher.schedule.models import Cap, ClockRange, Schedule

@@ -15,7 +15,7 @@ import phonenumbers
 
 from dispatcher import phones
 from dispatcher.accounts import Account
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.history import BatchHistory
 from dispatcher.rules.base import Block
 from dispatcher.schedule.models import ClockRange

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.layout import TemplateSet
 from dispatcher.errors import Problem
 from dispatcher.schedule.models import DayWindow, Schedule, Step, parse_window

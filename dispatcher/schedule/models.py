@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic.functional_validators import BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 
 DEFAULT_BATCH_SIZE = 1000
 """Accounts read from the source, planned and recorded per batch."""

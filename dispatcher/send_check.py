@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from dispatcher.accounts import Account, RejectedRow
-from dispatcher.channels.base import ChannelKind
+from dispatcher.channel_kind import ChannelKind
 from dispatcher.history import BatchHistory
 from dispatcher.jobs import DeliveryJob
 from dispatcher.ladder import local_date
