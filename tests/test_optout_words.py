@@ -26,6 +26,9 @@ CASES = [
     ("Stop texting me", OUT, "stop texting me"), ("stop it now", OUT, "STOP"), ("I said STOP", OUT, "STOP"),
     ("请回复TD", OUT, "TD"), ("退订谢谢", OUT, "退订"), ("cancel my messages", OUT, "CANCEL"),
     ("don't stop", OUT, "STOP"),  # decided: ends with STOP; a wrong opt-out costs one START
+    # an apostrophe typed as any of its look-alikes, the acute accent too (NFKC would split the word at it)
+    ("Don\u2019t text me", OUT, "dont text me"), ("DON\u00b4T TEXT ME!", OUT, "dont text me"),
+    ("\uff24\uff2f\uff2e\uff07\uff34 text me", OUT, "dont text me"),
     # opt in: only the whole reply
     ("START", IN, "START"), (" Yes ", IN, "YES"), ("unstop", IN, "UNSTOP"), ("Start.", IN, "START"),
     ("开始", IN, "开始"),

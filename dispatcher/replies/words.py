@@ -82,7 +82,8 @@ def _separator(char: str) -> bool:
 
 def normalise(text: str) -> str:
     """``"\u200bStop! 🛑"`` → ``"stop"``; ``"OPT-OUT"`` → ``"opt out"``; ``"退订。"`` → ``"退订"``."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    # apostrophes go first: NFKC turns an acute accent used as one (don´t) into a space and a combining mark
+    folded = unicodedata.normalize("NFKC", "".join(c for c in text if c not in _APOSTROPHES)).casefold()
     kept = "".join(" " if _separator(c) else c for c in folded if not _dropped(c))
     return " ".join(kept.split())
 
