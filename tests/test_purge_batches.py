@@ -72,3 +72,26 @@ def test_a_purge_in_batches_of_two_changes_the_rows_one_pass_would(app: App, clo
     assert all(row[c] is None for row in kept[:5] for c in PERSONAL_COLUMNS)
     assert kept[5]["address_hash"] and kept[5]["error_message"]  # younger than the cut-off: untouched
     assert purge(app.engine, RETENTION, RETENTION, now, batch=2).deleted["rejects"] == 0  # nothing left
+
+
+def test_a_purge_deletes_delinquencies_cured_before_the_cut_off_and_keeps_open_ones(app: App,
+                                                                                    clock: FixedClock) -> None:
+    from datetime import date
+
+    from dispatcher.ledger.tables import delinquencies
+
+    old, recent = clock() - timedelta(days=4 * 365), clock() - timedelta(days=30)
+    row = {"due_date": date(2022, 1, 1), "currency": "CNY", "first_balance": "500.00", "last_balance": "500.00",
+           "first_reminded_at": old, "last_seen_at": old}
+    with app.engine.begin() as connection:
+        connection.execute(insert(delinquencies), [
+            {**row, "account_id": "cured-long-ago", "cured_at": old, "cure": "zero_balance"},
+            {**row, "account_id": "cured-lately", "cured_at": recent, "cure": "left_overdue"},
+            {**row, "account_id": "still-open", "cured_at": None, "cure": None}])
+    planned = purge(app.engine, RETENTION, RETENTION, clock(), dry_run=True)
+    done = purge(app.engine, RETENTION, RETENTION, clock(), batch=1)
+
+    assert planned.deleted["delinquencies"] == done.deleted["delinquencies"] == 1
+    with app.engine.connect() as connection:
+        left = set(connection.execute(select(delinquencies.c.account_id)).scalars())
+    assert left == {"cured-lately", "still-open"}

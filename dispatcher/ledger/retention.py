@@ -18,7 +18,8 @@ What a purge keeps, whatever its age, so that it never changes who is contacted:
 
 Everything else older than the cut-off is deleted: decisions that never claimed
 (deferrals, holds: the planner records them again if still due), rejects, runs,
-lifted suppressions, parked callbacks and hand-offs closed before the cut-off with
+lifted suppressions, parked callbacks, delinquencies cured before the cut-off (their
+cure rates went with their attempts; an open one stays) and hand-offs closed before the cut-off with
 their events and visit authorisations (the claim row of the hand-off attempt stays, so none is opened again).
 
 A purge works in batches of at most :data:`PURGE_BATCH` rows, each statement
@@ -40,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dispatcher.errors import ConfigError, LedgerError
 from dispatcher.ledger.tables import (
     attempts,
+    delinquencies,
     early_callbacks,
     handoff_events,
     handoffs,
@@ -126,6 +128,7 @@ def _targets(cutoff: datetime) -> list[tuple[Any, Any]]:
         (runs, runs.c.started_at < cutoff),
         (suppressions, suppressions.c.lifted_at < cutoff),  # never an active one (lifted_at NULL)
         (early_callbacks, early_callbacks.c.received_at < cutoff),
+        (delinquencies, delinquencies.c.cured_at < cutoff),  # never an open one (cured_at NULL)
     ]
 
 
