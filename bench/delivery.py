@@ -208,7 +208,7 @@ def child_ceiling(url: str, count: int, concurrency: int, loop: str) -> None:
             await asyncio.gather(*(sender() for _ in range(concurrency)))
             return time.perf_counter() - started
 
-    from dispatcher.loops import loop_factory
+    from dispatcher.pipeline.loops import loop_factory
 
     started_at, cpu_before = time.time(), _cpu()
     with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
@@ -224,7 +224,7 @@ def child_ceiling(url: str, count: int, concurrency: int, loop: str) -> None:
 
 def child_run() -> None:
     from dispatcher.app import build_app
-    from dispatcher.runner import Runner
+    from dispatcher.pipeline.run import Runner
     from dispatcher.settings import Settings
 
     app = build_app(Settings.from_env())

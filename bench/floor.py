@@ -1,7 +1,7 @@
 """The floor of the embedded pipeline: the least work that produces the same outbox and ledger rows.
 
 Issue 13 measures the product's pipeline against this. Per batch of 1,000 source rows
-(the product's own :class:`~dispatcher.source.AccountSource`: rows read and parsed,
+(the product's own :class:`~dispatcher.pipeline.source.AccountSource`: rows read and parsed,
 phones included) it picks each account's step (the ladder, no rules), renders every
 part with the product's composer (its sandboxed Jinja environment and templates),
 writes the same outbox files (``sms.jsonl``, ``push.jsonl``, ``voice.jsonl``, one
@@ -35,13 +35,13 @@ from dispatcher.channels.base import Message
 from dispatcher.channels.eml import eml_bytes
 from dispatcher.compose.handoff import work_item_data
 from dispatcher.compose.renderer import RenderContext
-from dispatcher.history import borrower_key
-from dispatcher.jobs import DeliveryJob
 from dispatcher.ladder import days_overdue, due_step, local_date, pay_by, reminder_key
 from dispatcher.ledger.handoffs import SYSTEM_ACTOR
 from dispatcher.ledger.tables import attempts, handoff_events, handoffs, reminders
 from dispatcher.masking import address_hash, mask_address, mask_text
-from dispatcher.planner import address_for, routes
+from dispatcher.pipeline.history import borrower_key
+from dispatcher.pipeline.jobs import DeliveryJob
+from dispatcher.pipeline.plan import address_for, routes
 from dispatcher.zones import home_zone
 
 _UNSENT: dict[str, Any] = dict.fromkeys(

@@ -54,7 +54,7 @@ def child_seed(count: int) -> None:
 
 def child_run(at: str, profile: str | None, clock: str = "wall") -> None:
     from dispatcher.app import build_app
-    from dispatcher.runner import Runner
+    from dispatcher.pipeline.run import Runner
     from dispatcher.settings import Settings
 
     moment = datetime.fromisoformat(at)

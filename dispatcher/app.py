@@ -10,29 +10,29 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
-from dispatcher.booking import Booker
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.channels.base import Channel
 from dispatcher.channels.registry import Providers
 from dispatcher.compose.handoff import HandoffComposer
 from dispatcher.compose.renderer import Composer
-from dispatcher.delivery import DEFAULT_BACKOFF_CAP, Deliverer, DeliveryPolicy
-from dispatcher.executors import CeleryExecutor, Executor, InProcessExecutor
-from dispatcher.job_loader import JobLoader
 from dispatcher.ledger.database import create_ledger_engine, upgrade
 from dispatcher.ledger.runs import RunLedger
 from dispatcher.ledger.store import Ledger
 from dispatcher.pay_links import PayLinks
-from dispatcher.planner import Planner
-from dispatcher.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
-from dispatcher.reconcile import Reconciler
+from dispatcher.pipeline.book import Booker
+from dispatcher.pipeline.deliver import DEFAULT_BACKOFF_CAP, Deliverer, DeliveryPolicy
+from dispatcher.pipeline.executors import CeleryExecutor, Executor, InProcessExecutor
+from dispatcher.pipeline.job_loader import JobLoader
+from dispatcher.pipeline.plan import Planner
+from dispatcher.pipeline.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from dispatcher.pipeline.reconcile import Reconciler
+from dispatcher.pipeline.source import AccountSource
 from dispatcher.rules.content import ContentCheck, template_checks
 from dispatcher.rules.engine import RuleEngine, build_engine
 from dispatcher.rules.policy import Policy, resolve_policy
 from dispatcher.schedule.loader import LoadedSchedule, load_schedule
 from dispatcher.send_check import SendCheck
 from dispatcher.settings import Settings
-from dispatcher.source import AccountSource
 from dispatcher.unsubscribe import UnsubscribeLinks
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-from dispatcher.executors import QUEUE
+from dispatcher.pipeline.executors import QUEUE
 from dispatcher.settings import Settings
 
 TASK_NAME = "dispatcher.deliver_batch"

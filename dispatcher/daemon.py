@@ -13,10 +13,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from dispatcher.app import App, Pipeline, load
-from dispatcher.dry_run import changes_between
 from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.ledger.config_versions import record_loaded
-from dispatcher.runner import Runner
+from dispatcher.pipeline.dry_run import changes_between
+from dispatcher.pipeline.run import Runner
 from dispatcher.schedule.diff import Totals
 from dispatcher.schedule.loader import LoadedSchedule
 from dispatcher.schedule.models import Run

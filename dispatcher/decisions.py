@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.history import Deferred
+from dispatcher.pipeline.history import Deferred
 from dispatcher.schedule.models import Step
 
 

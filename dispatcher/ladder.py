@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from dispatcher.accounts import Account
-from dispatcher.conditions import mismatch
+from dispatcher.pipeline.conditions import mismatch
 from dispatcher.schedule.models import Step
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from dispatcher.masking import MaskingFilter, MaskingFormatter, mask_text
 
 if TYPE_CHECKING:
-    from dispatcher.jobs import DeliveryJob
+    from dispatcher.pipeline.jobs import DeliveryJob
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 

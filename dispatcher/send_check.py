@@ -14,14 +14,14 @@ from datetime import datetime
 
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.history import BatchHistory
-from dispatcher.jobs import DeliveryJob
 from dispatcher.ladder import local_date
 from dispatcher.ledger.store import Ledger
-from dispatcher.planner import address_for
+from dispatcher.pipeline.history import BatchHistory
+from dispatcher.pipeline.jobs import DeliveryJob
+from dispatcher.pipeline.plan import address_for
+from dispatcher.pipeline.source import AccountSource
 from dispatcher.rules.base import Block
 from dispatcher.rules.engine import RuleEngine
-from dispatcher.source import AccountSource
 from dispatcher.zones import home_zone
 
 

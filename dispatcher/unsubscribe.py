@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.jobs import DeliveryJob
+from dispatcher.pipeline.jobs import DeliveryJob
 from dispatcher.tokens import sign_unsubscribe
 
 UNSUBSCRIBE_PATH = "/unsubscribe/"

@@ -6,7 +6,7 @@ name through it and never imports this module (which builds the whole app).
 A task carries the configuration version, the run id and attempt ids, never a
 borrower's name, number, address or amount: each worker reads the attempts from
 the ledger and the accounts from the lender's database just before sending
-(:mod:`dispatcher.job_loader`). Each message is claimed only when it is about to
+(:mod:`dispatcher.pipeline.job_loader`). Each message is claimed only when it is about to
 be sent, so a worker killed mid-batch leaves at most its messages in flight in
 doubt; the rest stay ``planned`` and are delivered when the task is redelivered
 or enqueued again.
@@ -29,10 +29,10 @@ from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from dispatcher import loops
 from dispatcher.app import App, build_app, load
 from dispatcher.celery_app import TASK_NAME, app
-from dispatcher.delivery import Deliverer
+from dispatcher.pipeline import loops
+from dispatcher.pipeline.deliver import Deliverer
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def runtime() -> _Runtime:
 
 @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)  # type: ignore[untyped-decorator]
 def deliver_batch(payload: dict[str, Any]) -> dict[str, int]:
-    """Claim, re-check, send and record one batch of jobs (see :mod:`dispatcher.delivery`)."""
+    """Claim, re-check, send and record one batch of jobs (see :mod:`dispatcher.pipeline.deliver`)."""
     counts = runtime().deliver(payload)
     log.info("batch of %d attempt(s) of run #%s delivered in pid %d: %s", len(payload["attempts"]),
              payload.get("run_id"), os.getpid(), counts)

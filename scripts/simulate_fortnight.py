@@ -39,7 +39,7 @@ from dispatcher.app import App, build_app  # noqa: E402  (the repository on the 
 from dispatcher.demo import demo_accounts, seed_demo  # noqa: E402
 from dispatcher.ledger.tables import attempts  # noqa: E402
 from dispatcher.outcomes.measures import compare_variants, cure_rates  # noqa: E402
-from dispatcher.runner import Runner  # noqa: E402
+from dispatcher.pipeline.run import Runner  # noqa: E402
 from dispatcher.settings import Settings  # noqa: E402
 
 RUN_TIMES = (("morning", clock_time(9, 0)), ("evening", clock_time(18, 30)))

@@ -9,8 +9,8 @@ from sqlalchemy import Engine, insert, select
 
 from dispatcher.app import App
 from dispatcher.demo import demo_accounts, demo_metadata
-from dispatcher.jobs import DeliveryJob
 from dispatcher.ledger.tables import attempts
+from dispatcher.pipeline.jobs import DeliveryJob
 
 
 def demo_row(account_id: str, due_date: date, **changes: Any) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from sqlalchemy import func, select
 
 from dispatcher.app import build_app
 from dispatcher.demo import demo_accounts, seed_demo
-from dispatcher.executors import QUEUE
 from dispatcher.ledger.tables import attempts, handoffs
+from dispatcher.pipeline.executors import QUEUE
 from dispatcher.settings import Settings
 
 ACCOUNTS = 250

@@ -18,13 +18,13 @@ from sqlalchemy import Engine, create_engine, func, insert, select
 from dispatcher import daemon
 from dispatcher.app import App, build_app
 from dispatcher.daemon import trigger_for
-from dispatcher.dry_run import decisions_at
 from dispatcher.ledger.replies import InboundReply, list_replies, mark_read, record_reply
 from dispatcher.ledger.retention import PERSONAL_COLUMNS
 from dispatcher.ledger.suppressions import lift, suppress
 from dispatcher.ledger.tables import attempts, inbound_replies, reminders, runs, suppressions
 from dispatcher.masking import address_hash
-from dispatcher.runner import Runner
+from dispatcher.pipeline.dry_run import decisions_at
+from dispatcher.pipeline.run import Runner
 from dispatcher.settings import Settings
 
 SHANGHAI = timedelta(hours=8)

@@ -21,10 +21,10 @@ from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.renderer import Composer, RenderContext, TemplateProblem
 from dispatcher.demo import demo_accounts, demo_metadata
 from dispatcher.ledger.tables import attempts
+from dispatcher.pipeline.run import Runner
 from dispatcher.rules.content import ContentCheck, civil_violations, lint_templates
 from dispatcher.rules.policy import Policy, resolve_policy
 from dispatcher.rules.wordlists import CIVIL_RULES
-from dispatcher.runner import Runner
 from dispatcher.schedule.loader import load_schedule
 from dispatcher.schedule.models import Schedule
 

@@ -32,10 +32,10 @@ from dispatcher.accounts import Account
 from dispatcher.channels.provider_settings import TwilioSettings
 from dispatcher.channels.registry import Providers
 from dispatcher.cli.parser import build_parser
+from dispatcher.pipeline.source import AccountSource
+from dispatcher.pipeline.source_contract import contract_findings, describe
 from dispatcher.schedule.models import Source
 from dispatcher.settings import Settings
-from dispatcher.source import AccountSource
-from dispatcher.source_contract import contract_findings, describe
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -22,14 +22,14 @@ from dispatcher.app import App, build_app
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.decisions import Decision, Verdict
 from dispatcher.demo import demo_accounts
-from dispatcher.dry_run import decisions_at
-from dispatcher.history import BatchHistory, Hold
 from dispatcher.ledger.handoffs import Closing, claim_handoff, close_handoff
 from dispatcher.ledger.retention import purge
 from dispatcher.ledger.tables import handoff_events, handoffs, suppressions
 from dispatcher.masking import mask_phone
+from dispatcher.pipeline.dry_run import decisions_at
+from dispatcher.pipeline.history import BatchHistory, Hold
+from dispatcher.pipeline.run import Runner
 from dispatcher.rules.pause import HandoffPauseRule
-from dispatcher.runner import Runner
 from dispatcher.settings import Settings
 
 Cli = Callable[..., tuple[int, str, str]]

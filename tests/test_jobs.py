@@ -10,10 +10,10 @@ from sqlalchemy import delete, update
 
 from dispatcher.app import App
 from dispatcher.demo import demo_accounts
-from dispatcher.executors import task_payload
 from dispatcher.masking import address_hash
+from dispatcher.pipeline.executors import task_payload
+from dispatcher.pipeline.source import AccountSource
 from dispatcher.schedule.models import Source
-from dispatcher.source import AccountSource
 
 TODAY = __import__("conftest").NOW.date()
 

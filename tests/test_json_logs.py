@@ -23,7 +23,7 @@ from dispatcher.app import App, build_app
 from dispatcher.demo import seed_demo
 from dispatcher.errors import ConfigError
 from dispatcher.logs import configure_logging, log_context
-from dispatcher.runner import Runner
+from dispatcher.pipeline.run import Runner
 from dispatcher.settings import Settings
 
 PHONE, EMAIL = "+8613812345678", "zhang.wei@example.com"
@@ -36,7 +36,7 @@ def json_lines(err: str) -> list[dict[str, Any]]:
 
 def test_every_line_is_a_masked_json_object(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("INFO", "json")
-    log = logging.getLogger("dispatcher.delivery")
+    log = logging.getLogger("dispatcher.pipeline.deliver")
     log.info("sms to %s and a copy to %s", PHONE, EMAIL,
              extra={"run_id": 7, "attempt_id": 42, "account_id": "L00000001"})
     try:
@@ -49,7 +49,7 @@ def test_every_line_is_a_masked_json_object(capsys: pytest.CaptureFixture[str]) 
     first, second, third = json_lines(err)
 
     assert first["message"] == "sms to +86138****5678 and a copy to z***@example.com"
-    assert (first["level"], first["logger"]) == ("INFO", "dispatcher.delivery")
+    assert (first["level"], first["logger"]) == ("INFO", "dispatcher.pipeline.deliver")
     assert (first["run_id"], first["attempt_id"], first["account_id"]) == (7, 42, "L00000001")
     assert datetime.fromisoformat(first["ts"]).utcoffset() is not None and first["ts"].endswith("Z")
     assert second["attempt_id"] == 43 and "run_id" not in second
@@ -74,7 +74,7 @@ def test_a_run_logs_json_lines_carrying_its_run_id(app: App, clock: FixedClock,
     report = Runner(app).run("morning", NOW)
     assert report.status == "completed" and report.run_id is not None
     lines = json_lines(capsys.readouterr().err)
-    runs = [line for line in lines if line["logger"] == "dispatcher.runner"]
+    runs = [line for line in lines if line["logger"] == "dispatcher.pipeline.run"]
     assert any("started" in line["message"] for line in runs)
     assert any(line["message"].startswith("run morning (#") and "completed" in line["message"] for line in runs)
     assert all(line["run_id"] == report.run_id for line in runs)

@@ -24,12 +24,12 @@ from dispatcher.compose.renderer import Composer, RenderContext, check_templates
 from dispatcher.decisions import Reason
 from dispatcher.demo import demo_accounts
 from dispatcher.errors import ConfigError
-from dispatcher.history import BatchHistory
 from dispatcher.ladder import due_step, occurrence_of, pay_by, why_no_step
 from dispatcher.pay_links import PayLinks, pay_link_signature
-from dispatcher.planner import Planner
+from dispatcher.pipeline.history import BatchHistory
+from dispatcher.pipeline.plan import Planner
+from dispatcher.pipeline.row_checks import parse_row
 from dispatcher.regions import country_of, locale_for_country
-from dispatcher.row_checks import parse_row
 from dispatcher.rules.content import template_checks
 from dispatcher.rules.engine import build_engine
 from dispatcher.rules.policy import resolve_policy

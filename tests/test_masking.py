@@ -100,7 +100,7 @@ def test_mask_text_masks_personal_data_in_every_spelling(text: str, masked: str)
 @pytest.mark.parametrize(
     "text",
     [
-        "2026-03-10 10:00:00,123 INFO    dispatcher.runner: run morning (#12) completed: sent=15000 failed=0",
+        "2026-03-10 10:00:00,123 INFO    dispatcher.pipeline.run: run morning (#12) completed: sent=15000 failed=0",
         "2026-03-10T02:00:00+00:00 .. 2026-03-10T10:00:00+08:00, 20260310, 2026-03-10 2026-03-11",
         "owes 1234.56 CNY, 1,234,567.89 USD, 0.12345678901234, 12345678901.5",
         "account L00000001 attempt 123456 run 77 pid 4242 duration_ms 1234",

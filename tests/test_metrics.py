@@ -39,9 +39,9 @@ from webserver import serving
 from dispatcher.app import App, build_app
 from dispatcher.demo import seed_demo
 from dispatcher.errors import ConfigError
-from dispatcher.executors import QUEUE
 from dispatcher.ledger.tables import attempts
-from dispatcher.runner import Runner
+from dispatcher.pipeline.executors import QUEUE
+from dispatcher.pipeline.run import Runner
 from dispatcher.settings import Settings
 from dispatcher.web.server import build_web_app
 

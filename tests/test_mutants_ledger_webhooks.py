@@ -21,7 +21,6 @@ from test_optout_words import CASES
 
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.history import BatchHistory, Contact
 from dispatcher.ledger import claims
 from dispatcher.ledger.claims import AttemptOutcome, GiveBack
 from dispatcher.ledger.database import create_ledger_engine, upgrade
@@ -30,6 +29,7 @@ from dispatcher.ledger.store import Ledger
 from dispatcher.ledger.suppressions import lift_hash, suppress_hash
 from dispatcher.ledger.tables import attempts, suppressions
 from dispatcher.masking import address_hash, mask_phone
+from dispatcher.pipeline.history import BatchHistory, Contact
 from dispatcher.replies.words import Decision, Vocabulary, normalise, recognise
 from dispatcher.rules import content
 from dispatcher.rules.call_cap import CALL_LIMITS, CallCapRule

@@ -29,7 +29,7 @@ from dispatcher.outcomes.measures import (
     two_proportion,
     wilson,
 )
-from dispatcher.runner import Runner
+from dispatcher.pipeline.run import Runner
 
 DAY = timedelta(days=1)
 

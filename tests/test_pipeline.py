@@ -23,17 +23,17 @@ from dispatcher.accounts import Account, RejectedRow
 from dispatcher.app import App
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.channels.base import Channel, DeliveryResult, Message
-from dispatcher.delivery import Deliverer, DeliveryPolicy
 from dispatcher.demo import demo_accounts, seed_demo
-from dispatcher.jobs import DeliveryJob
 from dispatcher.ledger.suppressions import suppress
 from dispatcher.ledger.tables import rejects, runs
 from dispatcher.masking import mask_address
+from dispatcher.pipeline.deliver import Deliverer, DeliveryPolicy
+from dispatcher.pipeline.jobs import DeliveryJob
+from dispatcher.pipeline.row_checks import parse_row
+from dispatcher.pipeline.run import Runner
 from dispatcher.replies.inbound import read_reply, to_entry
 from dispatcher.replies.spool import Spool, spool_path
 from dispatcher.replies.words import Vocabulary
-from dispatcher.row_checks import parse_row
-from dispatcher.runner import Runner
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 FAST = DeliveryPolicy(concurrency=4, max_tries=3, backoff_base=0.001, backoff_cap=0.01)

@@ -12,10 +12,10 @@ import pytest
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.decisions import Decision, Reason, Verdict
-from dispatcher.history import BatchHistory, Suppression
 from dispatcher.ladder import reminder_key
 from dispatcher.masking import address_hash
-from dispatcher.planner import Planner
+from dispatcher.pipeline.history import BatchHistory, Suppression
+from dispatcher.pipeline.plan import Planner
 from dispatcher.rules.engine import RuleEngine, build_engine
 from dispatcher.rules.policy import resolve_policy
 from dispatcher.schedule.models import Schedule

@@ -26,14 +26,14 @@ from dispatcher.app import App, build_app
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.channels.base import Channel, DeliveryResult, Message
 from dispatcher.decisions import Verdict
-from dispatcher.delivery import Deliverer, DeliveryPolicy
 from dispatcher.demo import demo_accounts
 from dispatcher.ledger.suppressions import suppress
+from dispatcher.pipeline.deliver import Deliverer, DeliveryPolicy
+from dispatcher.pipeline.run import Runner
+from dispatcher.pipeline.source import AccountSource
 from dispatcher.rules.policy import resolve_policy
-from dispatcher.runner import Runner
 from dispatcher.send_check import SendCheck
 from dispatcher.settings import Settings
-from dispatcher.source import AccountSource
 
 EMAIL = ChannelKind.EMAIL
 FAST = DeliveryPolicy(concurrency=4, max_tries=3, backoff_base=0.001, backoff_cap=0.01)

@@ -33,10 +33,10 @@ from twilio.request_validator import RequestValidator
 from dispatcher.app import App, build_app
 from dispatcher.cli import main
 from dispatcher.demo import demo_accounts, demo_metadata, seed_demo
-from dispatcher.jobs import RunCounts
 from dispatcher.ledger.tables import attempts, suppressions
 from dispatcher.masking import address_hash
-from dispatcher.runner import Runner, RunReport
+from dispatcher.pipeline.jobs import RunCounts
+from dispatcher.pipeline.run import Runner, RunReport
 from dispatcher.settings import Settings
 from dispatcher.tokens import verify_unsubscribe
 from dispatcher.web.server import INBOUND_PATH, build_web_app

@@ -1,4 +1,4 @@
-"""Provider rate limits (dispatcher/ratelimit.py): per process, and shared by every worker through a real Redis.
+"""Provider rate limits (dispatcher/pipeline/ratelimit.py): per process, and shared by all workers through Redis.
 
 Each test uses its own key prefix, so tests never share a limit. Timings are wall-clock:
 20 messages a second means 40 acquires take about 2 s (the first goes at once).
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dispatcher.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from dispatcher.pipeline.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 
 T = TypeVar("T")
 RATE = 20.0

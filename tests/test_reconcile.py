@@ -1,4 +1,4 @@
-"""Reconciling attempts a crash left ``sending`` (dispatcher/reconcile.py), against the Twilio stand-in,
+"""Reconciling attempts a crash left ``sending`` (dispatcher/pipeline/reconcile.py), against the Twilio stand-in,
 the SMTP stand-in and the outbox.
 
 A "crash" is staged with the real pieces: a run is started and booked, some of its
@@ -31,10 +31,10 @@ from dispatcher.channels.outbox import OutboxChannel
 from dispatcher.channels.twilio_sms import TwilioSmsChannel
 from dispatcher.cli import main
 from dispatcher.demo import demo_accounts, demo_metadata
-from dispatcher.jobs import DeliveryJob
 from dispatcher.ledger.tables import attempts
-from dispatcher.reconcile import ReconcileCounts
-from dispatcher.runner import Runner
+from dispatcher.pipeline.jobs import DeliveryJob
+from dispatcher.pipeline.reconcile import ReconcileCounts
+from dispatcher.pipeline.run import Runner
 from dispatcher.settings import DEFAULT_RECONCILE_AFTER, Settings
 
 FROM_NUMBER = "+14155550999"

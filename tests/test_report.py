@@ -38,17 +38,17 @@ from webserver import serving
 
 from dispatcher.app import App, build_app
 from dispatcher.demo import demo_accounts, seed_demo
-from dispatcher.history import CONTACT_STATUSES
 from dispatcher.ledger.suppressions import suppress
 from dispatcher.ledger.tables import attempts
 from dispatcher.outcomes.measures import cure_rates, make_rate
+from dispatcher.pipeline.history import CONTACT_STATUSES
+from dispatcher.pipeline.run import Runner
 from dispatcher.report.cures import Cures
 from dispatcher.report.page import Figures, render_page
 from dispatcher.report.period import Period
 from dispatcher.report.queries import CHANNEL_STATUSES, ChannelStatuses, StepFunnel, Tally
 from dispatcher.report.volume import Day
 from dispatcher.rules.policy import resolve_policy
-from dispatcher.runner import Runner
 from dispatcher.settings import Settings
 
 ACCOUNTS = 100

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dispatcher.accounts import Account, RejectedRow
-from dispatcher.row_checks import FLAGGED, parse_row
+from dispatcher.pipeline.row_checks import FLAGGED, parse_row
 
 GOOD: dict[str, Any] = {
     "account_id": "L00000001",

@@ -25,15 +25,15 @@ from dispatcher.app import App
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.channels.base import DeliveryResult, Message
 from dispatcher.decisions import Decision, Reason, Verdict
-from dispatcher.delivery import Deliverer, DeliveryPolicy
 from dispatcher.demo import demo_accounts
-from dispatcher.history import BatchHistory, Contact, Suppression, borrower_key
-from dispatcher.jobs import DeliveryJob, RunCounts
 from dispatcher.ladder import reminder_key
 from dispatcher.ledger.suppressions import suppress
 from dispatcher.ledger.tables import attempts
 from dispatcher.masking import address_hash
-from dispatcher.planner import Planner
+from dispatcher.pipeline.deliver import Deliverer, DeliveryPolicy
+from dispatcher.pipeline.history import BatchHistory, Contact, Suppression, borrower_key
+from dispatcher.pipeline.jobs import DeliveryJob, RunCounts
+from dispatcher.pipeline.plan import Planner
 from dispatcher.rules.engine import build_engine
 from dispatcher.rules.policy import resolve_policy
 from dispatcher.schedule.models import Schedule

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.history import BatchHistory, Contact
+from dispatcher.pipeline.history import BatchHistory, Contact
 from dispatcher.rules.cap import CapRule
 from dispatcher.rules.window import SEARCH_LIMIT, SEARCH_STEP, allowed, next_allowed
 from dispatcher.schedule.models import Cap, ClockRange

@@ -30,7 +30,7 @@ from dispatcher.demo import seed_demo
 from dispatcher.ledger.database import create_ledger_engine, upgrade
 from dispatcher.ledger.runs import RunLedger
 from dispatcher.ledger.tables import attempts, handoffs, runs
-from dispatcher.runner import Runner
+from dispatcher.pipeline.run import Runner
 from dispatcher.schedule.models import Run
 from dispatcher.settings import Settings
 

@@ -23,14 +23,14 @@ from sqlalchemy import Engine, create_engine, select, text
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.app import App
 from dispatcher.errors import ConfigError
-from dispatcher.jobs import RunCounts
 from dispatcher.ledger.tables import runs
-from dispatcher.reject_limit import RejectLimit, TooManyRejects
-from dispatcher.row_checks import FLAGGED, parse_row
-from dispatcher.runner import Runner
+from dispatcher.pipeline.jobs import RunCounts
+from dispatcher.pipeline.reject_limit import RejectLimit, TooManyRejects
+from dispatcher.pipeline.row_checks import FLAGGED, parse_row
+from dispatcher.pipeline.run import Runner
+from dispatcher.pipeline.source import AccountSource, SourceBatch
+from dispatcher.pipeline.source_contract import SourceColumn, contract_findings, describe
 from dispatcher.schedule.models import Source
-from dispatcher.source import AccountSource, SourceBatch
-from dispatcher.source_contract import SourceColumn, contract_findings, describe
 
 PROBLEM = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<message>.+)$")
 

@@ -17,7 +17,7 @@ from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.layout import TemplateSet
 from dispatcher.compose.renderer import Composer, sample_context
 from dispatcher.errors import ConfigError, Problem
-from dispatcher.runner import Runner
+from dispatcher.pipeline.run import Runner
 from dispatcher.schedule.checks import TemplateIssue
 from dispatcher.schedule.loader import LoadedSchedule, content_version, load_schedule
 from dispatcher.schedule.models import Schedule

@@ -18,7 +18,7 @@ from dispatcher.app import App
 from dispatcher.errors import ConfigError
 from dispatcher.ledger.claims import insert_try
 from dispatcher.ledger.tables import attempts
-from dispatcher.runner import Runner
+from dispatcher.pipeline.run import Runner
 from dispatcher.schedule.loader import load_schedule
 from dispatcher.schedule.models import Step, Variant, variant_bucket
 

@@ -22,10 +22,10 @@ from webserver import serving
 from dispatcher.app import App, build_app
 from dispatcher.decisions import Decision
 from dispatcher.demo import demo_accounts
+from dispatcher.handoffs.repayment_plans import Instalment, RepaymentPlan
 from dispatcher.ledger.handoffs import Closing, WorkItem, close_handoff, get_handoff, open_handoff
 from dispatcher.ledger.retention import purge
 from dispatcher.ledger.visits import CODE_ALPHABET, CODE_LENGTH, normalise_code
-from dispatcher.repayment_plans import Instalment, RepaymentPlan
 from dispatcher.settings import Settings
 from dispatcher.web.verify_page import CHECKS_PER_WINDOW
 

@@ -35,12 +35,12 @@ from dispatcher.channels.twilio_voice import VOICE_STATUS_CALLBACK_PATH, TwilioV
 from dispatcher.channels.voice_script import MENU_PATH
 from dispatcher.decisions import Verdict
 from dispatcher.demo import demo_accounts, demo_metadata
-from dispatcher.dry_run import decisions_at
 from dispatcher.ledger.tables import attempts
 from dispatcher.masking import address_hash
+from dispatcher.pipeline.dry_run import decisions_at
+from dispatcher.pipeline.run import Runner
 from dispatcher.rules.content import lint_templates
 from dispatcher.rules.policy import resolve_policy
-from dispatcher.runner import Runner
 from dispatcher.schedule.loader import load_schedule
 from dispatcher.settings import Settings
 

@@ -42,10 +42,10 @@ from dispatcher.demo import demo_accounts, demo_metadata
 from dispatcher.ledger.suppressions import suppress
 from dispatcher.ledger.tables import attempts, inbound_replies, suppressions
 from dispatcher.masking import address_hash
+from dispatcher.pipeline.run import Runner
 from dispatcher.replies.inbound import read_reply, to_entry
 from dispatcher.replies.spool import Spool, spool_path
 from dispatcher.replies.words import Vocabulary
-from dispatcher.runner import Runner
 from dispatcher.settings import Settings
 from dispatcher.tokens import sign_unsubscribe
 from dispatcher.web.server import INBOUND_PATH, build_web_app

@@ -23,8 +23,8 @@ from sqlalchemy import select
 
 from dispatcher.app import App
 from dispatcher.demo import seed_demo
-from dispatcher.executors import QUEUE, task_payload
 from dispatcher.ledger.tables import attempts
+from dispatcher.pipeline.executors import QUEUE, task_payload
 from dispatcher.worker import TASK_NAME
 
 CONF = ("import dispatcher.worker as w; c = w.app.conf; "

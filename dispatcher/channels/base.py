@@ -3,7 +3,7 @@
 A channel turns one :class:`Message` into one :class:`DeliveryResult`. It never
 retries, never touches the ledger and never decides whether a borrower may be
 contacted: retries, fallback, rate limits and compliance wrap the call in
-:mod:`dispatcher.delivery`.
+:mod:`dispatcher.pipeline.deliver`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``dispatcher diff [OLD] NEW``: who gains, loses or gets a changed reminder if NEW replaces OLD.
 
-Both versions are planned by ``dispatcher plan``'s code (:mod:`dispatcher.dry_run`) over
+Both versions are planned by ``dispatcher plan``'s code (:mod:`dispatcher.pipeline.dry_run`) over
 the same accounts (NEW's source) at the same moment, reading the ledger's history and
 writing nothing; :mod:`dispatcher.schedule.diff` compares the two. Without OLD the
 version the daemon runs is taken from the ledger (:mod:`dispatcher.ledger.config_versions`),
@@ -19,10 +19,10 @@ from typing import Any
 from dispatcher.app import App, build_app
 from dispatcher.cli import common
 from dispatcher.cli.progress import Progress
-from dispatcher.dry_run import changes_between
 from dispatcher.errors import DispatcherError
 from dispatcher.ledger.config_versions import load_stored, running
 from dispatcher.output import to_json, write_rows
+from dispatcher.pipeline.dry_run import changes_between
 from dispatcher.rules.content import template_checks
 from dispatcher.schedule.diff import AccountChange, Reminder, Totals
 from dispatcher.schedule.loader import LoadedSchedule, load_schedule

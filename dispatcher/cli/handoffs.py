@@ -14,6 +14,7 @@ from typing import Any
 from dispatcher.app import App
 from dispatcher.cli import common
 from dispatcher.cli.visits import parse_instalments
+from dispatcher.handoffs.visit_claims import authorise, plan_start, visit_collectors
 from dispatcher.ladder import local_date
 from dispatcher.ledger.handoffs import (
     HANDOFF_COLUMNS,
@@ -26,7 +27,6 @@ from dispatcher.ledger.handoffs import (
     public,
 )
 from dispatcher.output import to_json, write_rows
-from dispatcher.visit_claims import authorise, plan_start, visit_collectors
 from dispatcher.zones import zone
 
 _WIDTHS = {"id": 6, "account_id": 12, "queue": 12, "priority": 8, "kind": 5, "status": 7, "step": 10, "phone": 15,

@@ -16,12 +16,12 @@ from dispatcher.cli import common
 from dispatcher.cli.progress import Progress
 from dispatcher.compose.renderer import RenderContext
 from dispatcher.decisions import Decision
-from dispatcher.dry_run import decisions_at
 from dispatcher.errors import DispatcherError
 from dispatcher.ladder import days_overdue, local_date, occurrence_of
 from dispatcher.masking import mask_address
 from dispatcher.output import to_json, write_rows
-from dispatcher.planner import address_for
+from dispatcher.pipeline.dry_run import decisions_at
+from dispatcher.pipeline.plan import address_for
 from dispatcher.zones import home_zone
 
 PLAN_COLUMNS = ("account_id", "zone", "day", "step", "bucket", "sms", "email", "push", "voice", "handoff",

@@ -14,7 +14,7 @@ from dispatcher.channel_kind import ChannelKind
 from dispatcher.cli.examples import add_examples
 from dispatcher.ledger.handoffs import OUTCOMES as HANDOFF_OUTCOMES
 from dispatcher.ledger.handoffs import STATUSES as HANDOFF_STATUSES
-from dispatcher.retry import DEFAULT_LIMIT, RETRYABLE
+from dispatcher.pipeline.retry import DEFAULT_LIMIT, RETRYABLE
 from dispatcher.settings import LOG_LEVELS
 
 DEMO_ACCOUNTS = 1000

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from dispatcher import loops
 from dispatcher.app import App
 from dispatcher.cli import common
 from dispatcher.cli.ledger import parse_since
-from dispatcher.jobs import RunCounts
 from dispatcher.ledger.queries import attempt_statuses
 from dispatcher.ledger.tally import job_outcomes
-from dispatcher.retry import Retrier, RetryChoice, RetryLine
-from dispatcher.runner import settle_counts, summary
+from dispatcher.pipeline import loops
+from dispatcher.pipeline.jobs import RunCounts
+from dispatcher.pipeline.retry import Retrier, RetryChoice, RetryLine
+from dispatcher.pipeline.run import settle_counts, summary
 
 RUN_NAME = "retry"
 """The name of the run that books and records operators' retries."""

@@ -17,7 +17,7 @@ from dispatcher.daemon import Daemon
 from dispatcher.demo import demo_count, seed_demo
 from dispatcher.errors import ConfigError
 from dispatcher.masking import mask_url
-from dispatcher.runner import Runner, RunReport, summary
+from dispatcher.pipeline.run import Runner, RunReport, summary
 
 log = logging.getLogger(__name__)
 

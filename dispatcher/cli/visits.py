@@ -16,10 +16,10 @@ from pathlib import Path
 
 from dispatcher.app import App
 from dispatcher.cli import common
+from dispatcher.handoffs.repayment_plans import Instalment, PlanError
+from dispatcher.handoffs.visit_letter import Letter, letter_html, letter_text
 from dispatcher.ledger.handoffs import InvalidHandoffAction
 from dispatcher.ledger.visits import get_authorisation
-from dispatcher.repayment_plans import Instalment, PlanError
-from dispatcher.visit_letter import Letter, letter_html, letter_text
 
 
 def letter_of(app: App, handoff_id: int) -> Letter:

@@ -15,8 +15,8 @@ import json
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.renderer import Composer, RenderContext, Rendered
 from dispatcher.errors import TemplateError
-from dispatcher.history import borrower_key
 from dispatcher.masking import address_hash, mask_phone
+from dispatcher.pipeline.history import borrower_key
 
 HANDOFF_TEMPLATE = "handoff"
 """What the ledger records as the template of a hand-off attempt."""

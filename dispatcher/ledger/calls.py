@@ -20,10 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import LedgerError
-from dispatcher.history import CONTACT_STATUSES, BatchHistory, Call
 from dispatcher.ledger.callbacks import advance_status
 from dispatcher.ledger.claims import chunks
 from dispatcher.ledger.tables import attempts
+from dispatcher.pipeline.history import CONTACT_STATUSES, BatchHistory, Call
 
 CALL_STATUS = {"completed": "delivered", "busy": "undelivered", "no-answer": "undelivered",
                "canceled": "undelivered", "failed": "failed"}

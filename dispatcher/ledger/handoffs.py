@@ -36,13 +36,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import DispatcherError, LedgerError
-from dispatcher.history import BatchHistory, Contact, Hold
+from dispatcher.handoffs.repayment_plans import Instalment, PlanError, RepaymentPlan
 from dispatcher.ledger.claims import chunks, insert_ignoring_conflicts
 from dispatcher.ledger.outcomes import cure_paid
 from dispatcher.ledger.suppressions import suppress_hash
 from dispatcher.ledger.tables import handoff_events, handoffs
 from dispatcher.masking import mask_text
-from dispatcher.repayment_plans import Instalment, PlanError, RepaymentPlan
+from dispatcher.pipeline.history import BatchHistory, Contact, Hold
 
 STATUSES = ("open", "claimed", "closed")
 """A work item's status, in the only order it moves."""
@@ -118,7 +118,7 @@ class WorkItem:
 @dataclass(frozen=True, slots=True)
 class Closing:
     """An agent's outcome of a work item: who (``agents``), what, until when, and a note; a visit's place, an agreed
-    plan's instalments and the overdue amount it starts from (see :mod:`dispatcher.repayment_plans`)."""
+    plan's instalments and the overdue amount it starts from (see :mod:`dispatcher.handoffs.repayment_plans`)."""
 
     outcome: str
     agents: tuple[str, ...] = ()

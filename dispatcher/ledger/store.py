@@ -12,7 +12,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import LedgerError
-from dispatcher.history import (
+from dispatcher.ledger import claims
+from dispatcher.ledger.calls import load_calls
+from dispatcher.ledger.claims import AttemptOutcome, chunks, insert_ignoring_conflicts
+from dispatcher.ledger.handoffs import load_handoff_history
+from dispatcher.ledger.tables import attempts, rejects, reminders, suppressions
+from dispatcher.ledger.tally import HELD_CLASS
+from dispatcher.pipeline.history import (
     CONTACT_STATUSES,
     BatchHistory,
     Contact,
@@ -21,12 +27,6 @@ from dispatcher.history import (
     borrower_hashes,
     deferral_note,
 )
-from dispatcher.ledger import claims
-from dispatcher.ledger.calls import load_calls
-from dispatcher.ledger.claims import AttemptOutcome, chunks, insert_ignoring_conflicts
-from dispatcher.ledger.handoffs import load_handoff_history
-from dispatcher.ledger.tables import attempts, rejects, reminders, suppressions
-from dispatcher.ledger.tally import HELD_CLASS
 
 __all__ = ["AttemptOutcome", "Ledger"]
 

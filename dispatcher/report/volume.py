@@ -1,6 +1,6 @@
 """Contacts per day, and how close borrowers came to the compliance caps.
 
-A contact is what the ``cap`` rule counts (:data:`dispatcher.history.CONTACT_STATUSES`, hand-off
+A contact is what the ``cap`` rule counts (:data:`dispatcher.pipeline.history.CONTACT_STATUSES`, hand-off
 attempts excluded) plus a hand-off closed with a contact outcome (a person reached the borrower).
 Borrowers are told apart as the caps count them: per debt (the account) under a ``debt`` scope,
 else by the borrower's key recorded on each contact (its account when none was recorded).
@@ -17,9 +17,9 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import Engine, select
 
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.history import CONTACT_STATUSES
 from dispatcher.ledger.handoffs import CONTACT_OUTCOMES
 from dispatcher.ledger.tables import attempts, handoffs
+from dispatcher.pipeline.history import CONTACT_STATUSES
 from dispatcher.report.period import Period
 from dispatcher.rules.policy import Policy
 from dispatcher.schedule.models import Cap

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.history import BatchHistory
+from dispatcher.pipeline.history import BatchHistory
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.history import BatchHistory, Call
 from dispatcher.masking import address_hash
+from dispatcher.pipeline.history import BatchHistory, Call
 from dispatcher.rules.base import Block
 
 _VOICE = ChannelKind.VOICE.value

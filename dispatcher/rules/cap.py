@@ -13,7 +13,7 @@ from datetime import datetime
 
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.history import BatchHistory, Contact
+from dispatcher.pipeline.history import BatchHistory, Contact
 from dispatcher.rules.base import Block
 from dispatcher.schedule.models import Cap
 

@@ -15,7 +15,7 @@ from datetime import date, datetime
 
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.history import BatchHistory
+from dispatcher.pipeline.history import BatchHistory
 from dispatcher.rules.base import AccountRule, Block, ChannelRule, HistoryRule
 from dispatcher.rules.call_cap import CallCapRule
 from dispatcher.rules.cap import CapRule

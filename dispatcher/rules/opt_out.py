@@ -12,7 +12,7 @@ from datetime import datetime
 
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.history import BatchHistory
+from dispatcher.pipeline.history import BatchHistory
 from dispatcher.rules.base import Block
 
 DEAD_ADDRESS_SOURCES = frozenset({"bad_address", "dead_token", "wrong_number"})

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date
 
 from dispatcher.accounts import Account
-from dispatcher.history import BatchHistory
+from dispatcher.pipeline.history import BatchHistory
 from dispatcher.rules.base import Block
 
 _FLAG_WORDS = {"cease_request": "the borrower asked us to stop contacting them",
@@ -42,7 +42,7 @@ class HandoffPauseRule:
 
     A promise holds up to and including its date; a dispute until its date if it has one, else for the
     delinquency it was recorded in (the account's due date then); a repayment plan up to its last instalment's
-    day while no instalment is missed (:meth:`~dispatcher.repayment_plans.RepaymentPlan.holds`).
+    day while no instalment is missed (:meth:`~dispatcher.handoffs.repayment_plans.RepaymentPlan.holds`).
     """
 
     rule_id = "pause"

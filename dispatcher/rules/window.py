@@ -16,7 +16,7 @@ import phonenumbers
 from dispatcher import phones
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.history import BatchHistory
+from dispatcher.pipeline.history import BatchHistory
 from dispatcher.rules.base import Block
 from dispatcher.schedule.models import ClockRange
 from dispatcher.zones import candidate_zones, zone

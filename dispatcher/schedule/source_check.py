@@ -1,7 +1,7 @@
 """``dispatcher validate``'s look at the source: the query's columns against the account contract.
 
 The query runs wrapped with ``LIMIT 0`` (no row is fetched, see
-:mod:`dispatcher.source_contract`); each finding is a problem at the position of
+:mod:`dispatcher.pipeline.source_contract`); each finding is a problem at the position of
 ``source.query`` in schedules.yaml, as is a query the database refuses. A source
 that cannot be reached (or a demo table not seeded yet) is a one-line note, not a
 problem: the rest of the file is still checked and can be valid.
@@ -21,11 +21,11 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from dispatcher.errors import Problem
 from dispatcher.masking import mask_url
+from dispatcher.pipeline.source_contract import SourceColumn, contract_findings, describe
 from dispatcher.schedule.loader import LoadedSchedule
 from dispatcher.schedule.models import DEFAULT_SOURCE_QUERY
 from dispatcher.schedule.positions import Position, value_position
 from dispatcher.settings import DEFAULT_DATABASE_URL
-from dispatcher.source_contract import SourceColumn, contract_findings, describe
 
 CONNECT_TIMEOUT = 5
 """Seconds ``validate`` waits for the source database to accept a connection (PostgreSQL, MySQL)."""

@@ -29,6 +29,8 @@ from aiohttp import web
 
 from dispatcher.app import App
 from dispatcher.errors import LedgerError
+from dispatcher.handoffs.repayment_plans import Instalment, PlanError
+from dispatcher.handoffs.visit_claims import authorise, plan_start, visit_collectors
 from dispatcher.ladder import local_date
 from dispatcher.ledger.handoffs import (
     STATUSES,
@@ -44,8 +46,6 @@ from dispatcher.ledger.handoffs import (
     public,
 )
 from dispatcher.output import plain
-from dispatcher.repayment_plans import Instalment, PlanError
-from dispatcher.visit_claims import authorise, plan_start, visit_collectors
 from dispatcher.web.bearer import bearer_ok
 from dispatcher.web.limits import Handler
 from dispatcher.zones import zone

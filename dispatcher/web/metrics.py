@@ -41,10 +41,10 @@ from redis import Redis
 from sqlalchemy import case, func, select
 
 from dispatcher.app import App
-from dispatcher.executors import QUEUE
 from dispatcher.ledger.runs import FAILED
 from dispatcher.ledger.tables import attempts
 from dispatcher.masking import mask_url
+from dispatcher.pipeline.executors import QUEUE
 from dispatcher.web.bearer import bearer_ok
 from dispatcher.web.limits import Handler
 from dispatcher.web.refreshed import Refreshed

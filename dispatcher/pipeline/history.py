@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from dispatcher.accounts import Account
+from dispatcher.handoffs.repayment_plans import RepaymentPlan
 from dispatcher.masking import address_hash
-from dispatcher.repayment_plans import RepaymentPlan
 
 CONTACT_STATUSES = frozenset({"claimed", "sending", "sent", "delivered", "unknown"})
 """Attempt statuses meaning the message reached, or may have reached, the borrower (what caps count)."""

@@ -2,7 +2,7 @@
 
 In the daemon's process, jobs go from booking straight to the deliverer. Through
 Celery only their attempt ids travel; a worker rebuilds the jobs from the ledger
-and the source (:mod:`dispatcher.job_loader`).
+and the source (:mod:`dispatcher.pipeline.job_loader`).
 """
 
 from __future__ import annotations

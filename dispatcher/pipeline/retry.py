@@ -20,10 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.accounts import Account
 from dispatcher.errors import LedgerError
-from dispatcher.job_loader import JobLoader
 from dispatcher.ledger.claims import insert_try
 from dispatcher.ledger.tables import attempts
 from dispatcher.masking import address_hash, mask_address
+from dispatcher.pipeline.job_loader import JobLoader
 from dispatcher.send_check import SendCheck
 
 RETRYABLE = ("failed", "unknown")

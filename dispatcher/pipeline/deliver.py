@@ -31,11 +31,8 @@ from dispatcher.channels.base import (
     Outcome,
     SentLookup,
 )
-from dispatcher.claim_ahead import ClaimAhead
 from dispatcher.compose.renderer import Composer, RenderContext, Rendered
 from dispatcher.errors import DeliveryError, LedgerError, TemplateError
-from dispatcher.history import borrower_key
-from dispatcher.jobs import DeliveryJob, RunCounts
 from dispatcher.ladder import pay_by
 from dispatcher.ledger.claims import AttemptOutcome, GiveBack
 from dispatcher.ledger.group_commit import GroupCommitter
@@ -44,8 +41,11 @@ from dispatcher.ledger.suppressions import suppress
 from dispatcher.ledger.tally import HELD_CLASS
 from dispatcher.logs import job_fields
 from dispatcher.masking import address_hash, mask_address
-from dispatcher.planner import address_for
-from dispatcher.ratelimit import LocalRateLimiter, RateLimiter
+from dispatcher.pipeline.claim_ahead import ClaimAhead
+from dispatcher.pipeline.history import borrower_key
+from dispatcher.pipeline.jobs import DeliveryJob, RunCounts
+from dispatcher.pipeline.plan import address_for
+from dispatcher.pipeline.ratelimit import LocalRateLimiter, RateLimiter
 from dispatcher.rules.base import Block
 from dispatcher.rules.content import ContentCheck
 from dispatcher.schedule.models import Schedule
@@ -102,7 +102,7 @@ class Deliverer:
     committed together
     (:class:`~dispatcher.ledger.group_commit.GroupCommitter`). A crash therefore
     leaves claimed only the messages in flight, the few claimed just ahead of them
-    (:class:`~dispatcher.claim_ahead.ClaimAhead`) and, for providers that can be
+    (:class:`~dispatcher.pipeline.claim_ahead.ClaimAhead`) and, for providers that can be
     asked, outcomes not yet committed; only SMTP and FCM messages in flight can end
     ``unknown``. A stop leaves everything not yet in flight ``planned`` for the next run.
     """

@@ -21,14 +21,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import LedgerError
-from dispatcher.jobs import DeliveryJob
 from dispatcher.ladder import days_overdue, local_date
 from dispatcher.ledger.claims import chunks
 from dispatcher.ledger.tables import attempts
 from dispatcher.masking import address_hash
-from dispatcher.planner import address_for
+from dispatcher.pipeline.jobs import DeliveryJob
+from dispatcher.pipeline.plan import address_for
+from dispatcher.pipeline.source import AccountSource
 from dispatcher.schedule.models import Schedule
-from dispatcher.source import AccountSource
 from dispatcher.zones import home_zone
 
 

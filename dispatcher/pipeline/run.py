@@ -19,17 +19,17 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from dispatcher import loops
 from dispatcher.app import App, Pipeline
 from dispatcher.errors import DispatcherError
-from dispatcher.executors import Executor
-from dispatcher.jobs import RunCounts
 from dispatcher.ledger.outcomes import CureTracker
 from dispatcher.ledger.tally import job_outcomes
 from dispatcher.logs import log_context
-from dispatcher.reject_limit import RejectLimit, TooManyRejects
+from dispatcher.pipeline import loops
+from dispatcher.pipeline.executors import Executor
+from dispatcher.pipeline.jobs import RunCounts
+from dispatcher.pipeline.reject_limit import RejectLimit, TooManyRejects
+from dispatcher.pipeline.run_progress import RunProgress
 from dispatcher.replies.inbound import drain_spool
-from dispatcher.run_progress import RunProgress
 
 log = logging.getLogger(__name__)
 

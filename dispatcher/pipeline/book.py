@@ -16,10 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from dispatcher.decisions import ChannelPlan, Decision, Reason, Verdict
-from dispatcher.history import Deferred, borrower_key
-from dispatcher.jobs import DeliveryJob, RunCounts
 from dispatcher.ledger.store import Ledger
 from dispatcher.masking import address_hash, mask_address
+from dispatcher.pipeline.history import Deferred, borrower_key
+from dispatcher.pipeline.jobs import DeliveryJob, RunCounts
 
 
 def _attempt_row(decision: Decision, plan: ChannelPlan, status: str, try_no: int,

@@ -15,9 +15,9 @@ from zoneinfo import ZoneInfo
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.decisions import ChannelPlan, Decision, Reason, Verdict
-from dispatcher.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred, borrower_key, deferral_note
 from dispatcher.ladder import DueStep, days_overdue, due_step, local_date, reminder_key, why_no_step
 from dispatcher.masking import address_hash
+from dispatcher.pipeline.history import CONTACT_STATUSES, BatchHistory, Contact, Deferred, borrower_key, deferral_note
 from dispatcher.rules.engine import RuleEngine
 from dispatcher.schedule.models import Schedule, Step
 from dispatcher.zones import home_zone

@@ -14,11 +14,11 @@ from typing import Any, Protocol
 
 from kombu.exceptions import ChannelError, KombuError
 
-from dispatcher.delivery import Deliverer
 from dispatcher.errors import BrokerError
-from dispatcher.job_loader import JobLoader
-from dispatcher.jobs import DeliveryJob, RunCounts
 from dispatcher.masking import mask_url
+from dispatcher.pipeline.deliver import Deliverer
+from dispatcher.pipeline.job_loader import JobLoader
+from dispatcher.pipeline.jobs import DeliveryJob, RunCounts
 
 QUEUE = "dispatcher"
 """The queue the daemon publishes to and workers consume (its Redis list has the same name)."""

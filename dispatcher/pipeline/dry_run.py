@@ -13,9 +13,9 @@ from datetime import datetime
 
 from dispatcher.app import App, Pipeline
 from dispatcher.decisions import Decision
-from dispatcher.history import BatchHistory
 from dispatcher.ledger.database import current_revision
-from dispatcher.planner import rejected
+from dispatcher.pipeline.history import BatchHistory
+from dispatcher.pipeline.plan import rejected
 from dispatcher.schedule.diff import AccountChange, diff
 
 

@@ -18,10 +18,10 @@ from collections import Counter
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from dispatcher.jobs import RunCounts
 from dispatcher.ledger.tables import attempts
+from dispatcher.pipeline.jobs import RunCounts
 
-log = logging.getLogger("dispatcher.runner")
+log = logging.getLogger("dispatcher.pipeline.run")
 
 SENT = ("sent", "delivered")
 FAILED = ("failed", "undelivered")

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import Counter
 
 from dispatcher.errors import DispatcherError
-from dispatcher.jobs import RunCounts
-from dispatcher.source import SourceBatch
+from dispatcher.pipeline.jobs import RunCounts
+from dispatcher.pipeline.source import SourceBatch
 
 
 class TooManyRejects(DispatcherError):

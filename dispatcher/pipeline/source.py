@@ -7,7 +7,7 @@ SQLite it stops WAL checkpoints, and the ledger written meanwhile slows down as 
 grows). Rows without an id are read once, first, to be rejected with their reason.
 
 Before the first row, the query's columns are read without fetching a row and checked
-against the account contract (:mod:`dispatcher.source_contract`): a broken mapping
+against the account contract (:mod:`dispatcher.pipeline.source_contract`): a broken mapping
 (a misspelt alias, a missing column, a column of the wrong type) stops a run or a plan
 with a :class:`~dispatcher.errors.ConfigError` naming every finding. Ids of any type
 work as they are: the comparisons with ``''`` that find rows without an id are only
@@ -24,8 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.errors import ConfigError, Problem, SourceError
-from dispatcher.row_checks import parse_row
-from dispatcher.source_contract import SourceColumn, contract_findings, describe, wrapped
+from dispatcher.pipeline.row_checks import parse_row
+from dispatcher.pipeline.source_contract import SourceColumn, contract_findings, describe, wrapped
 
 
 @dataclass(slots=True)

@@ -10,10 +10,10 @@ from typing import Any
 
 from dispatcher.accounts import Account
 from dispatcher.app import App
+from dispatcher.handoffs.visit_letter import shown_code
 from dispatcher.ladder import local_date
 from dispatcher.ledger.handoffs import InvalidHandoffAction, get_handoff
 from dispatcher.ledger.visits import Collector, checked_collectors, issue_authorisation
-from dispatcher.visit_letter import shown_code
 from dispatcher.zones import zone
 
 

@@ -36,7 +36,7 @@ from dispatcher.channels.base import AttemptLookup, Channel, SentLookup
 from dispatcher.errors import DeliveryError
 from dispatcher.ledger.tables import attempts
 from dispatcher.masking import address_hash
-from dispatcher.source import AccountSource
+from dispatcher.pipeline.source import AccountSource
 
 log = logging.getLogger(__name__)
 
