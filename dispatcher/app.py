@@ -15,6 +15,8 @@ from dispatcher.channels.base import Channel
 from dispatcher.channels.registry import Providers
 from dispatcher.compose.handoff import HandoffComposer
 from dispatcher.compose.renderer import Composer
+from dispatcher.errors import LedgerError
+from dispatcher.ledger.config_versions import ensure_recorded
 from dispatcher.ledger.database import create_ledger_engine, upgrade
 from dispatcher.ledger.runs import RunLedger
 from dispatcher.ledger.store import Ledger
@@ -107,13 +109,25 @@ class App:
 
     def executor(self, pipeline: Pipeline, stopping: threading.Event | None = None,
                  run_id: int | None = None) -> Executor:
-        """Celery workers when a broker is configured, else this process."""
+        """Celery workers when a broker is configured, else this process.
+
+        With a broker the ledger keeps a copy of ``pipeline``'s configuration version, so every worker runs the
+        version a task names even when its own schedules.yaml differs (:mod:`dispatcher.worker`).
+        """
         if self.settings.broker_url:
             from dispatcher.celery_app import delivery_task  # imports Celery only when a broker is set
 
+            self._share_version(pipeline.loaded)
             return CeleryExecutor(delivery_task(), pipeline.loaded.schedule.delivery.task_batch,
                                   pipeline.loaded.version, run_id, float(self.settings.run_timeout))
         return InProcessExecutor(self.deliverer(pipeline, stopping), self.job_loader(pipeline), self.clock)
+
+    def _share_version(self, loaded: LoadedSchedule) -> None:
+        """Store ``loaded`` for the workers; when it cannot be, workers whose file differs refuse its tasks."""
+        try:
+            ensure_recorded(self.engine, loaded, self.clock())  # logs a file changed since the load
+        except LedgerError as exc:
+            log.error("configuration version %s is not stored for the workers: %s", loaded.version, exc)
 
     def job_loader(self, pipeline: Pipeline) -> JobLoader:
         """Rebuilds jobs from attempt ids (workers, ``retry``, lost tasks)."""

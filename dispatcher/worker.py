@@ -25,14 +25,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from dispatcher.app import App, build_app, load
+from dispatcher.app import App, Pipeline, build_app, load
 from dispatcher.celery_app import TASK_NAME, app
+from dispatcher.errors import ConfigError
+from dispatcher.ledger.config_versions import fetch, load_stored
 from dispatcher.pipeline import loops
 from dispatcher.pipeline.deliver import Deliverer
+from dispatcher.schedule.loader import LoadedSchedule
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,28 +45,59 @@ __all__ = ["TASK_NAME", "app", "deliver_batch"]
 """``celery -A dispatcher.worker`` finds the app here, with the task registered on it."""
 
 
+VERSIONS_KEPT = 4
+"""Configuration versions a worker process keeps wired (pipeline and deliverer) for tasks of earlier runs."""
+
+
 class _Runtime:
-    """One per worker process: the wired app, an event loop and a deliverer that outlive tasks."""
+    """One per worker process: the wired app, an event loop and a deliverer per version, outliving tasks.
+
+    A task names the configuration version its run planned with. The worker runs exactly that version: its own
+    schedules.yaml when that is the version, else the ledger's copy (stored when the run handed work to the
+    broker). Each version is wired once and kept, so tasks of two versions in flight cost no rebuilding.
+    """
 
     def __init__(self) -> None:
         self.app: App = build_app(Settings.from_env(), migrate=False)
         self.loop = loops.loop_factory(self.app.settings.event_loop)()
         self.stopping = threading.Event()
         self.deliverer: Deliverer = self.app.deliverer(self.app.pipeline, self.stopping)
+        self.wired: OrderedDict[str, tuple[Pipeline, Deliverer]] = OrderedDict(
+            {self.app.pipeline.loaded.version: (self.app.pipeline, self.deliverer)})
         loops.settle_heap()
 
     def follow(self, version: str) -> None:
-        """Use the schedules.yaml version the daemon planned with, if this machine has it."""
+        """Make ``version`` the one this process delivers with; raises ConfigError when it cannot be had."""
         if version == self.app.pipeline.loaded.version:
             return
-        loaded = load(self.app.settings)
-        if loaded.version != version:
-            log.warning("planned with schedules.yaml %s but this worker has %s; using it", version,
-                        loaded.version)
-        self.loop.run_until_complete(self.deliverer.aclose())
-        self.app.pipeline = self.app.build_pipeline(loaded)
-        self.deliverer = self.app.deliverer(self.app.pipeline, self.stopping)
-        loops.settle_heap()
+        wired = self.wired.get(version)
+        if wired is None:
+            pipeline = self.app.build_pipeline(self._load(version))
+            wired = pipeline, self.app.deliverer(pipeline, self.stopping)
+            self.wired[version] = wired
+            while len(self.wired) > VERSIONS_KEPT:
+                _, (_, oldest) = self.wired.popitem(last=False)
+                self.loop.run_until_complete(oldest.aclose())
+            loops.settle_heap()
+        self.wired.move_to_end(version)
+        self.app.pipeline, self.deliverer = wired
+
+    def _load(self, version: str) -> LoadedSchedule:
+        """``version`` from this machine's schedules.yaml when it is that version, else from the ledger's copy."""
+        try:
+            loaded = load(self.app.settings)
+        except ConfigError:
+            loaded = None  # the file is broken or mid-edit here; the ledger's copy may still serve
+        if loaded is not None and loaded.version == version:
+            return loaded
+        stored = fetch(self.app.engine, version)
+        if stored is None:
+            mine = loaded.version if loaded is not None else "unreadable"
+            raise ConfigError(f"configuration version {version} is neither this worker's schedules.yaml "
+                              f"(version {mine}) nor stored in the ledger; its attempts stay planned")
+        log.info("running configuration version %s from the ledger's copy (this worker's schedules.yaml is %s)",
+                 version, loaded.version if loaded is not None else "unreadable")
+        return load_stored(stored, self.app.settings.env)
 
     def deliver(self, payload: dict[str, Any]) -> dict[str, int]:
         """Deliver the payload's attempts that are still ``planned``; a failure is noted on the run."""
@@ -82,7 +117,8 @@ class _Runtime:
 
     def close(self) -> None:
         self.stopping.set()
-        self.loop.run_until_complete(self.deliverer.aclose())
+        for _, deliverer in self.wired.values():
+            self.loop.run_until_complete(deliverer.aclose())
         self.loop.close()
 
 

@@ -97,6 +97,18 @@ def record_loaded(engine: Engine, loaded: LoadedSchedule, now: datetime) -> bool
     return True
 
 
+def ensure_recorded(engine: Engine, loaded: LoadedSchedule, now: datetime) -> bool:
+    """Keep a copy of ``loaded`` unless the ledger has one: what Celery workers run a task's version from.
+
+    Unlike :func:`record_loaded` it leaves a version already stored as it is (a run or a retry does not make
+    it the running version again). False when the file changed since it was loaded (nothing is stored); raises
+    :class:`LedgerError` when the ledger cannot be read or written.
+    """
+    if fetch(engine, loaded.version) is not None:
+        return True
+    return record_loaded(engine, loaded, now)
+
+
 def record(engine: Engine, version: str, schedule_text: str, templates_json: str, path: str | None,
            now: datetime) -> None:
     """Insert ``version`` or, when it is there, stamp it loaded again: idempotent, and safe when run concurrently.
