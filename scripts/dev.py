@@ -152,7 +152,8 @@ def test(args: list[str]) -> int:
     """ruff, mypy, the whole suite on a SQLite ledger, then every test that uses the ledger on PostgreSQL.
 
     The second pass runs the tests marked ``ledger`` (tests/conftest.py marks every test using the
-    ``ledger_url`` fixture): the others do not depend on the ledger backend and would only run twice.
+    ``ledger_url`` fixture): the others do not depend on the ledger backend and would only run twice. Layout
+    checks in Chromium (marked ``browser``) run in the first pass only. Each pass prints its 15 slowest tests.
     Extra arguments go to both pytest runs; with an explicit ``--ledger`` there is just that one run.
     """
     os.chdir(ROOT)
@@ -160,8 +161,8 @@ def test(args: list[str]) -> int:
     pytest = [str(BIN / "python"), "-m", "pytest"]
     chosen = any(a == "--ledger" or a.startswith("--ledger=") for a in args)
     runs = [[*pytest, *args]] if chosen else [
-        [*pytest, "--ledger=sqlite", *args],
-        [*pytest, "--ledger=postgresql", "-m", "ledger", *args],
+        [*pytest, "--ledger=sqlite", "--durations=15", *args],
+        [*pytest, "--ledger=postgresql", "-m", "ledger and not browser", "--durations=15", *args],
     ]
     steps = [
         [str(BIN / "ruff"), "check", "dispatcher", "tests", "bench", "scripts"],

@@ -182,6 +182,7 @@ def test_every_link_in_the_html_email_is_clickable(composer: Composer, template:
 
 
 # --- the HTML email at 375 px, in headless Chromium ------------------------------------------------------------------
+@pytest.mark.browser
 def test_the_layout_check_sees_a_page_too_wide_for_a_phone() -> None:
     page = '<!DOCTYPE html><html><body><table style="width:600px"><tr><td>wide</td></tr></table></body></html>'
     phone, desktop = chromium().layouts(page, (375, 1280))
@@ -189,6 +190,7 @@ def test_the_layout_check_sees_a_page_too_wide_for_a_phone() -> None:
     assert not desktop.overflows
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize(("template", "locale"), SHIPPED)
 def test_the_html_email_holds_at_375_px(composer: Composer, tmp_path: Path, template: str, locale: str) -> None:
     rendered = render(composer, template, locale, ChannelKind.EMAIL, pay_link=LONG_PAY_LINK, account=LONG_ACCOUNT)

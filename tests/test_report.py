@@ -351,6 +351,7 @@ def overlapping_text(binary: str, page: str, width: int) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.browser  # the page's figures are compared on both ledgers above; its layout is the same
 def test_chromium_opens_it_offline_and_it_reads_at_1280_and_375_px(fortnight: Fortnight, cli: Cli,
                                                                      tmp_path: Path) -> None:
     browser = chromium()
