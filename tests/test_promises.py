@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -300,6 +301,24 @@ def test_a_reminder_booked_before_a_sibling_loans_sms_still_keeps_the_daily_sms_
     deliver(app, booked)
     sms_sent = [r["account_id"] for r in attempt_rows(app, channel="sms", status="sent")]
     assert len(sms_sent) == 1, sms_sent
+
+
+def test_a_later_batch_counts_the_sms_an_earlier_batch_booked_for_the_same_borrower(app: App, clock: Any) -> None:
+    """cn: 1 SMS a day per borrower. With Celery workers (or planning spread over processes) a batch is planned while
+    the one before still waits to be sent: loan R2 must count the SMS booked for loan R1, not yet claimed."""
+    seed_rows(app.engine, demo_row("R1", date(2026, 3, 8), push_token=None),
+              demo_row("R2", date(2026, 3, 8), push_token=None, email="other@example.cn"))
+    one_per_batch = AccountSource(app.engine, f"SELECT * FROM {demo_accounts.name}", batch_size=1)
+    app.pipeline = dataclasses.replace(app.pipeline, source=one_per_batch)
+    clock.now = shanghai(2026, 3, 10, 10)
+    jobs = book_all(app)  # one batch per loan, nothing delivered in between
+    assert [(j.account.account_id, j.channel) for j in jobs if j.channel is SMS] == [("R1", SMS)]
+    (held,) = attempt_rows(app, account_id="R2", channel="sms")
+    assert (held["status"], held["rule_id"]) == ("deferred", "cap")
+
+    clock.now = shanghai(2026, 3, 10, 11)  # the same loans planned again (a later run): R1's SMS is its own
+    again = book_all(app)
+    assert [(j.account.account_id, j.channel) for j in again if j.channel is SMS] == [("R1", SMS)]
 
 
 def test_without_a_recheck_query_the_planned_account_is_checked_and_sent(app: App) -> None:

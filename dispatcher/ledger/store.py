@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, exists, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, exists, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.accounts import Account, RejectedRow
@@ -89,11 +89,20 @@ class Ledger:
     @staticmethod
     def _load_contacts(connection: Connection, ids: Sequence[str], hashes: Sequence[str], since: datetime,
                        history: BatchHistory) -> None:
+        """Contacts since ``since`` of the batch's accounts and of every account sharing one of their addresses.
+
+        A message booked for another account (``planned``: queued for a worker, or waiting in another batch
+        or process of this run) counts from its booking, as it goes out within the run: a later batch of the
+        same borrower must not add its own. The batch's own booked messages are planned again by the planner,
+        which counts them as it plans them.
+        """
         # the status is checked here, not in SQL: with a long IN list SQLite would otherwise walk the
         # status index over every contact ever made instead of looking the batch's keys up
         query = select(attempts.c.id, attempts.c.account_id, attempts.c.channel, attempts.c.address_hash,
-                       attempts.c.attempted_at, attempts.c.borrower_hash, attempts.c.status).where(
-            attempts.c.attempted_at >= since)
+                       attempts.c.attempted_at, attempts.c.borrower_hash, attempts.c.status, attempts.c.try_no,
+                       attempts.c.created_at).where(
+            or_(attempts.c.attempted_at >= since, attempts.c.created_at >= since))
+        own = set(ids)
         seen: set[int] = set()
         linked: set[str] = set()  # other accounts of the same borrower: they share an address
 
@@ -101,11 +110,18 @@ class Ledger:
             for chunk in chunks(values):
                 for row in connection.execute(query.where(column.in_(chunk))):
                     # a hand-off's attempt opens a work item: the contact is the person's, counted when closed
-                    if row.id not in seen and row.status in CONTACT_STATUSES and row.channel != _HANDOFF:
-                        seen.add(row.id)
-                        linked.add(row.account_id)
-                        history.add_contact(Contact(row.id, row.account_id, row.channel, row.address_hash,
-                                                    row.attempted_at, row.borrower_hash))
+                    if row.id in seen or row.channel == _HANDOFF:
+                        continue
+                    if row.status in CONTACT_STATUSES and row.attempted_at is not None and row.attempted_at >= since:
+                        at = row.attempted_at
+                    elif row.status == "planned" and row.try_no >= 1 and row.account_id not in own:
+                        at = row.created_at
+                    else:
+                        continue
+                    seen.add(row.id)
+                    linked.add(row.account_id)
+                    history.add_contact(Contact(row.id, row.account_id, row.channel, row.address_hash, at,
+                                                row.borrower_hash))
 
         collect(attempts.c.account_id, ids)
         collect(attempts.c.address_hash, hashes)
