@@ -4,4 +4,5 @@ import sys
 
 from dispatcher.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned process of a run imports it
+    sys.exit(main())

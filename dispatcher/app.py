@@ -15,8 +15,8 @@ from dispatcher.channels.base import Channel
 from dispatcher.channels.registry import Providers
 from dispatcher.compose.handoff import HandoffComposer
 from dispatcher.compose.renderer import Composer
-from dispatcher.errors import LedgerError
-from dispatcher.ledger.config_versions import ensure_recorded
+from dispatcher.errors import ConfigError, LedgerError
+from dispatcher.ledger.config_versions import ensure_recorded, fetch, load_stored
 from dispatcher.ledger.database import create_ledger_engine, upgrade
 from dispatcher.ledger.runs import RunLedger
 from dispatcher.ledger.store import Ledger
@@ -52,6 +52,32 @@ def load(settings: Settings) -> LoadedSchedule:
     return load_schedule(settings.schedules_path, settings.env, check_templates=template_checks)
 
 
+def load_version(settings: Settings, version: str, engine: Engine | None = None) -> LoadedSchedule:
+    """Configuration ``version``: this machine's schedules.yaml when it is that version, else the ledger's copy.
+
+    Raises :class:`ConfigError` when neither is that version (the copy is stored by :meth:`App.share_version`).
+    """
+    try:
+        loaded: LoadedSchedule | None = load(settings)
+    except ConfigError:
+        loaded = None  # the file is broken or mid-edit here; the ledger's copy may still serve
+    if loaded is not None and loaded.version == version:
+        return loaded
+    mine = loaded.version if loaded is not None else "unreadable"
+    ledger = engine or create_ledger_engine(settings.database_url)
+    try:
+        stored = fetch(ledger, version)
+    finally:
+        if engine is None:
+            ledger.dispose()
+    if stored is None:
+        raise ConfigError(f"configuration version {version} is neither this machine's schedules.yaml "
+                          f"(version {mine}) nor stored in the ledger; its attempts stay planned")
+    log.info("running configuration version %s from the ledger's copy (this machine's schedules.yaml is %s)",
+             version, mine)
+    return load_stored(stored, settings.env)
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """Everything one version of schedules.yaml needs to plan and deliver."""
@@ -75,6 +101,8 @@ class App:
     pipeline: Pipeline
     providers: Providers
     clock: Clock = utc_now
+    rate_share: int = 1
+    """Processes of one run sharing the provider rate limits without Redis: each takes this share of them."""
 
     def build_pipeline(self, loaded: LoadedSchedule) -> Pipeline:
         """A pipeline for a (new) version of schedules.yaml, sharing this app's ledger."""
@@ -97,7 +125,7 @@ class App:
         broker = self.settings.broker_url
         if broker and broker.startswith(("redis://", "rediss://", "unix://")):
             return RedisRateLimiter(broker, limits)
-        return LocalRateLimiter(limits)
+        return LocalRateLimiter({name: rate / self.rate_share for name, rate in limits.items()})
 
     def delivery_policy(self, pipeline: Pipeline) -> DeliveryPolicy:
         settings = self.settings
@@ -117,13 +145,14 @@ class App:
         if self.settings.broker_url:
             from dispatcher.celery_app import delivery_task  # imports Celery only when a broker is set
 
-            self._share_version(pipeline.loaded)
+            self.share_version(pipeline.loaded)
             return CeleryExecutor(delivery_task(), pipeline.loaded.schedule.delivery.task_batch,
                                   pipeline.loaded.version, run_id, float(self.settings.run_timeout))
         return InProcessExecutor(self.deliverer(pipeline, stopping), self.job_loader(pipeline), self.clock)
 
-    def _share_version(self, loaded: LoadedSchedule) -> None:
-        """Store ``loaded`` for the workers; when it cannot be, workers whose file differs refuse its tasks."""
+    def share_version(self, loaded: LoadedSchedule) -> None:
+        """Store ``loaded`` for other processes (Celery workers, a run's planning processes); when it cannot be,
+        those whose schedules.yaml differs refuse its work (:func:`load_version`)."""
         try:
             ensure_recorded(self.engine, loaded, self.clock())  # logs a file changed since the load
         except LedgerError as exc:

@@ -159,6 +159,9 @@ class Settings:
     """Seconds between two progress lines of a run (``DISPATCHER_PROGRESS_INTERVAL``); 0: none."""
     web_body_timeout: int = DEFAULT_WEB_BODY_TIMEOUT
     web_max_body: int = DEFAULT_WEB_MAX_BODY
+    plan_processes: int = 1
+    """Processes that plan, book and deliver one run's key ranges without a broker (``DISPATCHER_PLAN_PROCESSES``,
+    by default the number of cores); a source too small to split runs in the daemon's process."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, schedules: str | None = None) -> Settings:
@@ -194,4 +197,5 @@ class Settings:
             progress_interval=_seconds(env, "DISPATCHER_PROGRESS_INTERVAL", DEFAULT_PROGRESS_INTERVAL),
             web_body_timeout=_int(env, "DISPATCHER_WEB_BODY_TIMEOUT", DEFAULT_WEB_BODY_TIMEOUT),
             web_max_body=_int(env, "DISPATCHER_WEB_MAX_BODY", DEFAULT_WEB_MAX_BODY),
+            plan_processes=_int(env, "DISPATCHER_PLAN_PROCESSES", os.cpu_count() or 1),
         )

@@ -30,13 +30,10 @@ from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from dispatcher.app import App, Pipeline, build_app, load
+from dispatcher.app import App, Pipeline, build_app, load_version
 from dispatcher.celery_app import TASK_NAME, app
-from dispatcher.errors import ConfigError
-from dispatcher.ledger.config_versions import fetch, load_stored
 from dispatcher.pipeline import loops
 from dispatcher.pipeline.deliver import Deliverer
-from dispatcher.schedule.loader import LoadedSchedule
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,7 +69,7 @@ class _Runtime:
             return
         wired = self.wired.get(version)
         if wired is None:
-            pipeline = self.app.build_pipeline(self._load(version))
+            pipeline = self.app.build_pipeline(load_version(self.app.settings, version, self.app.engine))
             wired = pipeline, self.app.deliverer(pipeline, self.stopping)
             self.wired[version] = wired
             while len(self.wired) > VERSIONS_KEPT:
@@ -81,23 +78,6 @@ class _Runtime:
             loops.settle_heap()
         self.wired.move_to_end(version)
         self.app.pipeline, self.deliverer = wired
-
-    def _load(self, version: str) -> LoadedSchedule:
-        """``version`` from this machine's schedules.yaml when it is that version, else from the ledger's copy."""
-        try:
-            loaded = load(self.app.settings)
-        except ConfigError:
-            loaded = None  # the file is broken or mid-edit here; the ledger's copy may still serve
-        if loaded is not None and loaded.version == version:
-            return loaded
-        stored = fetch(self.app.engine, version)
-        if stored is None:
-            mine = loaded.version if loaded is not None else "unreadable"
-            raise ConfigError(f"configuration version {version} is neither this worker's schedules.yaml "
-                              f"(version {mine}) nor stored in the ledger; its attempts stay planned")
-        log.info("running configuration version %s from the ledger's copy (this worker's schedules.yaml is %s)",
-                 version, loaded.version if loaded is not None else "unreadable")
-        return load_stored(stored, self.app.settings.env)
 
     def deliver(self, payload: dict[str, Any]) -> dict[str, int]:
         """Deliver the payload's attempts that are still ``planned``; a failure is noted on the run."""

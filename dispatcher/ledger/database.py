@@ -187,3 +187,36 @@ def _exclusive_transaction(engine: Engine) -> Iterator[Connection]:
         connection.exec_driver_sql("BEGIN EXCLUSIVE")
         yield connection
         connection.commit()
+
+
+BOOKING_LOCK_KEY = 0x626F6F6B
+"""First half of the PostgreSQL advisory lock held while a process of a run books a batch ("book"); the run id is
+the second half."""
+
+BOOKING_LOCK_SUFFIX = ".booking.lock"
+"""Appended to a SQLite database's path: the file locked while a process of a run books a batch."""
+
+
+@contextmanager
+def booking_lock(engine: Engine, run_id: int) -> Iterator[None]:
+    """Inside, no other process of run ``run_id`` books: what it booked before is visible, what it will book waits.
+
+    The processes planning one run's key ranges take it around the check of what the others booked meanwhile and
+    the booking itself, so a borrower's two loans in two ranges are capped as if planned one after the other.
+    PostgreSQL: a session advisory lock on its own connection. SQLite: ``flock`` on
+    ``<database file>.booking.lock`` (the database's own write lock would not cover the check before the write).
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(CAST(:key AS integer), CAST(:run AS integer))"),
+                               {"key": BOOKING_LOCK_KEY, "run": run_id % 2**31})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(CAST(:key AS integer), CAST(:run AS integer))"),
+                                   {"key": BOOKING_LOCK_KEY, "run": run_id % 2**31})
+                connection.commit()
+        return
+    path = _sqlite_file(engine.url) if engine.dialect.name == "sqlite" else None
+    with _file_lock(None if path is None else path + BOOKING_LOCK_SUFFIX):
+        yield  # without a lock file (in-memory database): one process only, nothing to exclude

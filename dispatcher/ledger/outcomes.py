@@ -92,6 +92,20 @@ class CureTracker:
         except SQLAlchemyError as exc:
             raise LedgerError(f"ledger: cannot record balances: {exc}") from exc
 
+    def absorb(self, seen: Iterable[str], read: bool) -> None:
+        """Add what another process of this run observed over its key range (its ``seen`` ids and ``read``)."""
+        self._seen.update(seen)
+        self._read = self._read or read
+
+    @property
+    def seen(self) -> frozenset[str]:
+        """The accounts observed so far (what :meth:`finish` leaves open)."""
+        return frozenset(self._seen)
+
+    @property
+    def read(self) -> bool:
+        return self._read
+
     def finish(self, now: datetime) -> int:
         """Cure ``left_overdue`` every open delinquency, opened before this run, whose account it did not read.
 

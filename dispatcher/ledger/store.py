@@ -64,6 +64,18 @@ class Ledger:
             raise self._guard("read history", exc) from exc
         return history
 
+    def contact_ids(self, accounts: Sequence[Account], contacts_since: datetime) -> set[int]:
+        """The ids of the contacts :meth:`load_history` counts for ``accounts`` now (what caps see, nothing else)."""
+        history = BatchHistory()
+        ids = [a.account_id for a in accounts]
+        hashes = sorted({h for a in accounts for h in borrower_hashes(a)})
+        try:
+            with self.engine.connect() as connection:
+                self._load_contacts(connection, ids, hashes, contacts_since, history)
+        except SQLAlchemyError as exc:
+            raise self._guard("read contacts", exc) from exc
+        return {c.attempt_id for contacts in history.by_account.values() for c in contacts}
+
     @staticmethod
     def _load_claims(connection: Connection, ids: Sequence[str], history: BatchHistory) -> None:
         """Claimed tries (latest status per reminder and channel) and deferrals still waiting."""

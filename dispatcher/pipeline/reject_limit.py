@@ -45,6 +45,13 @@ class RejectLimit:
             counts.accounts += len(batch.rejects)
             raise TooManyRejects(self.describe("stopped before booking the rest"))
 
+    def absorb(self, other: RejectLimit) -> None:
+        """Add the rows and rejects another process counted over its key range of the same run."""
+        self.rows += other.rows
+        self.rejected += other.rejected
+        self.without_id += other.without_id
+        self.fields.update(other.fields)
+
     def finish(self) -> None:
         """Judge the whole run once the source is exhausted; raises :class:`TooManyRejects`."""
         if self._over(self.rejected + self.without_id, self.rows + self.without_id):

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.app import App, Pipeline
 from dispatcher.errors import DispatcherError
+from dispatcher.ledger.database import booking_lock
 from dispatcher.ledger.outcomes import CureTracker
 from dispatcher.ledger.tally import job_outcomes
 from dispatcher.logs import log_context
@@ -29,11 +31,16 @@ from dispatcher.pipeline.executors import Executor
 from dispatcher.pipeline.jobs import RunCounts
 from dispatcher.pipeline.reject_limit import RejectLimit, TooManyRejects
 from dispatcher.pipeline.run_progress import RunProgress
+from dispatcher.pipeline.source import KeyRange
 from dispatcher.replies.inbound import drain_spool
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.25
+
+MIN_BATCHES_PER_PROCESS = 5
+"""A run is split over processes only into key ranges of at least this many source batches each: starting a
+process and wiring it costs about a second, worth it for thousands of accounts, not for a few hundred."""
 """Seconds between two looks at the ledger while workers deliver."""
 
 
@@ -48,7 +55,7 @@ class RunReport:
     counts: RunCounts
 
 
-class _Halt(threading.Event):
+class Halt(threading.Event):
     """Set when the run's lease is lost, and reads as set the moment a stop is requested (no polling delay)."""
 
     def __init__(self, stopping: threading.Event) -> None:
@@ -65,7 +72,7 @@ class _Lease(threading.Thread):
     def __init__(self, app: App, run_id: int, stopping: threading.Event) -> None:
         super().__init__(name=f"run-{run_id}-lease", daemon=True)
         self.app, self.run_id = app, run_id
-        self.halt = _Halt(stopping)
+        self.halt = Halt(stopping)
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -166,19 +173,59 @@ class Runner:
 
     async def _book_all(self, run_id: int, pipeline: Pipeline, executor: Executor, counts: RunCounts,
                         jobs: list[int], halt: threading.Event) -> bool:
-        """Plan and book every batch of the source, handing each batch's jobs to ``executor``."""
-        ledger, booker = self.app.ledger, self.app.booker()
+        """Plan and book every batch of the source, handing each batch's jobs to ``executor``.
+
+        Without a broker, a source large enough is split into key ranges planned, booked and delivered by
+        processes of their own (``DISPATCHER_PLAN_PROCESSES``, :mod:`dispatcher.pipeline.parallel`).
+        """
         limit = RejectLimit(pipeline.loaded.schedule.source.max_reject_ratio)
         outcomes = CureTracker(self.app.engine, run_id, self.app.clock())
-        for batch in pipeline.source.batches():
+        ranges = [KeyRange()]
+        if not executor.remote and self.app.settings.plan_processes > 1:
+            batch_size = pipeline.loaded.schedule.source.batch_size
+            ranges = pipeline.source.split(self.app.settings.plan_processes, MIN_BATCHES_PER_PROCESS * batch_size)
+        if len(ranges) > 1:
+            from dispatcher.pipeline.parallel import plan_in_processes  # imports multiprocessing only when used
+
+            finished = await plan_in_processes(self.app, run_id, pipeline, ranges, counts, jobs, halt, limit,
+                                               outcomes)
+        else:
+            finished = await self.book_range(run_id, pipeline, executor, ranges[0], counts, jobs, halt, limit,
+                                             outcomes)
+        if not finished:
+            return False
+        limit.finish()
+        if not halt.is_set():  # the whole source was read: who is not in it any more is cured
+            outcomes.finish(self.app.clock())
+        return True
+
+    async def book_range(self, run_id: int, pipeline: Pipeline, executor: Executor, key_range: KeyRange,
+                         counts: RunCounts, jobs: list[int], halt: threading.Event, limit: RejectLimit,
+                         outcomes: CureTracker, *, shared: bool = False) -> bool:
+        """Plan and book the batches of ``key_range``; False when halted before its end.
+
+        ``shared``: other processes book other ranges of this run at the same time. Each batch is then booked
+        under the run's booking lock, after checking that no contact of its borrowers was booked since its
+        history was read; if one was (a borrower's loans in two ranges), the batch is planned again first.
+        """
+        ledger, booker = self.app.ledger, self.app.booker()
+        for batch in pipeline.source.batches(key_range):
             if halt.is_set():
                 return False
             now = self.app.clock()
             ledger.record_rejects(run_id, batch.rejects, now)
             limit.admit(batch, counts)  # too many rejects so far: nothing more is booked, the run fails
-            history = ledger.load_history(batch.accounts, pipeline.policy.contacts_since(now))
+            since = pipeline.policy.contacts_since(now)
+            history = ledger.load_history(batch.accounts, since)
+            seen = {c.attempt_id for contacts in history.by_account.values() for c in contacts}
             decisions = pipeline.planner.plan(batch.accounts, history, now)
-            booked_jobs, booked = booker.book(decisions, run_id, now)
+            with booking_lock(self.app.engine, run_id) if shared else nullcontext():
+                if shared and since is not None and ledger.contact_ids(batch.accounts, since) != seen:
+                    log.info("run #%s: another process booked a contact of this batch's borrowers meanwhile; "
+                             "the batch is planned again", run_id, extra={"run_id": run_id})
+                    history = ledger.load_history(batch.accounts, since)
+                    decisions = pipeline.planner.plan(batch.accounts, history, now)
+                booked_jobs, booked = booker.book(decisions, run_id, now)
             booked.rejected = len(batch.rejects)
             booked.accounts += len(batch.rejects)
             jobs.extend(job.attempt_id for job in booked_jobs)
@@ -186,9 +233,6 @@ class Runner:
                              [r.account_id for r in batch.rejects if r.account_id])
             counts.add(booked)  # booked is booked: counted even when handing it over fails (a dead broker)
             await executor.submit(booked_jobs)
-        limit.finish()
-        if not halt.is_set():  # the whole source was read: who is not in it any more is cured
-            outcomes.finish(self.app.clock())
         return True
 
     async def _follow(self, run_id: int, pipeline: Pipeline, executor: Executor, halt: threading.Event) -> bool:

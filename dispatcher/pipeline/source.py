@@ -36,19 +36,28 @@ class SourceBatch:
     rejects: list[RejectedRow] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """Account ids after ``after`` (exclusive) up to ``upto`` (inclusive); ``None``: unbounded on that side.
+
+    ``first``: the range that also reads the rows without an id (to reject them with their reason).
+    """
+
+    after: object | None = None
+    upto: object | None = None
+    first: bool = True
+
+
 class AccountSource:
     """Reads overdue accounts with ``query`` from ``engine``; never holds more than a batch."""
 
     def __init__(self, engine: Engine, query: str, batch_size: int, recheck_query: str | None = None) -> None:
         self._engine = engine
         self._query = query
-        source = wrapped(query)
-        self._page = text(f"SELECT * FROM {source} WHERE account_id > :after ORDER BY account_id LIMIT :limit")
-        self._pages = {  # (rows without an id, the first page) when the id column holds text, and when not
-            True: (text(f"SELECT * FROM {source} WHERE account_id IS NULL OR account_id = ''"),
-                   text(f"SELECT * FROM {source} WHERE account_id <> '' ORDER BY account_id LIMIT :limit")),
-            False: (text(f"SELECT * FROM {source} WHERE account_id IS NULL"),
-                    text(f"SELECT * FROM {source} WHERE account_id IS NOT NULL ORDER BY account_id LIMIT :limit")),
+        self._source = source = wrapped(query)
+        self._pages = {  # (rows without an id, the condition of rows with one) when the id column holds text, and not
+            True: (text(f"SELECT * FROM {source} WHERE account_id IS NULL OR account_id = ''"), "account_id <> ''"),
+            False: (text(f"SELECT * FROM {source} WHERE account_id IS NULL"), "account_id IS NOT NULL"),
         }
         self._recheck = text(recheck_query).bindparams(bindparam("ids", expanding=True)) if recheck_query else None
         self._batch_size = batch_size
@@ -58,23 +67,57 @@ class AccountSource:
     def from_url(cls, url: str, query: str, batch_size: int, recheck_query: str | None = None) -> AccountSource:
         return cls(create_engine(url, hide_parameters=True), query, batch_size, recheck_query)
 
-    def batches(self) -> Iterator[SourceBatch]:
-        """The query's rows as validated batches of at most ``batch_size``, in account id order."""
+    def batches(self, key_range: KeyRange | None = None) -> Iterator[SourceBatch]:
+        """The query's rows (those of ``key_range`` only, when given) as validated batches of at most
+        ``batch_size``, in account id order; rows without an id come first, in the first range only."""
+        key_range = key_range or KeyRange()
         try:
-            without_id, first_page = self._pages[self._textual_ids()]
-            missing = self._read(without_id, {})
-            if missing:
-                yield self._validate(missing)
-            rows = self._read(first_page, {"limit": self._batch_size})
+            without_id, with_id = self._pages[self._textual_ids()]
+            if key_range.first:
+                missing = self._read(without_id, {})
+                if missing:
+                    yield self._validate(missing)
+            upper = " AND account_id <= :upto" if key_range.upto is not None else ""
+            bounds = {"upto": key_range.upto} if key_range.upto is not None else {}
+            first = with_id + (" AND account_id > :after" if key_range.after is not None else "") + upper
+            after = {"after": key_range.after} if key_range.after is not None else {}
+            rows = self._read(self._ordered(first), {**after, **bounds, "limit": self._batch_size})
+            page = self._ordered("account_id > :after" + upper)
             while rows:
                 yield self._validate(rows)
                 if len(rows) < self._batch_size:
                     return
-                rows = self._read(self._page, {"after": rows[-1]["account_id"], "limit": self._batch_size})
+                rows = self._read(page, {"after": rows[-1]["account_id"], **bounds, "limit": self._batch_size})
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot read accounts from {self._engine.url!r}: {exc}") from exc
         finally:
             self._last = {}
+
+    def split(self, parts: int, min_rows: int) -> list[KeyRange]:
+        """At most ``parts`` key ranges of about as many rows each, none under ``min_rows`` (one range for a small
+        source); together they hold every row once. Raises :class:`SourceError`."""
+        whole = [KeyRange()]
+        if parts < 2:
+            return whole
+        try:
+            with_id = self._pages[self._textual_ids()][1]
+            with self._engine.connect() as connection:
+                count = int(connection.execute(text(f"SELECT count(*) FROM {self._source} WHERE {with_id}"))
+                            .scalar_one())
+                parts = min(parts, count // max(1, min_rows))
+                if parts < 2:
+                    return whole
+                nth = text(f"SELECT account_id FROM {self._source} WHERE {with_id} ORDER BY account_id "
+                           "LIMIT 1 OFFSET :offset")
+                bounds = [connection.execute(nth, {"offset": count * i // parts - 1}).scalar_one()
+                          for i in range(1, parts)]
+        except SQLAlchemyError as exc:
+            raise SourceError(f"cannot split the accounts of {self._engine.url!r}: {exc}") from exc
+        edges: list[object | None] = [None, *bounds, None]
+        return [KeyRange(edges[i], edges[i + 1], first=i == 0) for i in range(parts)]
+
+    def _ordered(self, condition: str) -> TextClause:
+        return text(f"SELECT * FROM {self._source} WHERE {condition} ORDER BY account_id LIMIT :limit")
 
     def check_contract(self) -> None:
         """Raise :class:`ConfigError` when the query's columns break the account contract (no row is read)."""

@@ -1,0 +1,233 @@
+"""A run's key ranges planned, booked and delivered in processes of their own (dispatcher/pipeline/parallel.py).
+
+``DISPATCHER_PLAN_PROCESSES=2`` and a source of 20-account batches, so a few hundred accounts are split in two
+ranges; the processes are real (spawned), on the test's ledger. What must hold is what holds in one process:
+the decisions of the plan, each message once, caps per borrower across ranges, and nothing lost or sent twice
+when a range process is killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FixedClock
+from rows import attempt_rows, demo_row, seed_rows
+from sqlalchemy import delete, select
+from test_pipeline import outbox_ids
+
+from dispatcher.app import App, build_app
+from dispatcher.decisions import Verdict
+from dispatcher.demo import demo_accounts, seed_demo
+from dispatcher.ledger.database import booking_lock
+from dispatcher.ledger.outcomes import CureTracker
+from dispatcher.pipeline.jobs import RunCounts
+from dispatcher.pipeline.reject_limit import RejectLimit
+from dispatcher.pipeline.run import Runner
+from dispatcher.pipeline.source import AccountSource, KeyRange, SourceBatch
+from dispatcher.settings import Settings
+
+SHARED = "+8613900009999"
+"""The phone of one borrower's two loans."""
+
+
+@pytest.fixture
+def parallel(workdir: Path, clock: FixedClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+    """The app with two planning processes and batches of 20 accounts (ranges of at least 100)."""
+    schedules = workdir / "schedules.yaml"
+    schedules.write_text(schedules.read_text(encoding="utf-8").replace("batch_size: 1000", "batch_size: 20"),
+                         encoding="utf-8")
+    monkeypatch.setenv("DISPATCHER_PLAN_PROCESSES", "2")
+    built = build_app(Settings.from_env(), clock=clock)
+    yield built
+    built.engine.dispose()
+
+
+def sends(decisions: Iterator[Any]) -> set[tuple[str, str]]:
+    return {(d.account_id, c.channel.value) for d in decisions for c in d.channels if c.verdict is Verdict.SEND}
+
+
+def sent_pairs(app: App) -> set[tuple[str, str]]:
+    return {(r["account_id"], r["channel"]) for r in attempt_rows(app, status="sent")}
+
+
+def test_two_processes_send_what_one_process_sends_each_message_once(
+        parallel: App, clock: FixedClock, make_ledger_url: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The same 400 demo borrowers run on two ledgers: in one process, and split over two (in the same order of
+    ids, so loans sharing an address in one range are capped the same way: the demo has such pairs)."""
+    single = single_process(parallel, clock, make_ledger_url, tmp_path)
+    for app in (single, parallel):
+        seed_demo(app.engine, 400, clock().date())
+    alone = Runner(single).run("manual", clock())
+    assert alone.status == "completed"
+    single.engine.dispose()
+
+    caplog.set_level(logging.INFO, logger="dispatcher")
+    report = Runner(parallel).run("manual", clock())
+    assert report.status == "completed", report
+    assert "2 key ranges planned in 2 processes" in caplog.text
+    sent = sent_pairs(parallel)
+    assert len(sent) > 200 and sent == sent_pairs(single)
+    assert (report.counts.accounts, report.counts.sent, report.counts.deferred) == \
+        (alone.counts.accounts, alone.counts.sent, alone.counts.deferred)
+    written = outbox_ids(parallel.settings.outbox_dir)
+    missing = [(r["id"], r["channel"]) for r in attempt_rows(parallel, status="sent")
+               if r["id"] not in written and r["channel"] != "handoff"]  # a work item is no outbox file
+    assert missing == [] and set(written.values()) == {1}
+
+    again = Runner(parallel).run("again", clock())  # another run at the same moment: everything is done already
+    assert again.status == "completed" and again.counts.sent == 0 and again.counts.planned == 0
+
+
+def test_a_borrowers_two_loans_in_two_ranges_get_one_sms(parallel: App, clock: FixedClock) -> None:
+    """cn: 1 SMS a day per borrower. The loans are in the first batch of each range, planned at the same time."""
+    due = clock().date() - timedelta(days=2)
+    filler = [demo_row(f"M{n:04d}", due, phone=f"+86139{n:08d}", push_token=None, email=None) for n in range(300)]
+    loans = [demo_row(i, due, phone=SHARED, push_token=None, email=None) for i in ("M0000A", "M0150A")]
+    seed_rows(parallel.engine, *filler, *loans)
+    ranges = parallel.pipeline.source.split(2, 100)
+    assert len(ranges) == 2 and ranges[0].upto is not None and "M0000A" <= str(ranges[0].upto) < "M0150A"
+
+    report = Runner(parallel).run("manual", clock())
+    assert report.status == "completed"
+    sms = {r["account_id"]: r for r in attempt_rows(parallel, channel="sms") if r["account_id"] in ("M0000A", "M0150A")}
+    assert sorted(r["status"] for r in sms.values()) == ["deferred", "sent"], sms
+    assert {r["rule_id"] for r in sms.values() if r["status"] == "deferred"} == {"cap"}
+
+
+class _Announcing(AccountSource):
+    """The demo source that says when a batch is handed out (to be planned) before handing it out."""
+
+    def __init__(self, app: App, handed: threading.Event) -> None:
+        super().__init__(app.engine, app.pipeline.loaded.schedule.source.query, 20)
+        self.handed = handed
+
+    def batches(self, key_range: KeyRange | None = None) -> Iterator[SourceBatch]:
+        for batch in super().batches(key_range):
+            self.handed.set()
+            yield batch
+
+
+def test_a_batch_is_planned_again_when_another_process_booked_its_borrower_meanwhile(
+        parallel: App, clock: FixedClock, caplog: pytest.LogCaptureFixture) -> None:
+    """Range B's batch is planned while range A holds the booking lock and books the same borrower's other loan:
+    under the lock, B sees the new booking and plans its batch again (its SMS waits: cn, 1 SMS a day)."""
+    due = clock().date() - timedelta(days=2)
+    seed_rows(parallel.engine, demo_row("A1", due, phone=SHARED, push_token=None, email=None),
+              demo_row("B1", due, phone=SHARED, push_token=None, email=None))
+    run_id = parallel.runs.start("manual", clock(), parallel.pipeline.loaded.version, "test", clock())
+    assert run_id is not None
+    handed = threading.Event()
+    import dataclasses
+
+    pipeline = dataclasses.replace(parallel.pipeline, source=_Announcing(parallel, handed))
+    runner = Runner(parallel)
+    counts, jobs = RunCounts(), list[int]()
+    outcome: list[bool] = []
+
+    def range_b() -> None:
+        executor = parallel.executor(pipeline, None, run_id)
+        from dispatcher.pipeline import loops
+
+        async def go() -> bool:
+            try:
+                return await runner.book_range(run_id, pipeline, executor, KeyRange("A1", None, first=False), counts,
+                                               jobs, threading.Event(), RejectLimit(0.05),
+                                               CureTracker(parallel.engine, run_id, clock()), shared=True)
+            finally:
+                await executor.aclose()
+
+        outcome.append(loops.run(go(), "asyncio"))
+
+    caplog.set_level(logging.INFO, logger="dispatcher")
+    with booking_lock(parallel.engine, run_id):  # range A books while B plans
+        worker = threading.Thread(target=range_b)
+        worker.start()
+        assert handed.wait(10)
+        time.sleep(0.5)  # B reads its history and plans, then waits for the lock
+        assert attempt_rows(parallel, account_id="B1") == []
+        (a_batch,) = AccountSource(parallel.engine, f"SELECT * FROM {demo_accounts.name} WHERE account_id = 'A1'",
+                                   20).batches()
+        history = parallel.ledger.load_history(a_batch.accounts, parallel.pipeline.policy.contacts_since(clock()))
+        decisions = parallel.pipeline.planner.plan(a_batch.accounts, history, clock())
+        parallel.booker().book(decisions, run_id, clock())
+    worker.join(30)
+    assert outcome == [True]
+    (b_sms,) = attempt_rows(parallel, account_id="B1", channel="sms")
+    assert (b_sms["status"], b_sms["rule_id"]) == ("deferred", "cap")
+    assert "the batch is planned again" in caplog.text
+
+
+def single_process(parallel: App, clock: FixedClock, make_ledger_url: Any, tmp_path: Path) -> App:
+    """The same configuration on a ledger of its own, planned in one process: what the split run must match."""
+    env = {**parallel.settings.env, "DISPATCHER_PLAN_PROCESSES": "1", "DISPATCHER_DATABASE_URL": make_ledger_url("one"),
+           "DISPATCHER_OUTBOX_DIR": str(tmp_path / "outbox-one")}
+    return build_app(Settings.from_env(env), clock=clock)
+
+
+def one_loan_per_borrower(app: App) -> None:
+    """Drop the demo loans sharing an address with an earlier one: which of a borrower's loans takes the day's
+    message depends on the order they are planned in, and a run stopped midway plans in another order."""
+    seen: set[str] = set()
+    extra: list[str] = []
+    with app.engine.begin() as connection:
+        for row in connection.execute(select(demo_accounts).order_by(demo_accounts.c.account_id)).mappings():
+            addresses = {a for a in (row["phone"], row["email"], row["push_token"]) if a}
+            if addresses & seen:
+                extra.append(row["account_id"])
+            else:
+                seen.update(addresses)
+        connection.execute(delete(demo_accounts).where(demo_accounts.c.account_id.in_(extra)))
+    assert 0 < len(extra) < 300
+
+
+@pytest.mark.slow
+def test_a_range_process_killed_mid_range_loses_and_duplicates_nothing(parallel: App, clock: FixedClock,
+                                                                        make_ledger_url: Any, tmp_path: Path) -> None:
+    single = single_process(parallel, clock, make_ledger_url, tmp_path)
+    later = clock() + timedelta(minutes=10)
+    for app in (single, parallel):
+        seed_demo(app.engine, 3000, clock().date())
+        one_loan_per_borrower(app)
+    assert Runner(single).run("manual", clock()).status == "completed"
+    assert Runner(single).run("manual", later).status == "completed"
+    reference = sent_pairs(single)
+    single.engine.dispose()
+
+    reports: list[Any] = []
+    running = threading.Thread(target=lambda: reports.append(Runner(parallel).run("manual", clock())))
+    running.start()
+    deadline = time.monotonic() + 120
+    victim = None
+    while time.monotonic() < deadline and victim is None:
+        children = multiprocessing.active_children()
+        if len(children) == 2 and len(attempt_rows(parallel, status="sent")) > 200:
+            victim = children[-1]  # mid-range: both ranges are sending
+        time.sleep(0.05)
+    assert victim is not None and victim.pid is not None, "the ranges never got going"
+    os.kill(victim.pid, signal.SIGKILL)
+    running.join(180)
+    (first,) = reports
+    assert first.status == "failed"
+    assert first.counts.sent < len(reference)  # it was stopped in the middle
+
+    second = Runner(parallel).run("manual", later)  # reconciles what was in flight, books what is left
+    assert second.status == "completed", second
+    rows = [r for r in attempt_rows(parallel) if r["try_no"] >= 1]
+    in_doubt = [r for r in rows if r["status"] in ("claimed", "sending") and r["channel"] != "handoff"]
+    assert in_doubt == []  # (an open work item for people stays claimed until it is closed)
+    delivered = Counter((r["account_id"], r["channel"]) for r in rows if r["status"] in ("sent", "unknown"))
+    assert set(delivered.values()) == {1}  # nothing twice
+    assert set(delivered) == reference  # nothing lost
+    assert set(outbox_ids(parallel.settings.outbox_dir).values()) == {1}
