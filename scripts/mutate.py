@@ -4,11 +4,18 @@
     .venv/bin/python scripts/mutate.py                 every guarded module
     .venv/bin/python scripts/mutate.py rules ladder    only some of them (names of GUARDED)
     .venv/bin/python scripts/mutate.py --report        the last run's results, without running
+    .venv/bin/python scripts/mutate.py --save          keep the results so far in the repository (also mid-run)
 
 mutmut 3 (configured in pyproject.toml, ``[tool.mutmut]``) runs in a copy of the
 checkout under ``build/mutmut/``, so a run never writes into the source tree and
 edits made meanwhile do not disturb it; its results are kept there, and a run only
 re-tests the functions that changed. Each mutant runs only the tests that cover it.
+
+A whole run takes hours on two cores, more than one working session, so its results are also kept in the
+repository (``scripts/mutation_results/``, mutmut's per-file ``.meta`` records: each mutant's result and the hash
+of its function). A run in a fresh checkout starts from them, and mutmut re-tests only what is new or belongs to
+a function whose code changed since. ``--save`` copies the results so far (mutmut records each as it comes)
+into the repository; a run saves them when it ends.
 
 Prints every surviving mutant, then the counts, and exits 1 when a mutant of a
 guarded function survived and ``scripts/mutants_allowed.txt`` does not explain it
@@ -30,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "mutmut"
 ALLOWED = ROOT / "scripts" / "mutants_allowed.txt"
+RESULTS = ROOT / "scripts" / "mutation_results"
+"""mutmut's ``.meta`` records of the guarded source files, kept in the repository between runs and checkouts."""
 COPIED = ("dispatcher", "tests", "templates", "pyproject.toml", "schedules.yaml")
 
 GUARDED: dict[str, tuple[str, ...]] = {
@@ -42,6 +51,12 @@ GUARDED: dict[str, tuple[str, ...]] = {
                  "dispatcher.ledger.replies.*", "dispatcher.ledger.suppressions.*"),
 }
 """Groups of mutant-name patterns whose survivors fail the command."""
+
+_GUARDED_MODULES = ("dispatcher.rules.*", "dispatcher.send_check", "dispatcher.ladder", "dispatcher.ledger.claims",
+                    "dispatcher.ledger.group_commit", "dispatcher.ledger.store", "dispatcher.web.twilio_hooks",
+                    "dispatcher.replies.words", "dispatcher.replies.inbound", "dispatcher.ledger.replies",
+                    "dispatcher.ledger.suppressions")
+"""The modules mutated (pyproject.toml's ``only_mutate``), as dotted names: whose results are kept."""
 
 MUTATED: dict[str, tuple[str, ...]] = dict(GUARDED)
 """What ``mutmut run`` is given per group: the guarded mutants (of store.py only its finish code)."""
@@ -79,6 +94,32 @@ def sync(deselect: list[str]) -> None:
         key = "pytest_add_cli_args = ["
         text = config.read_text(encoding="utf-8").replace(key, key + extra, 1)
         config.write_text(text, encoding="utf-8")
+
+
+def restore() -> int:
+    """Put the results kept in the repository where mutmut looks for them, unless it has its own; how many."""
+    restored = 0
+    for kept in sorted(RESULTS.rglob("*.meta")):
+        target = WORK / "mutants" / kept.relative_to(RESULTS)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(kept, target)
+            restored += 1
+    return restored
+
+
+def save() -> int:
+    """Copy mutmut's current results of the guarded files into the repository; how many files."""
+    saved = 0
+    for meta in sorted((WORK / "mutants").rglob("*.meta")):
+        relative = meta.relative_to(WORK / "mutants")
+        if not matches(".".join(relative.with_suffix("").with_suffix("").parts), _GUARDED_MODULES):
+            continue
+        target = RESULTS / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(meta, target)
+        saved += 1
+    return saved
 
 
 def mutmut(*args: str) -> subprocess.CompletedProcess[str]:
@@ -148,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("groups", nargs="*", metavar="GROUP",
                         help=f"groups to run (default: all): {', '.join(GUARDED)}")
     parser.add_argument("--report", action="store_true", help="judge the last run's results without running")
+    parser.add_argument("--save", action="store_true",
+                        help=f"copy the results so far into {RESULTS.relative_to(ROOT)}/ (to commit) and stop")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--mutants", action="append", default=[], metavar="PATTERN",
                         help="run only the mutants matching this name pattern, e.g. 'dispatcher.rules.cap.*'")
@@ -160,10 +203,19 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown group {unknown[0]!r} (choose from {', '.join(GUARDED)})")
     groups = list(options.groups) or list(GUARDED)
+    if options.save:
+        print(f"kept the results of {save()} file(s) in {RESULTS.relative_to(ROOT)}/")
+        return 0
     if not options.report:
         sync([*options.deselect, *(() if options.with_slow_tests else SLOW_TESTS)])
+        restored = restore()
+        if restored:
+            print(f"resuming from the results kept in {RESULTS.relative_to(ROOT)}/ ({restored} file(s))")
         patterns = options.mutants or [p for g in groups for p in MUTATED[g]]
-        done = mutmut("run", "--max-children", str(options.max_children), *patterns)
+        try:
+            done = mutmut("run", "--max-children", str(options.max_children), *patterns)
+        finally:
+            save()
         if done.returncode != 0:
             print(f"mutmut run ended with exit code {done.returncode}", file=sys.stderr)
             return 2
