@@ -8,7 +8,11 @@ that process) and that process's peak RSS. Then the floor (``bench/floor.py``: t
 same table, templates, outbox files and ledger rows, no rules) runs on a copy of the
 same seeded ledger in a third process, the two runs' outboxes and ledgers are
 compared (a WARNING line when they differ) and the ratio is printed as
-``pipeline / floor (accounts per CPU-second): NN %``. Run it with the project's virtualenv:
+``pipeline / floor (accounts per CPU-second): NN %``. Both are single processes
+(``DISPATCHER_PLAN_PROCESSES=1``). Then the product runs again on a copy of the same
+seeded ledger with ``--processes`` planning processes (default 2; 0 skips it) and the
+wall-clock ratio is printed as ``2 processes / 1 process: N.NNx`` (its CPU seconds add
+the range processes'). Run it with the project's virtualenv:
 
     .venv/bin/python bench/pipeline.py                 # 20,000 and 100,000 accounts
     .venv/bin/python bench/pipeline.py --accounts 5000
@@ -34,9 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _env(workdir: Path) -> dict[str, str]:
+def _env(workdir: Path, processes: int = 1) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISPATCHER_", "TWILIO_", "SMTP_", "FCM_"))}
-    env.update(DISPATCHER_DATABASE_URL=f"sqlite:///{workdir / 'ledger.db'}",
+    env.update(DISPATCHER_PLAN_PROCESSES=str(processes),
+               DISPATCHER_DATABASE_URL=f"sqlite:///{workdir / 'ledger.db'}",
                DISPATCHER_OUTBOX_DIR=str(workdir / "outbox"),
                DISPATCHER_SCHEDULES=str(workdir / "schedules.yaml"),
                DISPATCHER_LOG_LEVEL="WARNING")
@@ -75,9 +80,11 @@ def child_run(at: str, profile: str | None, clock: str = "wall") -> None:
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - started_cpu
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    ranges = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run's range processes, when it had some
     counts = report.counts.as_dict()
-    print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu,
-                      "peak_rss_mb": usage.ru_maxrss / 1024, **counts}))
+    print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu + ranges.ru_utime + ranges.ru_stime,
+                      "peak_rss_mb": usage.ru_maxrss / 1024, "range_peak_rss_mb": ranges.ru_maxrss / 1024,
+                      **counts}))
 
 
 def child_floor(at: str, verdicts_path: str) -> None:
@@ -137,22 +144,28 @@ def _compare(product_dir: Path, floor_dir: Path) -> tuple[int, int, list[str]]:
     return messages[0], int(product["attempts"]), differences  # type: ignore[call-overload]
 
 
-def measure(count: int, at: str, profile: str | None, floor: bool,
-            clock: str = "wall") -> tuple[dict[str, float], dict[str, float] | None]:
-    """The product's run and, with ``floor``, the floor's on the same seeded table (compared, warnings printed)."""
+def measure(count: int, at: str, profile: str | None, floor: bool, clock: str = "wall",
+            processes: int = 0) -> tuple[dict[str, float], dict[str, float] | None, dict[str, float] | None]:
+    """The product's run in one process; with ``floor``, the floor's on the same seeded table (compared, warnings
+    printed); with ``processes``, the product's again on that table planned in that many processes."""
     workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-"))
     floor_dir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-floor-"))
+    split_dir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-split-"))
     try:
-        for where in (workdir, floor_dir):
+        for where in (workdir, floor_dir, split_dir):
             shutil.copy(ROOT / "schedules.yaml", where / "schedules.yaml")
             shutil.copytree(ROOT / "templates", where / "templates")
         env = _env(workdir)
         subprocess.run([sys.executable, __file__, "--child-seed", str(count)], env=env, check=True, cwd=workdir)
         _copy_ledger(workdir, floor_dir)
+        _copy_ledger(workdir, split_dir)
         profiling = ["--profile", profile, "--profile-clock", clock] if profile else []
         result = _child(["--child-run", "--at", at, *profiling], env, workdir)
+        split = _child(["--child-run", "--at", at], _env(split_dir, processes), split_dir) if processes else None
+        if split is not None and split["sent"] != result["sent"]:
+            print(f"WARNING: {processes} processes sent {split['sent']:.0f} messages, one process {result['sent']:.0f}")
         if not floor:
-            return result, None
+            return result, None, split
         from floor import dump_verdicts, read_verdicts
         from sqlalchemy import create_engine
 
@@ -165,10 +178,10 @@ def measure(count: int, at: str, profile: str | None, floor: bool,
         floor_result.update(messages=messages, attempt_rows=attempt_rows, same=not differences)
         for difference in differences:
             print(f"WARNING: the floor did not write what the pipeline wrote: {difference}")
-        return result, floor_result
+        return result, floor_result, split
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(floor_dir, ignore_errors=True)
+        for where in (workdir, floor_dir, split_dir):
+            shutil.rmtree(where, ignore_errors=True)
 
 
 def print_profile(path: str, top: int = 25) -> None:
@@ -188,6 +201,8 @@ def main() -> int:
     parser.add_argument("--profile-clock", choices=("wall", "thread-cpu"), default="wall",
                         help="cProfile's timer: wall time (its default), or the main thread's CPU time")
     parser.add_argument("--no-floor", action="store_true", help="time the product only")
+    parser.add_argument("--processes", type=int, default=2, metavar="N",
+                        help="also run the product planned in N processes and print the speed-up (0: not)")
     parser.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-floor", metavar="VERDICTS", help=argparse.SUPPRESS)
@@ -207,7 +222,8 @@ def main() -> int:
         profile = None
         if args.profile:
             profile = args.profile if len(args.accounts) == 1 else f"{args.profile}.{count}"
-        result, floor = measure(count, args.at, profile, not args.no_floor, args.profile_clock)
+        result, floor, split = measure(count, args.at, profile, not args.no_floor, args.profile_clock,
+                                       0 if profile else args.processes)
         seconds = result["seconds"]
         messages = result["sent"] + result["suppressed"] + result["failed"]
         cpu = result["cpu_seconds"]
@@ -221,6 +237,11 @@ def main() -> int:
                   f"{'the floor wrote the same' if floor['same'] else 'the floor differs: see the warnings'})")
             note = "  (the pipeline ran under cProfile: not comparable)" if profile else ""
             print(f"pipeline / floor (accounts per CPU-second): {100 * floor['cpu_seconds'] / cpu:.0f} %{note}")
+        if split is not None:
+            print(f"{args.processes:>7}pr {split['seconds']:>8.1f} {count / split['seconds']:>11.0f} "
+                  f"{split['cpu_seconds']:>7.1f} {count / split['cpu_seconds']:>10.0f} {'':>9} {'':>11} "
+                  f"{split['peak_rss_mb']:>7.0f}MB (ranges: {split['range_peak_rss_mb']:.0f}MB each at most)")
+            print(f"{args.processes} processes / 1 process: {seconds / split['seconds']:.2f}x")
         if profile:
             print_profile(profile)
     return 0

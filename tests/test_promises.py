@@ -28,6 +28,7 @@ from dispatcher.channel_kind import ChannelKind
 from dispatcher.channels.base import Channel, DeliveryResult, Message
 from dispatcher.decisions import Verdict
 from dispatcher.demo import demo_accounts
+from dispatcher.ledger import claims
 from dispatcher.ledger.suppressions import suppress
 from dispatcher.pipeline.deliver import Deliverer, DeliveryPolicy
 from dispatcher.pipeline.run import Runner
@@ -319,6 +320,23 @@ def test_a_later_batch_counts_the_sms_an_earlier_batch_booked_for_the_same_borro
     clock.now = shanghai(2026, 3, 10, 11)  # the same loans planned again (a later run): R1's SMS is its own
     again = book_all(app)
     assert [(j.account.account_id, j.channel) for j in again if j.channel is SMS] == [("R1", SMS)]
+
+
+def test_an_sms_claimed_and_in_flight_for_the_other_loan_counts(app: App, clock: Any) -> None:
+    """cn: 1 SMS a day per borrower. Loan T1's SMS is claimed by a deliverer (not handed over: no send time yet)
+    when loan T2 of the same phone is planned, in another batch or process: T2's SMS waits."""
+    seed_rows(app.engine, demo_row("T1", date(2026, 3, 8), push_token=None))
+    clock.now = shanghai(2026, 3, 10, 10)
+    (t1,) = [j for j in book_all(app) if j.channel is SMS]
+    with app.engine.begin() as connection:
+        assert claims.claim(connection, [t1.attempt_id], clock()) == {t1.attempt_id}
+    (claimed,) = attempt_rows(app, account_id="T1", channel="sms")
+    assert (claimed["status"], claimed["attempted_at"]) == ("claimed", None)
+    seed_rows(app.engine, demo_row("T2", date(2026, 3, 8), push_token=None, email="t2@example.cn"))
+    clock.now = shanghai(2026, 3, 10, 10, 1)
+    assert [j.account.account_id for j in book_all(app) if j.channel is SMS] == []
+    (held,) = attempt_rows(app, account_id="T2", channel="sms")
+    assert (held["status"], held["rule_id"]) == ("deferred", "cap")
 
 
 def test_without_a_recheck_query_the_planned_account_is_checked_and_sent(app: App) -> None:

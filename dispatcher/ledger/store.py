@@ -105,8 +105,8 @@ class Ledger:
 
         A message booked for another account (``planned``: queued for a worker, or waiting in another batch
         or process of this run) counts from its booking, as it goes out within the run: a later batch of the
-        same borrower must not add its own. The batch's own booked messages are planned again by the planner,
-        which counts them as it plans them.
+        same borrower must not add its own; so does a message claimed and in flight (not stamped yet). The
+        batch's own booked messages are planned again by the planner, which counts them as it plans them.
         """
         # the status is checked here, not in SQL: with a long IN list SQLite would otherwise walk the
         # status index over every contact ever made instead of looking the batch's keys up
@@ -124,11 +124,13 @@ class Ledger:
                     # a hand-off's attempt opens a work item: the contact is the person's, counted when closed
                     if row.id in seen or row.channel == _HANDOFF:
                         continue
-                    if row.status in CONTACT_STATUSES and row.attempted_at is not None and row.attempted_at >= since:
-                        at = row.attempted_at
+                    if row.status in CONTACT_STATUSES:  # claimed and in flight: not stamped yet, counted from booking
+                        at = row.attempted_at or row.created_at
                     elif row.status == "planned" and row.try_no >= 1 and row.account_id not in own:
                         at = row.created_at
                     else:
+                        continue
+                    if at < since:
                         continue
                     seen.add(row.id)
                     linked.add(row.account_id)

@@ -217,6 +217,8 @@ class Runner:
             limit.admit(batch, counts)  # too many rejects so far: nothing more is booked, the run fails
             since = pipeline.policy.contacts_since(now)
             history = ledger.load_history(batch.accounts, since)
+            if shared:  # another process may have booked since ``now``: its contacts must not lie in the future
+                now = self.app.clock()
             seen = {c.attempt_id for contacts in history.by_account.values() for c in contacts}
             decisions = pipeline.planner.plan(batch.accounts, history, now)
             with booking_lock(self.app.engine, run_id) if shared else nullcontext():
@@ -224,6 +226,7 @@ class Runner:
                     log.info("run #%s: another process booked a contact of this batch's borrowers meanwhile; "
                              "the batch is planned again", run_id, extra={"run_id": run_id})
                     history = ledger.load_history(batch.accounts, since)
+                    now = self.app.clock()
                     decisions = pipeline.planner.plan(batch.accounts, history, now)
                 booked_jobs, booked = booker.book(decisions, run_id, now)
             booked.rejected = len(batch.rejects)
