@@ -111,7 +111,8 @@ async def plan_in_processes(app: App, run_id: int, pipeline: Pipeline, ranges: l
                         results[number] = report
             failed = any(isinstance(r, str) or r.error is not None for r in results.values())
             if (halt.is_set() or failed) and not stopped:
-                stopped = _stop(children)
+                _stop(children)
+                stopped = True
             await asyncio.sleep(FOLLOW_INTERVAL)
     finally:
         if len(results) < len(children):
@@ -122,12 +123,11 @@ async def plan_in_processes(app: App, run_id: int, pipeline: Pipeline, ranges: l
     return _merge(results, len(children), counts, jobs, limit, outcomes) and not halt.is_set()
 
 
-def _stop(children: list[tuple[BaseProcess, Connection]]) -> bool:
+def _stop(children: list[tuple[BaseProcess, Connection]]) -> None:
     """Ask every range process still working to stop between messages (SIGTERM, as a stop of the daemon)."""
     for process, _ in children:
         if process.is_alive():
             process.terminate()
-    return True
 
 
 def _report(process: BaseProcess, receiving: Connection) -> RangeResult | str | None:
