@@ -19,10 +19,11 @@ from sqlalchemy import insert
 from standins.twilio_server import TwilioStandin
 from twilio.request_validator import RequestValidator
 
-from dispatcher.app import App
+from dispatcher.app import App, build_app
 from dispatcher.demo import demo_accounts, demo_metadata
 from dispatcher.replies.inbound import read_reply, to_entry
 from dispatcher.replies.words import Vocabulary
+from dispatcher.settings import Settings
 from dispatcher.web.server import INBOUND_PATH, build_web_app
 from dispatcher.web.twilio_hooks import web_inbox
 
@@ -88,6 +89,30 @@ def test_plan_shows_the_suppression_after_a_stop_from_any_spelling_of_the_number
     sms = sms_plan(cli)
     assert (sms["verdict"], sms["rule_id"]) == ("suppress", "opt-out")
     assert "inbound_stop" in sms["detail"]
+
+
+def test_the_webhook_hears_the_words_schedules_yaml_adds(cli: Cli, workdir: Path, web_env: TwilioStandin,
+                                                        clock: Any) -> None:
+    """``replies.opt_out`` / ``opt_in`` of schedules.yaml reach the inbound webhook, not only ``validate``."""
+    schedules = workdir / "schedules.yaml"
+    words = "\nreplies:\n  opt_out: {zh-CN: [别再烦我]}\n  opt_in: {zh-CN: [请继续提醒]}\n"
+    schedules.write_text(schedules.read_text(encoding="utf-8") + words, encoding="utf-8")
+    app = build_app(Settings.from_env(), clock=clock)
+    try:
+        demo_metadata.create_all(app.engine)
+        with app.engine.begin() as connection:
+            connection.execute(insert(demo_accounts), [{
+                "account_id": "A-WORDS", "name": "李娜", "phone": PHONE, "locale": "zh-CN", "timezone": "Asia/Shanghai",
+                "currency": "CNY", "overdue_amount": "880.00", "due_date": NOW.date() - timedelta(days=2)}])
+        assert sms_plan(cli)["verdict"] == "send"
+        assert post_replies(app, web_env.auth_token, [(PHONE, "别再烦我")]) == [200]
+        sms = sms_plan(cli)
+        assert (sms["verdict"], sms["rule_id"]) == ("suppress", "opt-out")
+        clock.now += timedelta(minutes=5)
+        assert post_replies(app, web_env.auth_token, [(PHONE, "请继续提醒")]) == [200]
+        assert sms_plan(cli)["verdict"] == "send"
+    finally:
+        app.engine.dispose()
 
 
 def test_replies_lists_every_reply_and_the_unclear_ones_apart(
