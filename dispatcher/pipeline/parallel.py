@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 FOLLOW_INTERVAL = 0.1
 """Seconds between two looks at the range processes."""
 
+STOPPED = "stopped by SIGTERM"
+"""What is reported of a range process that SIGTERM ended before it could stop between messages."""
+
 
 class RangeFailed(RunFailed):
     """A process planning one of the run's key ranges failed or died (the message names the range)."""
@@ -142,12 +145,14 @@ def _report(process: BaseProcess, receiving: Connection) -> RangeResult | str | 
     elif process.is_alive():
         return None
     process.join()
+    if process.exitcode == -signal.SIGTERM:
+        return STOPPED  # asked to stop (by the daemon or the system) before its handler was installed
     return f"its process (pid {process.pid}) died with exit code {process.exitcode}"
 
 
 def _merge(results: dict[int, RangeResult | str], ranges: int, counts: RunCounts, jobs: list[int],
            limit: RejectLimit, outcomes: CureTracker) -> bool:
-    finished = True
+    finished = all(r != STOPPED for r in results.values())
     for number in sorted(results):
         result = results[number]
         if isinstance(result, str):
@@ -159,9 +164,11 @@ def _merge(results: dict[int, RangeResult | str], ranges: int, counts: RunCounts
         finished = finished and result.finished
     for number in sorted(results):
         result = results[number]
-        if isinstance(result, str):
+        if isinstance(result, str) and result != STOPPED:
             raise RangeFailed(f"key range {number} of {ranges}: {result}; what it booked and did not send stays "
                               "planned for the next run")
+        if isinstance(result, str):
+            continue
         if result.error is not None and result.error[0] == TooManyRejects.__name__:
             raise TooManyRejects(result.error[1])
         if result.error is not None:
