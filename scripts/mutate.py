@@ -5,6 +5,7 @@
     .venv/bin/python scripts/mutate.py rules ladder    only some of them (names of GUARDED)
     .venv/bin/python scripts/mutate.py --report        the last run's results, without running
     .venv/bin/python scripts/mutate.py --save          keep the results so far in the repository (also mid-run)
+    .venv/bin/python scripts/mutate.py --rejudge 'dispatcher.ledger.claims.x_insert_try*'   test these again
 
 mutmut 3 (configured in pyproject.toml, ``[tool.mutmut]``) runs in a copy of the
 checkout under ``build/mutmut/``, so a run never writes into the source tree and
@@ -15,7 +16,9 @@ A whole run takes hours on two cores, more than one working session, so its resu
 repository (``scripts/mutation_results/``, mutmut's per-file ``.meta`` records: each mutant's result and the hash
 of its function). A run in a fresh checkout starts from them, and mutmut re-tests only what is new or belongs to
 a function whose code changed since. ``--save`` copies the results so far (mutmut records each as it comes)
-into the repository; a run saves them when it ends.
+into the repository; a run saves them when it ends. Saving keeps a kept result that mutmut dropped for a function
+whose code did not change: mutmut drops them all when its configuration changes (a test file added to the
+selection). ``--rejudge PATTERN`` forgets chosen results in both places, to test those mutants again.
 
 Prints every surviving mutant, then the counts, and exits 1 when a mutant of a
 guarded function survived and ``scripts/mutants_allowed.txt`` does not explain it
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -33,6 +37,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "mutmut"
@@ -117,9 +122,43 @@ def save() -> int:
             continue
         target = RESULTS / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(meta, target)
+        target.write_text(json.dumps(_merged(meta, target), indent=4), encoding="utf-8")
         saved += 1
     return saved
+
+
+def _merged(meta: Path, kept: Path) -> dict[str, Any]:
+    """mutmut's record ``meta``, keeping the results of ``kept`` that it has dropped for a function unchanged.
+
+    mutmut drops every result when its configuration changes (e.g. a test file added to the selection); a
+    mutant of a function whose code is the same keeps its kept result instead of being tested for hours again.
+    """
+    data: dict[str, Any] = json.loads(meta.read_text(encoding="utf-8"))
+    if not kept.exists():
+        return data
+    old: dict[str, Any] = json.loads(kept.read_text(encoding="utf-8"))
+    same = {f for f, h in data.get("hash_by_function_name", {}).items()
+            if old.get("hash_by_function_name", {}).get(f) == h}
+    for key, code in data.get("exit_code_by_key", {}).items():
+        previous = old.get("exit_code_by_key", {}).get(key)
+        if code is None and previous is not None and key.rpartition("__mutmut_")[0].rpartition(".")[2] in same:
+            data["exit_code_by_key"][key] = previous
+    return data
+
+
+def rejudge(patterns: list[str]) -> int:
+    """Forget the results of the mutants matching ``patterns``, here and in the repository; how many."""
+    forgotten = 0
+    for meta in [*sorted((WORK / "mutants").rglob("*.meta")), *sorted(RESULTS.rglob("*.meta"))]:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        codes = data.get("exit_code_by_key", {})
+        hits = [key for key, code in codes.items() if code is not None and matches(key, patterns)]
+        for key in hits:
+            codes[key] = None
+        if hits:
+            meta.write_text(json.dumps(data, indent=4), encoding="utf-8")
+            forgotten += len(hits)
+    return forgotten
 
 
 def mutmut(*args: str) -> subprocess.CompletedProcess[str]:
@@ -189,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("groups", nargs="*", metavar="GROUP",
                         help=f"groups to run (default: all): {', '.join(GUARDED)}")
     parser.add_argument("--report", action="store_true", help="judge the last run's results without running")
+    parser.add_argument("--rejudge", action="append", default=[], metavar="PATTERN",
+                        help="forget the results of these mutants first (after a test was added for them)")
     parser.add_argument("--save", action="store_true",
                         help=f"copy the results so far into {RESULTS.relative_to(ROOT)}/ (to commit) and stop")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
@@ -211,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         restored = restore()
         if restored:
             print(f"resuming from the results kept in {RESULTS.relative_to(ROOT)}/ ({restored} file(s))")
+        if options.rejudge:
+            print(f"forgot the results of {rejudge(options.rejudge)} mutant(s) to judge them again")
         patterns = options.mutants or [p for g in groups for p in MUTATED[g]]
         try:
             done = mutmut("run", "--max-children", str(options.max_children), *patterns)
