@@ -219,6 +219,8 @@ def _run_range(task: RangeTask, stopping: threading.Event) -> RangeResult:
         error = (type(exc).__name__, str(exc))
     finally:
         app.engine.dispose()
-    log.info("run #%s: key range %d of %d %s: %s", task.run_id, task.number, task.ranges,
-             "done" if finished and error is None else "stopped", counts.as_dict(), extra={"run_id": task.run_id})
+    log.info("run #%s: key range %d of %d %s: %d account(s) read, %d rejected, %d attempt(s) booked; not contacted "
+             "at planning: %d suppressed, %d deferred (the run's summary counts what was sent)", task.run_id,
+             task.number, task.ranges, "done" if finished and error is None else "stopped", counts.accounts,
+             counts.rejected, counts.planned, counts.suppressed, counts.deferred, extra={"run_id": task.run_id})
     return RangeResult(finished, counts.as_dict(), jobs, sorted(outcomes.seen), outcomes.read, limit, error)
