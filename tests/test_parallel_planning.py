@@ -221,13 +221,16 @@ def test_a_range_process_killed_mid_range_loses_and_duplicates_nothing(parallel:
     for app in (single, parallel):
         seed_demo(app.engine, 3000, clock().date())
         one_loan_per_borrower(app)
-    assert Runner(single).run("manual", clock()).status == "completed"
+    start = clock()
+    assert Runner(single).run("manual", start).status == "completed"
+    clock.now = later  # the second run's moment: crashed claims older than DISPATCHER_RECONCILE_AFTER are settled
     assert Runner(single).run("manual", later).status == "completed"
     reference = sent_pairs(single)
     single.engine.dispose()
+    clock.now = start
 
     reports: list[Any] = []
-    running = threading.Thread(target=lambda: reports.append(Runner(parallel).run("manual", clock())))
+    running = threading.Thread(target=lambda: reports.append(Runner(parallel).run("manual", start)))
     running.start()
     deadline = time.monotonic() + 120
     victim = None
@@ -243,6 +246,7 @@ def test_a_range_process_killed_mid_range_loses_and_duplicates_nothing(parallel:
     assert first.status == "failed"
     assert first.counts.sent < len(reference)  # it was stopped in the middle
 
+    clock.now = later
     second = Runner(parallel).run("manual", later)  # reconciles what was in flight, books what is left
     assert second.status == "completed", second
     rows = [r for r in attempt_rows(parallel) if r["try_no"] >= 1]
