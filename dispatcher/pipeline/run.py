@@ -217,12 +217,13 @@ class Runner:
             limit.admit(batch, counts)  # too many rejects so far: nothing more is booked, the run fails
             since = pipeline.policy.contacts_since(now)
             history = ledger.load_history(batch.accounts, since)
+            seen: set[int] | None = None  # the contacts read, when other processes may book meanwhile
             if shared:  # another process may have booked since ``now``: its contacts must not lie in the future
                 now = self.app.clock()
-            seen = {c.attempt_id for contacts in history.by_account.values() for c in contacts}
+                seen = {c.attempt_id for contacts in history.by_account.values() for c in contacts}
             decisions = pipeline.planner.plan(batch.accounts, history, now)
             with booking_lock(self.app.engine, run_id) if shared else nullcontext():
-                if shared and since is not None and ledger.contact_ids(batch.accounts, since) != seen:
+                if seen is not None and since is not None and ledger.contact_ids(batch.accounts, since) != seen:
                     log.info("run #%s: another process booked a contact of this batch's borrowers meanwhile; "
                              "the batch is planned again", run_id, extra={"run_id": run_id})
                     history = ledger.load_history(batch.accounts, since)
