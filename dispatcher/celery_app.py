@@ -1,7 +1,7 @@
 """The Celery app: the broker from ``DISPATCHER_BROKER_URL`` and the delivery guarantees.
 
-The daemon sends ``dispatcher.deliver_batch`` tasks through it by name; the task
-itself lives in :mod:`dispatcher.worker`, which the workers load (``celery -A
+The daemon sends ``dispatcher.deliver_batch`` and ``dispatcher.plan_range`` tasks through it by name; the tasks
+themselves live in :mod:`dispatcher.worker`, which the workers load (``celery -A
 dispatcher.worker``). Keeping the app apart means the daemon's object graph never
 imports the worker's, and the worker's imports :mod:`dispatcher.app` one way only.
 """
@@ -16,6 +16,7 @@ from dispatcher.pipeline.executors import QUEUE
 from dispatcher.settings import Settings
 
 TASK_NAME = "dispatcher.deliver_batch"
+RANGE_TASK_NAME = "dispatcher.plan_range"
 
 
 def configure(celery: Celery, settings: Settings) -> Celery:
@@ -43,3 +44,8 @@ configure(app, Settings.from_env())
 def delivery_task() -> Any:
     """``dispatcher.deliver_batch`` as a signature to send (``apply_async``), by name."""
     return app.signature(TASK_NAME)
+
+
+def range_task() -> Any:
+    """``dispatcher.plan_range`` (one key range of a run planned, booked and delivered) as a signature, by name."""
+    return app.signature(RANGE_TASK_NAME)

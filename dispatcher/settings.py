@@ -52,6 +52,10 @@ DEFAULT_WEB_BODY_TIMEOUT = 10
 DEFAULT_WEB_MAX_BODY = 64 * 1024
 """Bytes a request body to ``dispatcher web`` may have; a larger one gets 413 (webhooks and forms are small)."""
 
+DEFAULT_PLAN_RANGES = 16
+"""Key ranges a run is split into at most with a broker (each of at least five source batches): enough to keep a
+few machines' worker processes busy, and each range's start (a second of wiring) stays small against its work."""
+
 EVENT_LOOPS = ("uvloop", "asyncio")
 """The event loop delivery runs on: uvloop (libuv, where installed) or the standard library's."""
 
@@ -162,6 +166,9 @@ class Settings:
     plan_processes: int = 1
     """Processes that plan, book and deliver one run's key ranges without a broker (``DISPATCHER_PLAN_PROCESSES``,
     by default the number of cores); a source too small to split runs in the daemon's process."""
+    plan_ranges: int = DEFAULT_PLAN_RANGES
+    """Key ranges one run is split into at most with a broker, each planned, booked and delivered by a Celery task
+    (``DISPATCHER_PLAN_RANGES``); 1: the daemon plans and books, the workers only deliver."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, schedules: str | None = None) -> Settings:
@@ -198,4 +205,5 @@ class Settings:
             web_body_timeout=_int(env, "DISPATCHER_WEB_BODY_TIMEOUT", DEFAULT_WEB_BODY_TIMEOUT),
             web_max_body=_int(env, "DISPATCHER_WEB_MAX_BODY", DEFAULT_WEB_MAX_BODY),
             plan_processes=_int(env, "DISPATCHER_PLAN_PROCESSES", os.cpu_count() or 1),
+            plan_ranges=_int(env, "DISPATCHER_PLAN_RANGES", DEFAULT_PLAN_RANGES),
         )

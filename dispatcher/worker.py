@@ -24,22 +24,28 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from collections import OrderedDict
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from dispatcher.app import App, Pipeline, build_app, load_version
-from dispatcher.celery_app import TASK_NAME, app
+from dispatcher.app import App, Pipeline, build_app, load_version, utc_now
+from dispatcher.celery_app import RANGE_TASK_NAME, TASK_NAME, app
+from dispatcher.ledger.ranges import beat, claim_range, end_range
 from dispatcher.pipeline import loops
 from dispatcher.pipeline.deliver import Deliverer
+from dispatcher.pipeline.executors import InProcessExecutor
+from dispatcher.pipeline.ranges import RangeResult, RangeTask, describe, failed_result, run_range
+from dispatcher.pipeline.remote_ranges import BEAT_INTERVAL, STALE_AFTER
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TASK_NAME", "app", "deliver_batch"]
-"""``celery -A dispatcher.worker`` finds the app here, with the task registered on it."""
+__all__ = ["RANGE_TASK_NAME", "TASK_NAME", "app", "deliver_batch", "plan_range"]
+"""``celery -A dispatcher.worker`` finds the app here, with the tasks registered on it."""
 
 
 VERSIONS_KEPT = 4
@@ -55,7 +61,9 @@ class _Runtime:
     """
 
     def __init__(self) -> None:
-        self.app: App = build_app(Settings.from_env(), migrate=False)
+        self.offset = timedelta(0)  # a range task's: its run's clock against the real one (0 but in tests)
+        self.app: App = build_app(Settings.from_env(), migrate=False, clock=self.clock)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.loop = loops.loop_factory(self.app.settings.event_loop)()
         self.stopping = threading.Event()
         self.deliverer: Deliverer = self.app.deliverer(self.app.pipeline, self.stopping)
@@ -95,6 +103,58 @@ class _Runtime:
         counts.skipped += loaded.not_planned
         return counts.as_dict()
 
+    def clock(self) -> datetime:
+        return utc_now() + self.offset
+
+    def plan_range(self, payload: dict[str, Any]) -> RangeResult | None:
+        """Plan, book and deliver one key range of a run; None when another worker runs it or it ended.
+
+        The range is claimed in the ledger and beaten every :data:`BEAT_INTERVAL` seconds while it runs; when the
+        daemon asks it to stop (or another worker took it over) it stops between messages. Its result, or the
+        error that ended it, is recorded on the range for the daemon.
+        """
+        task = RangeTask.from_json(payload)
+        self.follow(task.version)
+        self.offset = timedelta(seconds=task.clock_offset)
+        engine = self.app.engine
+        if not claim_range(engine, task.run_id, task.number, self.name, self.clock(), STALE_AFTER):
+            log.info("run #%s: key range %d of %d is run by another worker or ended; nothing to do", task.run_id,
+                     task.number, task.ranges, extra={"run_id": task.run_id})
+            return None
+        stopping, done = threading.Event(), threading.Event()
+        beating = threading.Thread(target=self._beat, args=(task, stopping, done), daemon=True,
+                                   name=f"run-{task.run_id}-range-{task.number}-beat")
+        beating.start()
+        pipeline = self.app.pipeline
+        executor = InProcessExecutor(self.app.deliverer(pipeline, stopping), self.app.job_loader(pipeline),
+                                     self.clock)
+        try:
+            result = self.loop.run_until_complete(run_range(self.app, executor, task, stopping))
+        except Exception as exc:  # recorded for the daemon, which fails the run with it
+            result = failed_result(task, exc)
+        finally:
+            done.set()
+            beating.join()
+            self.loop.run_until_complete(executor.aclose())
+        status = "failed" if result.error else "done" if result.finished else "stopped"
+        if not end_range(engine, task.run_id, task.number, self.name, status, result.to_json(), self.clock()):
+            log.warning("run #%s: key range %d of %d was taken over by another worker; its result counts",
+                        task.run_id, task.number, task.ranges, extra={"run_id": task.run_id})
+        log.info("%s", describe(task, result), extra={"run_id": task.run_id})
+        return result
+
+    def _beat(self, task: RangeTask, stopping: threading.Event, done: threading.Event) -> None:
+        """Renew the range's claim until ``done``; set ``stopping`` when the daemon asks or the claim is lost."""
+        while not done.wait(BEAT_INTERVAL):
+            try:
+                held = beat(self.app.engine, task.run_id, task.number, self.name, self.clock())
+            except Exception as exc:  # a locked or unreachable ledger: try again at the next beat
+                log.warning("run #%s: cannot renew key range %d: %s", task.run_id, task.number, exc,
+                            extra={"run_id": task.run_id})
+                continue
+            if not held or self.stopping.is_set():
+                stopping.set()
+
     def close(self) -> None:
         self.stopping.set()
         for _, deliverer in self.wired.values():
@@ -119,6 +179,13 @@ def deliver_batch(payload: dict[str, Any]) -> dict[str, int]:
     log.info("batch of %d attempt(s) of run #%s delivered in pid %d: %s", len(payload["attempts"]),
              payload.get("run_id"), os.getpid(), counts)
     return counts
+
+
+@app.task(name=RANGE_TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)  # type: ignore[untyped-decorator]
+def plan_range(payload: dict[str, Any]) -> dict[str, int]:
+    """Plan, book and deliver one key range of a run (see :mod:`dispatcher.pipeline.remote_ranges`)."""
+    result = runtime().plan_range(payload)
+    return result.counts if result is not None else {}
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

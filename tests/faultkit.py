@@ -42,7 +42,7 @@ from standins.twilio_server import Failure, TwilioStandin
 
 from dispatcher.demo import demo_accounts, demo_metadata
 from dispatcher.ledger.database import create_ledger_engine, upgrade
-from dispatcher.ledger.tables import attempts, runs
+from dispatcher.ledger.tables import attempts, run_ranges, runs
 
 REPO = Path(__file__).resolve().parent.parent
 CI = os.environ.get("CI") == "true"
@@ -328,8 +328,9 @@ class RedisServer:
 # the rig
 
 
-def schedule_text(task_batch: int, runs_yaml: list[dict[str, str]]) -> str:
-    """The shipped schedules.yaml on profile ``none`` with one SMS-only step and ``delivery: {task_batch}``.
+def schedule_text(task_batch: int, runs_yaml: list[dict[str, str]], source_batch: int | None = None) -> str:
+    """The shipped schedules.yaml on profile ``none`` with one SMS-only step and ``delivery: {task_batch}``
+    (and ``source: {batch_size: source_batch}`` when given).
 
     Read with ruamel (comments kept) and overridden key by key, so that edits of the
     shipped file do not break the tests: no contact window, caps or holidays (only the
@@ -350,6 +351,8 @@ def schedule_text(task_batch: int, runs_yaml: list[dict[str, str]]) -> str:
     data["runs"] = runs_yaml
     data["ladder"] = [{"step": "notice", "days_overdue": "1-", "channels": ["sms"], "template": "gentle"}]
     data["delivery"] = {"task_batch": task_batch}
+    if source_batch is not None:
+        data["source"]["batch_size"] = source_batch
     out = StringIO()
     yaml.dump(data, out)
     return out.getvalue()
@@ -417,7 +420,8 @@ class Rig:
     """One working directory, ledger, broker database and stand-in, and the processes started on them."""
 
     def __init__(self, tmp: Path, broker_url: str, twilio: FaultyTwilio, *, task_batch: int = 100,
-                 runs_yaml: list[dict[str, str]] | None = None, **env: str) -> None:
+                 runs_yaml: list[dict[str, str]] | None = None, source_batch: int | None = None,
+                 **env: str) -> None:
         self.tmp = tmp
         self.broker_url = broker_url
         self.twilio = twilio
@@ -425,7 +429,7 @@ class Rig:
         self.phones: dict[str, str] = {}
         shutil.copytree(REPO / "templates", tmp / "templates")
         runs_yaml = runs_yaml if runs_yaml is not None else [{"name": "minutely", "cron": "* * * * *"}]
-        (tmp / "schedules.yaml").write_text(schedule_text(task_batch, runs_yaml), "utf-8")
+        (tmp / "schedules.yaml").write_text(schedule_text(task_batch, runs_yaml, source_batch), "utf-8")
         self.db_url = f"sqlite:///{tmp / 'ledger.db'}"
         base = {k: v for k, v in os.environ.items() if not k.startswith(PROVIDER_ENV_PREFIXES)}
         base.pop("TWILIO_REGION", None)
@@ -513,6 +517,12 @@ class Rig:
     def runs(self) -> list[dict[str, Any]]:
         with self.engine.connect() as connection:
             return [dict(r) for r in connection.execute(select(runs).order_by(runs.c.id)).mappings()]
+
+    def ranges(self) -> list[dict[str, Any]]:
+        """The key ranges of every run handed to the workers (``run_ranges``)."""
+        query = select(run_ranges).order_by(run_ranges.c.run_id, run_ranges.c.number)
+        with self.engine.connect() as connection:
+            return [dict(r) for r in connection.execute(query).mappings()]
 
     def report(self) -> LedgerReport:
         """Every seeded reminder against the stand-in's messages and the ledger's attempts."""

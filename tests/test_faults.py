@@ -9,9 +9,10 @@ reminder's attempt sent once with the stand-in's SID, nothing left ``planned``,
 
 (a) a worker killed with kill -9 mid-run, (b) transient Twilio errors (429 with
 Retry-After, 503, timeouts before Twilio processed the request), (d) two daemons on
-one schedule pass. Three strict xfails pin bugs found here (see their reasons): a
-timeout after Twilio processed the request is sent twice (b, second test), a Redis
-restart mid-run sends some reminders twice (c), and a run's final count is quadratic
+one schedule pass, (e) a worker killed in the middle of the key ranges it plans
+(planning spread over the workers). They guard three bugs found here and fixed: a
+timeout after Twilio processed the request was sent twice (b, second test), a Redis
+restart mid-run sent some reminders twice (c), and a run's final count was quadratic
 on SQLite (last test).
 
 The ledger is a SQLite file in WAL mode written by every process (test, runner,
@@ -203,6 +204,49 @@ def test_b_timeout_after_twilio_processed_the_message_is_not_sent_twice(
         print(f"\n[b-late] {report.summary()}")
         assert twilio.faults["timeout-late"] > 0
         report.check()
+
+
+# (e) ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_e_planning_spread_over_workers_a_worker_killed_mid_range_loses_and_duplicates_nothing(
+        make_rig: RigFactory, broker: str) -> None:
+    """Four key ranges of 500 borrowers (batches of 100, ``DISPATCHER_PLAN_RANGES=4``), each planned, booked and
+    delivered by a worker's pool process; kill -9 the worker (main and pool) at ~30 %, in the middle of its two
+    ranges, then start another.
+
+    The killed ranges' heartbeats go stale; their tasks are published again (the queue is empty once the new
+    worker took the other two) and the new worker plans each killed range again from its start: what was sent is
+    not booked again, what was booked and not claimed is sent, and what the dead worker had claimed is settled by
+    the run's sweep (the Twilio lookup) as in (a).
+    """
+    with FaultyTwilio() as twilio:
+        twilio.delay = 0.05
+        rig = make_rig(broker, twilio, source_batch=100, DISPATCHER_CONCURRENCY="8", DISPATCHER_PLAN_RANGES="4",
+                       DISPATCHER_SWEEP_AFTER="10")
+        worker = rig.worker("worker-1")
+        runner = rig.run_once()
+
+        wait_for(lambda: twilio.count() >= 0.3 * REMINDERS, 60, "30 % of the reminders at the stand-in")
+        worker.kill()
+        at_kill = twilio.count()
+        wait_for(lambda: worker.group() == [], 5, "every process of the killed worker's group to be gone")
+        running = [r["number"] for r in rig.ranges() if r["status"] == "running"]
+        assert len(running) == 2, rig.ranges()
+        assert at_kill < 0.5 * REMINDERS, f"killed too late: {at_kill} received"
+
+        rig.worker("worker-2")
+        finish(rig, runner, 130)
+
+        report = rig.report()
+        ranges = rig.ranges()
+        print(f"\n[e] killed at {at_kill} received in ranges {running}; {report.summary()}; "
+              f"range starts {[r['starts'] for r in ranges]}")
+        report.check()
+        assert "4 key ranges handed to the workers" in runner.output()
+        assert [r["status"] for r in ranges] == ["done"] * 4
+        assert all(r["starts"] >= 2 for r in ranges if r["number"] in running)
 
 
 # (c) ----------------------------------------------------------------------------------------

@@ -23,19 +23,26 @@ import logging
 import multiprocessing
 import signal
 import threading
-from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from dispatcher.app import App, Pipeline, build_app, load_version, utc_now
-from dispatcher.errors import DispatcherError
 from dispatcher.ledger.outcomes import CureTracker
 from dispatcher.logs import configure_logging
 from dispatcher.pipeline import loops
 from dispatcher.pipeline.jobs import RunCounts
-from dispatcher.pipeline.reject_limit import RejectLimit, TooManyRejects
-from dispatcher.pipeline.run import Halt, RunFailed, Runner
+from dispatcher.pipeline.ranges import (
+    STOPPED,
+    RangeResult,
+    RangeTask,
+    describe,
+    failed_result,
+    merge_results,
+    run_range,
+)
+from dispatcher.pipeline.reject_limit import RejectLimit
+from dispatcher.pipeline.run import Halt
 from dispatcher.pipeline.source import KeyRange
 from dispatcher.settings import Settings, log_format
 
@@ -43,42 +50,6 @@ log = logging.getLogger(__name__)
 
 FOLLOW_INTERVAL = 0.1
 """Seconds between two looks at the range processes."""
-
-STOPPED = "stopped by SIGTERM"
-"""What is reported of a range process that SIGTERM ended before it could stop between messages."""
-
-
-class RangeFailed(RunFailed):
-    """A process planning one of the run's key ranges failed or died (the message names the range)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RangeTask:
-    """What a range process is told: no personal data, only ids, the version and the range's bounds."""
-
-    run_id: int
-    version: str
-    key_range: KeyRange
-    number: int
-    """1-based, of ``ranges``."""
-    ranges: int
-    clock_offset: float
-    """Seconds the run's clock is ahead of the real one (0 in production; a test's fixed clock otherwise)."""
-    reject_ratio: float
-
-
-@dataclass(slots=True)
-class RangeResult:
-    """What a range process reports when its range is done (or stopped)."""
-
-    finished: bool
-    counts: dict[str, int]
-    jobs: list[int]
-    seen: list[str]
-    read: bool
-    limit: RejectLimit
-    error: tuple[str, str] | None = None
-    """(exception class, message) when the range failed."""
 
 
 async def plan_in_processes(app: App, run_id: int, pipeline: Pipeline, ranges: list[KeyRange], counts: RunCounts,
@@ -123,7 +94,7 @@ async def plan_in_processes(app: App, run_id: int, pipeline: Pipeline, ranges: l
         for process, receiving in children:
             process.join()
             receiving.close()
-    return _merge(results, len(children), counts, jobs, limit, outcomes) and not halt.is_set()
+    return merge_results(results, len(children), counts, jobs, limit, outcomes) and not halt.is_set()
 
 
 def _stop(children: list[tuple[BaseProcess, Connection]]) -> None:
@@ -150,32 +121,6 @@ def _report(process: BaseProcess, receiving: Connection) -> RangeResult | str | 
     return f"its process (pid {process.pid}) died with exit code {process.exitcode}"
 
 
-def _merge(results: dict[int, RangeResult | str], ranges: int, counts: RunCounts, jobs: list[int],
-           limit: RejectLimit, outcomes: CureTracker) -> bool:
-    finished = all(r != STOPPED for r in results.values())
-    for number in sorted(results):
-        result = results[number]
-        if isinstance(result, str):
-            continue
-        counts.add(RunCounts(**result.counts))
-        jobs.extend(result.jobs)
-        outcomes.absorb(result.seen, result.read)
-        limit.absorb(result.limit)
-        finished = finished and result.finished
-    for number in sorted(results):
-        result = results[number]
-        if isinstance(result, str) and result != STOPPED:
-            raise RangeFailed(f"key range {number} of {ranges}: {result}; what it booked and did not send stays "
-                              "planned for the next run")
-        if isinstance(result, str):
-            continue
-        if result.error is not None and result.error[0] == TooManyRejects.__name__:
-            raise TooManyRejects(result.error[1])
-        if result.error is not None:
-            raise RangeFailed(f"key range {number} of {ranges}: {result.error[0]}: {result.error[1]}")
-    return finished
-
-
 # in the range process -------------------------------------------------------------------------------------------
 def _range_main(sending: Connection, task: RangeTask) -> None:
     """A range process's entry point: SIGTERM stops it between messages; Ctrl-C is left to the daemon."""
@@ -185,8 +130,7 @@ def _range_main(sending: Connection, task: RangeTask) -> None:
     try:
         result = _run_range(task, stopping)
     except BaseException as exc:  # reported to the daemon, which fails the run with it
-        result = RangeResult(False, {}, [], [], False, RejectLimit(task.reject_ratio),
-                             error=(type(exc).__name__, str(exc)))
+        result = failed_result(task, exc)
     sending.send(result)
     sending.close()
 
@@ -198,29 +142,17 @@ def _run_range(task: RangeTask, stopping: threading.Event) -> RangeResult:
     app = build_app(settings, load_version(settings, task.version), migrate=False,
                     clock=lambda: utc_now() + offset)
     app.rate_share = task.ranges
-    counts, jobs = RunCounts(), list[int]()
-    limit = RejectLimit(task.reject_ratio)
-    outcomes = CureTracker(app.engine, task.run_id, app.clock())
-    halt = Halt(stopping)
-    error: tuple[str, str] | None = None
 
-    async def book() -> bool:
-        executor = app.executor(app.pipeline, halt, task.run_id)
+    async def book() -> RangeResult:
+        executor = app.executor(app.pipeline, Halt(stopping), task.run_id)
         try:
-            return await Runner(app, stopping).book_range(task.run_id, app.pipeline, executor, task.key_range,
-                                                          counts, jobs, halt, limit, outcomes, shared=True)
+            return await run_range(app, executor, task, stopping)
         finally:
             await executor.aclose()
 
-    finished = False
     try:
-        finished = loops.run(book(), settings.event_loop)
-    except DispatcherError as exc:
-        error = (type(exc).__name__, str(exc))
+        result = loops.run(book(), settings.event_loop)
     finally:
         app.engine.dispose()
-    log.info("run #%s: key range %d of %d %s: %d account(s) read, %d rejected, %d attempt(s) booked; not contacted "
-             "at planning: %d suppressed, %d deferred (the run's summary counts what was sent)", task.run_id,
-             task.number, task.ranges, "done" if finished and error is None else "stopped", counts.accounts,
-             counts.rejected, counts.planned, counts.suppressed, counts.deferred, extra={"run_id": task.run_id})
-    return RangeResult(finished, counts.as_dict(), jobs, sorted(outcomes.seen), outcomes.read, limit, error)
+    log.info("%s", describe(task, result), extra={"run_id": task.run_id})
+    return result

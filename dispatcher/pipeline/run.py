@@ -37,11 +37,11 @@ from dispatcher.replies.inbound import drain_spool
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.25
+"""Seconds between two looks at the ledger while workers deliver."""
 
 MIN_BATCHES_PER_PROCESS = 5
 """A run is split over processes only into key ranges of at least this many source batches each: starting a
 process and wiring it costs about a second, worth it for thousands of accounts, not for a few hundred."""
-"""Seconds between two looks at the ledger while workers deliver."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,22 +175,29 @@ class Runner:
                         jobs: list[int], halt: threading.Event) -> bool:
         """Plan and book every batch of the source, handing each batch's jobs to ``executor``.
 
-        Without a broker, a source large enough is split into key ranges planned, booked and delivered by
-        processes of their own (``DISPATCHER_PLAN_PROCESSES``, :mod:`dispatcher.pipeline.parallel`).
+        A source large enough is split into key ranges, each planned, booked and delivered on its own: by Celery
+        workers with a broker (``DISPATCHER_PLAN_RANGES``, :mod:`dispatcher.pipeline.remote_ranges`), else by
+        processes of this machine (``DISPATCHER_PLAN_PROCESSES``, :mod:`dispatcher.pipeline.parallel`).
         """
         limit = RejectLimit(pipeline.loaded.schedule.source.max_reject_ratio)
         outcomes = CureTracker(self.app.engine, run_id, self.app.clock())
+        settings = self.app.settings
+        parts = settings.plan_ranges if executor.remote else settings.plan_processes
         ranges = [KeyRange()]
-        if not executor.remote and self.app.settings.plan_processes > 1:
-            batch_size = pipeline.loaded.schedule.source.batch_size
-            ranges = pipeline.source.split(self.app.settings.plan_processes, MIN_BATCHES_PER_PROCESS * batch_size)
-        if len(ranges) > 1:
+        if parts > 1:
+            ranges = pipeline.source.split(parts, MIN_BATCHES_PER_PROCESS * pipeline.loaded.schedule.source.batch_size)
+        if len(ranges) > 1 and executor.remote and all(r.portable for r in ranges):
+            from dispatcher.pipeline.remote_ranges import plan_on_workers  # imports Celery only when used
+
+            finished = await plan_on_workers(self.app, run_id, pipeline, executor, ranges, counts, jobs, halt,
+                                             limit, outcomes)
+        elif len(ranges) > 1 and not executor.remote:
             from dispatcher.pipeline.parallel import plan_in_processes  # imports multiprocessing only when used
 
             finished = await plan_in_processes(self.app, run_id, pipeline, ranges, counts, jobs, halt, limit,
                                                outcomes)
         else:
-            finished = await self.book_range(run_id, pipeline, executor, ranges[0], counts, jobs, halt, limit,
+            finished = await self.book_range(run_id, pipeline, executor, KeyRange(), counts, jobs, halt, limit,
                                              outcomes)
         if not finished:
             return False

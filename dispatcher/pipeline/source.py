@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Engine, RowMapping, TextClause, bindparam, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -46,6 +48,35 @@ class KeyRange:
     after: object | None = None
     upto: object | None = None
     first: bool = True
+
+    @property
+    def portable(self) -> bool:
+        """Whether the bounds survive JSON (a Celery task): integers, texts or decimals, as ids are."""
+        return all(b is None or (isinstance(b, int | str | Decimal) and not isinstance(b, bool))
+                   for b in (self.after, self.upto))
+
+    def to_json(self) -> dict[str, Any]:
+        """The range as JSON, each bound with its type; raises TypeError when it is not :attr:`portable`."""
+        if not self.portable:
+            raise TypeError(f"a key range with bounds {self.after!r} and {self.upto!r} cannot be sent to a worker")
+        return {"after": _typed(self.after), "upto": _typed(self.upto), "first": self.first}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KeyRange:
+        return cls(_untyped(data["after"]), _untyped(data["upto"]), bool(data["first"]))
+
+
+def _typed(bound: object | None) -> list[str] | None:
+    return None if bound is None else [type(bound).__name__, str(bound)]
+
+
+def _untyped(given: list[str] | None) -> object | None:
+    if given is None:
+        return None
+    kind, value = given
+    if kind == "int":
+        return int(value)
+    return Decimal(value) if kind == "Decimal" else value
 
 
 class AccountSource:
