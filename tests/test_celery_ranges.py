@@ -33,8 +33,8 @@ from dispatcher.ledger.tables import run_ranges
 from dispatcher.pipeline.jobs import RunCounts
 from dispatcher.pipeline.ranges import RangeResult, RangeTask, merge_results
 from dispatcher.pipeline.reject_limit import RejectLimit
-from dispatcher.pipeline.run import Runner
 from dispatcher.pipeline.remote_ranges import STALE_AFTER
+from dispatcher.pipeline.run import Runner
 from dispatcher.pipeline.source import KeyRange
 from dispatcher.settings import Settings
 

@@ -33,6 +33,7 @@ the duration of the crash tests.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections import Counter
@@ -247,6 +248,9 @@ def test_e_planning_spread_over_workers_a_worker_killed_mid_range_loses_and_dupl
         assert "4 key ranges handed to the workers" in runner.output()
         assert [r["status"] for r in ranges] == ["done"] * 4
         assert all(r["starts"] >= 2 for r in ranges if r["number"] in running)
+        kept = [json.loads(r["result"]) for r in ranges]  # once merged, the ledger keeps counts, not ids
+        assert [(k["jobs"], k["seen"]) for k in kept] == [([], [])] * 4
+        assert sum(k["counts"]["accounts"] for k in kept) >= REMINDERS
 
 
 # (c) ----------------------------------------------------------------------------------------

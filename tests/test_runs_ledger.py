@@ -39,7 +39,7 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 FIRE = datetime(2026, 3, 10, 9, 0, tzinfo=SHANGHAI)
 LEDGER_TABLES = {"alembic_version", "runs", "reminders", "attempts", "rejects", "suppressions", "early_callbacks",
                  "inbound_replies", "handoffs", "handoff_events",
-                 "visit_authorisations", "config_versions", "delinquencies"}
+                 "visit_authorisations", "config_versions", "delinquencies", "run_ranges"}
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ their run is ``running``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, exists, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, exists, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.errors import LedgerError
@@ -86,6 +86,15 @@ def stop_ranges(engine: Engine, run_id: int, now: datetime) -> int:
         return int(connection.execute(asked).rowcount) + int(connection.execute(never).rowcount)
 
     return _write(engine, "stop the run's key ranges", both)
+
+
+def keep_results(engine: Engine, run_id: int, results: Mapping[int, str]) -> None:
+    """Replace the ranges' recorded results (the daemon keeps their counts once it merged their ids)."""
+    statement = update(run_ranges).where(run_ranges.c.run_id == run_id, run_ranges.c.number == bindparam("b_number")
+                                         ).values(result=bindparam("b_result"))
+    rows = [{"b_number": number, "b_result": result} for number, result in results.items()]
+    if rows:
+        _write(engine, "keep the key ranges' counts", lambda c: c.execute(statement, rows).rowcount)
 
 
 def read_ranges(engine: Engine, run_id: int) -> list[RangeRow]:

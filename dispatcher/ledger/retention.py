@@ -17,7 +17,7 @@ What a purge keeps, whatever its age, so that it never changes who is contacted:
 * hand-off work items still open or claimed, with their events.
 
 Everything else older than the cut-off is deleted: decisions that never claimed
-(deferrals, holds: the planner records them again if still due), rejects, runs,
+(deferrals, holds: the planner records them again if still due), rejects, runs and their key ranges,
 lifted suppressions, parked callbacks, delinquencies cured before the cut-off (their
 cure rates went with their attempts; an open one stays) and hand-offs closed before the cut-off with
 their events and visit authorisations (the claim row of the hand-off attempt stays, so none is opened again).
@@ -48,6 +48,7 @@ from dispatcher.ledger.tables import (
     inbound_replies,
     rejects,
     reminders,
+    run_ranges,
     runs,
     suppressions,
     visit_authorisations,
@@ -129,6 +130,7 @@ def _targets(cutoff: datetime) -> list[tuple[Any, Any]]:
         (suppressions, suppressions.c.lifted_at < cutoff),  # never an active one (lifted_at NULL)
         (early_callbacks, early_callbacks.c.received_at < cutoff),
         (delinquencies, delinquencies.c.cured_at < cutoff),  # never an open one (cured_at NULL)
+        (run_ranges, run_ranges.c.updated_at < cutoff),  # the key ranges of runs handed to workers
     ]
 
 

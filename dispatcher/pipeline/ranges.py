@@ -73,6 +73,10 @@ class RangeResult:
     error: tuple[str, str] | None = None
     """(exception class, message) when the range failed."""
 
+    def counts_only(self) -> RangeResult:
+        """The result without its attempt ids and accounts, as the ledger keeps it once the run merged it."""
+        return RangeResult(self.finished, self.counts, [], [], self.read, self.limit, self.error)
+
     def to_json(self) -> str:
         limit = {"ratio": self.limit.ratio, "rows": self.limit.rows, "rejected": self.limit.rejected,
                  "without_id": self.limit.without_id, "fields": dict(self.limit.fields)}

@@ -7,9 +7,10 @@ local processes (:mod:`dispatcher.pipeline.parallel`); rate limits are shared th
 
 A worker killed mid-range: once the range's heartbeat is stale (:data:`STALE_AFTER`), its task is published again
 when nothing waits in the queue (at most every ``DISPATCHER_SWEEP_AFTER`` seconds), or redelivered by the broker
-(late acknowledgement); whoever runs it next claims the range and runs it again from its start. Planning it again books nothing twice (the
-ledger's unique keys), hands over what the dead worker booked and did not claim, and leaves what it had claimed to
-the reconciler; the run then follows its attempts as any run with a broker does. A range that fails fails the run.
+(late acknowledgement); whoever runs it next claims the range and runs it again from its start. Planning it again
+books nothing twice (the ledger's unique keys), hands over what the dead worker booked and did not claim, and leaves
+what it had claimed to the reconciler; the run then follows its attempts as any run with a broker does. A range
+that fails fails the run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kombu.exceptions import KombuError
 from dispatcher.app import App, Pipeline, utc_now
 from dispatcher.errors import BrokerError
 from dispatcher.ledger.outcomes import CureTracker
-from dispatcher.ledger.ranges import ENDED, RangeRow, open_ranges, read_ranges, stop_ranges
+from dispatcher.ledger.ranges import ENDED, RangeRow, keep_results, open_ranges, read_ranges, stop_ranges
 from dispatcher.masking import mask_url
 from dispatcher.pipeline.executors import PUBLISH_RETRY_POLICY, Executor
 from dispatcher.pipeline.jobs import RunCounts
@@ -68,6 +69,8 @@ async def plan_on_workers(app: App, run_id: int, pipeline: Pipeline, executor: E
     log.info("run #%s: %d key ranges handed to the workers", run_id, len(tasks), extra={"run_id": run_id})
     follower = _Follower(app, run_id, tasks, executor, signature, expires)
     results = await follower.follow(halt)
+    keep_results(app.engine, run_id, {n: r.counts_only().to_json() for n, r in results.items()
+                                      if isinstance(r, RangeResult)})  # the ids were needed only until now
     return merge_results(results, len(tasks), counts, jobs, limit, outcomes) and not halt.is_set()
 
 
