@@ -180,15 +180,18 @@ def test_a_range_the_daemon_stops_ends_between_messages_and_leaves_the_rest_plan
     wait_for(lambda: attempt_rows(ranged, status="sent"), 30, "the range's first messages sent")
     assert stop_ranges(ranged.engine, task.run_id, clock()) == 2  # range 1 running, range 2 never started
     working.join(30)
+    assert not working.is_alive(), "the range did not stop within 30 s"
 
     (result,) = found
     assert result is not None and not result.finished and result.error is None
     assert [r.status for r in read_ranges(ranged.engine, task.run_id)] == ["stopped", "stopped"]
-    left = attempt_rows(ranged, status="planned")
-    assert left, "the range ran to its end before it heard the stop: nothing shows it stopped"
+    assert result.counts["accounts"] < 600, "the range (600 accounts) ran to its end before it heard the stop"
+    left = attempt_rows(ranged, status="planned")  # booked, not sent (none when it stopped between two batches)
+    reminded = {r["account_id"] for r in attempt_rows(ranged)}
 
     report = Runner(ranged).run("next", clock())  # in this process, no broker: the rest goes out
     assert report.status == "completed"
     sent = attempt_rows(ranged, status="sent")
     assert {r["id"] for r in left} <= {r["id"] for r in sent}
+    assert len({r["account_id"] for r in attempt_rows(ranged)}) > len(reminded)  # the rest of the range, and more
     assert set(Counter((r["reminder_key"], r["channel"]) for r in sent).values()) == {1}

@@ -296,11 +296,13 @@ delinquencies = Table(
 run_ranges = Table(
     "run_ranges",
     metadata,
-    Column("run_id", Integer, primary_key=True),
-    Column("number", Integer, primary_key=True),  # 1-based, of the run's key ranges
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, nullable=False),
+    Column("number", Integer, nullable=False),  # 1-based, of the run's key ranges
     Column("status", String(16), nullable=False),  # queued | running | done | stopped | failed
     Column("worker", String(128)),  # host:pid of the worker process running it (last one)
     Column("starts", Integer, nullable=False, server_default="0"),  # how many times a task started it
     Column("result", Text),  # JSON, once it ended: counts, attempt ids, accounts seen, rejects, error
     Column("updated_at", UtcDateTime, nullable=False),  # its worker beats it every few seconds while it runs
+    UniqueConstraint("run_id", "number"),
 )

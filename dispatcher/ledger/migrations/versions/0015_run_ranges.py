@@ -19,13 +19,15 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "run_ranges",
-        sa.Column("run_id", sa.Integer, primary_key=True),
-        sa.Column("number", sa.Integer, primary_key=True),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("run_id", sa.Integer, nullable=False),
+        sa.Column("number", sa.Integer, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("worker", sa.String(128)),
         sa.Column("starts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("result", sa.Text),
         sa.Column("updated_at", UtcDateTime, nullable=False),
+        sa.UniqueConstraint("run_id", "number", name="uq_run_ranges_run_id_number"),
     )
 
 
