@@ -12,7 +12,11 @@ compared (a WARNING line when they differ) and the ratio is printed as
 (``DISPATCHER_PLAN_PROCESSES=1``). Then the product runs again on a copy of the same
 seeded ledger with ``--processes`` planning processes (default 2; 0 skips it) and the
 wall-clock ratio is printed as ``2 processes / 1 process: N.NNx`` (its CPU seconds add
-the range processes'). Run it with the project's virtualenv:
+the range processes'). With ``--celery 1 2`` (the default when Redis answers at ``--redis-url``) the product runs
+again on copies of the same seeded ledger with a broker and 1, then 2 Celery workers (``dispatcher worker
+--concurrency 1`` each, as two machines would run them): the daemon splits the run into key ranges
+(``DISPATCHER_PLAN_RANGES``, default 16) that the workers plan, book and deliver, and the wall-clock ratio is
+printed as ``2 Celery workers / 1 Celery worker: N.NNx``. Run it with the project's virtualenv:
 
     .venv/bin/python bench/pipeline.py                 # 20,000 and 100,000 accounts
     .venv/bin/python bench/pipeline.py --accounts 5000
@@ -22,16 +26,19 @@ the range processes'). Run it with the project's virtualenv:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import os
 import pstats
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -144,13 +151,66 @@ def _compare(product_dir: Path, floor_dir: Path) -> tuple[int, int, list[str]]:
     return messages[0], int(product["attempts"]), differences  # type: ignore[call-overload]
 
 
-def measure(count: int, at: str, profile: str | None, floor: bool, clock: str = "wall",
-            processes: int = 0) -> tuple[dict[str, float], dict[str, float] | None, dict[str, float] | None]:
+def redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def celery_run(seeded: Path, at: str, workers: int, redis_url: str) -> dict[str, float]:
+    """The product's run on a copy of ``seeded``'s ledger with a broker and ``workers`` Celery workers of one pool
+    process each; adds the workers' CPU seconds and the largest worker's peak RSS (main and pool process)."""
+    from delivery import _group_cpu, _group_hwm_mb, claimed_database
+
+    workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-celery-"))
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        shutil.copy(ROOT / "schedules.yaml", workdir / "schedules.yaml")
+        shutil.copytree(ROOT / "templates", workdir / "templates")
+        _copy_ledger(seeded, workdir)
+        with claimed_database(redis_url) as broker:
+            env = {**_env(workdir), "DISPATCHER_BROKER_URL": broker}
+            for number in range(workers):
+                log = workdir / f"worker-{number}.log"
+                with log.open("wb") as out:
+                    started.append(subprocess.Popen(
+                        [sys.executable, "-m", "dispatcher", "--log-level", "INFO", "worker", "--pool", "prefork",
+                         "--concurrency", "1", "--", "-n", f"bench-{number}-{os.getpid()}@%h", "--without-gossip",
+                         "--without-mingle", "--without-heartbeat"], env=env, cwd=workdir, stdout=out,
+                        stderr=subprocess.STDOUT, start_new_session=True))
+            deadline = time.monotonic() + 60
+            for number, worker in enumerate(started):
+                log = workdir / f"worker-{number}.log"
+                while b"delivery ready in pid" not in log.read_bytes():
+                    if worker.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit(f"a Celery worker did not start:\n{log.read_text()[-3000:]}")
+                    time.sleep(0.1)
+            cpu_before = sum(_group_cpu(w.pid) for w in started)
+            result = _child(["--child-run", "--at", at], env, workdir)
+            result["workers_cpu"] = sum(_group_cpu(w.pid) for w in started) - cpu_before
+            result["workers_rss_mb"] = max(_group_hwm_mb(w.pid) for w in started)
+            return result
+    finally:
+        for worker in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure(count: int, at: str, profile: str | None, floor: bool, clock: str = "wall", processes: int = 0,
+            celery: Sequence[int] = (), redis_url: str = "") -> tuple[
+                dict[str, float], dict[str, float] | None, dict[str, float] | None, dict[int, dict[str, float]]]:
     """The product's run in one process; with ``floor``, the floor's on the same seeded table (compared, warnings
-    printed); with ``processes``, the product's again on that table planned in that many processes."""
+    printed); with ``processes``, the product's again on that table planned in that many processes; with
+    ``celery``, again with a broker and each of those numbers of Celery workers."""
     workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-"))
     floor_dir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-floor-"))
     split_dir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-split-"))
+    seeded_dir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-seeded-"))
     try:
         for where in (workdir, floor_dir, split_dir):
             shutil.copy(ROOT / "schedules.yaml", where / "schedules.yaml")
@@ -159,13 +219,19 @@ def measure(count: int, at: str, profile: str | None, floor: bool, clock: str = 
         subprocess.run([sys.executable, __file__, "--child-seed", str(count)], env=env, check=True, cwd=workdir)
         _copy_ledger(workdir, floor_dir)
         _copy_ledger(workdir, split_dir)
+        _copy_ledger(workdir, seeded_dir)  # as seeded, for the Celery runs
         profiling = ["--profile", profile, "--profile-clock", clock] if profile else []
         result = _child(["--child-run", "--at", at, *profiling], env, workdir)
         split = _child(["--child-run", "--at", at], _env(split_dir, processes), split_dir) if processes else None
         if split is not None and split["sent"] != result["sent"]:
             print(f"WARNING: {processes} processes sent {split['sent']:.0f} messages, one process {result['sent']:.0f}")
+        on_workers = {n: celery_run(seeded_dir, at, n, redis_url) for n in celery}
+        for n, run in on_workers.items():
+            if run["sent"] != result["sent"]:
+                print(f"WARNING: {n} Celery worker(s) sent {run['sent']:.0f} messages, one process "
+                      f"{result['sent']:.0f}")
         if not floor:
-            return result, None, split
+            return result, None, split, on_workers
         from floor import dump_verdicts, read_verdicts
         from sqlalchemy import create_engine
 
@@ -178,9 +244,9 @@ def measure(count: int, at: str, profile: str | None, floor: bool, clock: str = 
         floor_result.update(messages=messages, attempt_rows=attempt_rows, same=not differences)
         for difference in differences:
             print(f"WARNING: the floor did not write what the pipeline wrote: {difference}")
-        return result, floor_result, split
+        return result, floor_result, split, on_workers
     finally:
-        for where in (workdir, floor_dir, split_dir):
+        for where in (workdir, floor_dir, split_dir, seeded_dir):
             shutil.rmtree(where, ignore_errors=True)
 
 
@@ -188,6 +254,40 @@ def print_profile(path: str, top: int = 25) -> None:
     for order in ("cumulative", "tottime"):
         print(f"\n--- top {top} by {order} ({path}) ---")
         pstats.Stats(path).strip_dirs().sort_stats(order).print_stats(top)
+
+
+def print_size(count: int, result: dict[str, float], floor: dict[str, float] | None, split: dict[str, float] | None,
+               on_workers: dict[int, dict[str, float]], processes: int, profiled: bool) -> None:
+    """One size's rows and ratios."""
+    seconds = result["seconds"]
+    messages = result["sent"] + result["suppressed"] + result["failed"]
+    cpu = result["cpu_seconds"]
+    print(f"{count:>9} {seconds:>8.1f} {count / seconds:>11.0f} {cpu:>7.1f} {count / cpu:>10.0f} "
+          f"{messages:>9.0f} {messages / seconds:>11.0f} {result['peak_rss_mb']:>7.0f}MB")
+    if floor is not None:
+        print(f"{'floor':>9} {floor['seconds']:>8.1f} {count / floor['seconds']:>11.0f} "
+              f"{floor['cpu_seconds']:>7.1f} {count / floor['cpu_seconds']:>10.0f} {floor['attempts']:>9.0f} "
+              f"{floor['attempts'] / floor['seconds']:>11.0f} {floor['peak_rss_mb']:>7.0f}MB   "
+              f"(pipeline: {floor['messages']:.0f} outbox messages, {floor['attempt_rows']:.0f} attempt rows; "
+              f"{'the floor wrote the same' if floor['same'] else 'the floor differs: see the warnings'})")
+        note = "  (the pipeline ran under cProfile: not comparable)" if profiled else ""
+        print(f"pipeline / floor (accounts per CPU-second): {100 * floor['cpu_seconds'] / cpu:.0f} %{note}")
+    if split is not None:
+        print(f"{processes:>7}pr {split['seconds']:>8.1f} {count / split['seconds']:>11.0f} "
+              f"{split['cpu_seconds']:>7.1f} {count / split['cpu_seconds']:>10.0f} {'':>9} {'':>11} "
+              f"{split['peak_rss_mb']:>7.0f}MB (ranges: {split['range_peak_rss_mb']:.0f}MB each at most)")
+        print(f"{processes} processes / 1 process: {seconds / split['seconds']:.2f}x")
+    for n, run in on_workers.items():
+        workers = f"{n} Celery worker{'s' if n > 1 else ''}"
+        print(f"{n:>7}cw {run['seconds']:>8.1f} {count / run['seconds']:>11.0f} {run['workers_cpu']:>7.1f} "
+              f"{count / run['workers_cpu']:>10.0f} {'':>9} {'':>11} {run['peak_rss_mb']:>7.0f}MB "
+              f"({workers}: CPU s and acc/cpu-s of the workers; the largest worker's peak RSS "
+              f"{run['workers_rss_mb']:.0f}MB, main and pool process)")
+    if 1 in on_workers and len(on_workers) > 1:
+        one = on_workers[1]["seconds"]
+        for n, run in on_workers.items():
+            if n > 1:
+                print(f"{n} Celery workers / 1 Celery worker: {one / run['seconds']:.2f}x")
 
 
 def main() -> int:
@@ -203,6 +303,10 @@ def main() -> int:
     parser.add_argument("--no-floor", action="store_true", help="time the product only")
     parser.add_argument("--processes", type=int, default=2, metavar="N",
                         help="also run the product planned in N processes and print the speed-up (0: not)")
+    parser.add_argument("--celery", type=int, nargs="*", metavar="N", default=None,
+                        help="also run the product with a broker and N Celery workers, for each N (default: 1 2 "
+                        "when Redis answers at --redis-url; --celery alone: none)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-floor", metavar="VERDICTS", help=argparse.SUPPRESS)
@@ -216,32 +320,21 @@ def main() -> int:
     if args.child_floor:
         child_floor(args.at, args.child_floor)
         return 0
+    celery = args.celery
+    if celery is None:
+        celery = [1, 2] if redis_answers(args.redis_url) else []
+        if not celery:
+            print(f"(no Redis answers at {args.redis_url}: the Celery runs are skipped)")
     print(f"{'accounts':>9} {'seconds':>8} {'accounts/s':>11} {'cpu s':>7} {'acc/cpu-s':>10} {'messages':>9} "
           f"{'messages/s':>11} {'peak RSS':>9}")
     for count in args.accounts:
         profile = None
         if args.profile:
             profile = args.profile if len(args.accounts) == 1 else f"{args.profile}.{count}"
-        result, floor, split = measure(count, args.at, profile, not args.no_floor, args.profile_clock,
-                                       0 if profile else args.processes)
-        seconds = result["seconds"]
-        messages = result["sent"] + result["suppressed"] + result["failed"]
-        cpu = result["cpu_seconds"]
-        print(f"{count:>9} {seconds:>8.1f} {count / seconds:>11.0f} {cpu:>7.1f} {count / cpu:>10.0f} "
-              f"{messages:>9.0f} {messages / seconds:>11.0f} {result['peak_rss_mb']:>7.0f}MB")
-        if floor is not None:
-            print(f"{'floor':>9} {floor['seconds']:>8.1f} {count / floor['seconds']:>11.0f} "
-                  f"{floor['cpu_seconds']:>7.1f} {count / floor['cpu_seconds']:>10.0f} {floor['attempts']:>9.0f} "
-                  f"{floor['attempts'] / floor['seconds']:>11.0f} {floor['peak_rss_mb']:>7.0f}MB   "
-                  f"(pipeline: {floor['messages']:.0f} outbox messages, {floor['attempt_rows']:.0f} attempt rows; "
-                  f"{'the floor wrote the same' if floor['same'] else 'the floor differs: see the warnings'})")
-            note = "  (the pipeline ran under cProfile: not comparable)" if profile else ""
-            print(f"pipeline / floor (accounts per CPU-second): {100 * floor['cpu_seconds'] / cpu:.0f} %{note}")
-        if split is not None:
-            print(f"{args.processes:>7}pr {split['seconds']:>8.1f} {count / split['seconds']:>11.0f} "
-                  f"{split['cpu_seconds']:>7.1f} {count / split['cpu_seconds']:>10.0f} {'':>9} {'':>11} "
-                  f"{split['peak_rss_mb']:>7.0f}MB (ranges: {split['range_peak_rss_mb']:.0f}MB each at most)")
-            print(f"{args.processes} processes / 1 process: {seconds / split['seconds']:.2f}x")
+        result, floor, split, on_workers = measure(count, args.at, profile, not args.no_floor, args.profile_clock,
+                                                   0 if profile else args.processes, [] if profile else celery,
+                                                   args.redis_url)
+        print_size(count, result, floor, split, on_workers, args.processes, profile is not None)
         if profile:
             print_profile(profile)
     return 0
