@@ -38,6 +38,7 @@ from dispatcher.ledger.ranges import beat, claim_range, end_range
 from dispatcher.pipeline import loops
 from dispatcher.pipeline.deliver import Deliverer
 from dispatcher.pipeline.executors import InProcessExecutor
+from dispatcher.pipeline.jobs import RunCounts
 from dispatcher.pipeline.ranges import RangeResult, RangeTask, describe, failed_result, run_range
 from dispatcher.pipeline.remote_ranges import BEAT_INTERVAL, STALE_AFTER
 from dispatcher.settings import Settings
@@ -121,15 +122,15 @@ class _Runtime:
             log.info("run #%s: key range %d of %d is run by another worker or ended; nothing to do", task.run_id,
                      task.number, task.ranges, extra={"run_id": task.run_id})
             return None
-        stopping, done = threading.Event(), threading.Event()
-        beating = threading.Thread(target=self._beat, args=(task, stopping, done), daemon=True,
+        stopping, done, counts = threading.Event(), threading.Event(), RunCounts()
+        beating = threading.Thread(target=self._beat, args=(task, stopping, done, counts), daemon=True,
                                    name=f"run-{task.run_id}-range-{task.number}-beat")
         beating.start()
         pipeline = self.app.pipeline
         executor = InProcessExecutor(self.app.deliverer(pipeline, stopping), self.app.job_loader(pipeline),
                                      self.clock)
         try:
-            result = self.loop.run_until_complete(run_range(self.app, executor, task, stopping))
+            result = self.loop.run_until_complete(run_range(self.app, executor, task, stopping, counts))
         except Exception as exc:  # recorded for the daemon, which fails the run with it
             result = failed_result(task, exc)
         finally:
@@ -137,17 +138,20 @@ class _Runtime:
             beating.join()
             self.loop.run_until_complete(executor.aclose())
         status = "failed" if result.error else "done" if result.finished else "stopped"
-        if not end_range(engine, task.run_id, task.number, self.name, status, result.to_json(), self.clock()):
+        if not end_range(engine, task.run_id, task.number, self.name, status, result.to_json(), self.clock(),
+                         counts.accounts, counts.planned):
             log.warning("run #%s: key range %d of %d was taken over by another worker; its result counts",
                         task.run_id, task.number, task.ranges, extra={"run_id": task.run_id})
         log.info("%s", describe(task, result), extra={"run_id": task.run_id})
         return result
 
-    def _beat(self, task: RangeTask, stopping: threading.Event, done: threading.Event) -> None:
-        """Renew the range's claim until ``done``; set ``stopping`` when the daemon asks or the claim is lost."""
+    def _beat(self, task: RangeTask, stopping: threading.Event, done: threading.Event, counts: RunCounts) -> None:
+        """Renew the range's claim with its progress until ``done``; set ``stopping`` when the daemon asks or the
+        claim is lost."""
         while not done.wait(BEAT_INTERVAL):
             try:
-                held = beat(self.app.engine, task.run_id, task.number, self.name, self.clock())
+                held = beat(self.app.engine, task.run_id, task.number, self.name, self.clock(), counts.accounts,
+                            counts.planned)
             except Exception as exc:  # a locked or unreachable ledger: try again at the next beat
                 log.warning("run #%s: cannot renew key range %d: %s", task.run_id, task.number, exc,
                             extra={"run_id": task.run_id})

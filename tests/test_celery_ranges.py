@@ -103,6 +103,8 @@ def test_workers_run_each_range_once_and_record_results_the_daemon_merges(
 
     rows = read_ranges(ranged.engine, tasks[0].run_id)
     assert [(r.status, r.worker, r.starts) for r in rows] == [("done", first.name, 1), ("done", second.name, 1)]
+    assert [(r.accounts, r.planned) for r in rows] == [  # what the daemon's progress lines add up meanwhile
+        (result.counts["accounts"], result.counts["planned"]) for result in results.values() if result]
     assert first.plan_range(through_json(tasks[1])) is None  # redelivered after it ended: nothing happens
     stored = {r.number: RangeResult.from_json(r.result or "") for r in rows}
 

@@ -8,9 +8,11 @@ when a range process is killed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import threading
 import time
@@ -256,3 +258,17 @@ def test_a_range_process_killed_mid_range_loses_and_duplicates_nothing(parallel:
     assert set(delivered.values()) == {1}  # nothing twice
     assert set(delivered) == reference  # nothing lost
     assert set(outbox_ids(parallel.settings.outbox_dir).values()) == {1}
+
+
+def test_progress_lines_count_what_the_ranges_read_before_they_end(parallel: App, clock: FixedClock,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A split run's progress lines add up what each range process reported so far, not 0 until the end."""
+    monkeypatch.setattr(parallel, "settings", dataclasses.replace(parallel.settings, progress_interval=0.2))
+    seed_demo(parallel.engine, 3000, clock().date())
+    caplog.set_level(logging.INFO, logger="dispatcher")
+    report = Runner(parallel).run("manual", clock())
+    assert report.status == "completed" and report.counts.accounts == 3000
+    read = [int(m.group(1)) for m in re.finditer(r"in progress: (\d+) account\(s\) read", caplog.text)]
+    assert any(0 < n < 3000 for n in read), read
+    assert read == sorted(read), read  # each line counts at least what the one before did

@@ -36,6 +36,8 @@ class RangeRow:
     status: str
     worker: str | None
     starts: int
+    accounts: int
+    planned: int
     result: str | None
     updated_at: datetime
 
@@ -54,24 +56,26 @@ def claim_range(engine: Engine, run_id: int, number: int, worker: str, now: date
         run_ranges.c.run_id == run_id, run_ranges.c.number == number, running_run,
         or_(run_ranges.c.status == "queued",
             and_(run_ranges.c.status == "running", run_ranges.c.updated_at < now - stale_after)),
-    ).values(status="running", worker=worker, starts=run_ranges.c.starts + 1, updated_at=now)
+    ).values(status="running", worker=worker, starts=run_ranges.c.starts + 1, accounts=0, planned=0, updated_at=now)
     return _write(engine, "claim a key range", lambda c: c.execute(statement).rowcount) == 1
 
 
-def beat(engine: Engine, run_id: int, number: int, worker: str, now: datetime) -> bool:
-    """``worker`` still runs the range; False when it should stop (the daemon asked, or another claimed it)."""
+def beat(engine: Engine, run_id: int, number: int, worker: str, now: datetime, accounts: int, planned: int) -> bool:
+    """``worker`` still runs the range (``accounts`` read and ``planned`` booked so far); False when it should stop
+    (the daemon asked, or another claimed it)."""
     statement = update(run_ranges).where(
         run_ranges.c.run_id == run_id, run_ranges.c.number == number, run_ranges.c.worker == worker,
-        run_ranges.c.status == "running").values(updated_at=now)
+        run_ranges.c.status == "running").values(updated_at=now, accounts=accounts, planned=planned)
     return _write(engine, "renew a key range", lambda c: c.execute(statement).rowcount) == 1
 
 
 def end_range(engine: Engine, run_id: int, number: int, worker: str, status: str, result: str,
-              now: datetime) -> bool:
+              now: datetime, accounts: int, planned: int) -> bool:
     """Record the range's result; False when another worker claimed it meanwhile (its result counts)."""
     statement = update(run_ranges).where(
         run_ranges.c.run_id == run_id, run_ranges.c.number == number, run_ranges.c.worker == worker,
-        run_ranges.c.status.in_(("running", "stopping"))).values(status=status, result=result, updated_at=now)
+        run_ranges.c.status.in_(("running", "stopping"))).values(status=status, result=result, updated_at=now,
+                                                                  accounts=accounts, planned=planned)
     return _write(engine, "record a key range's result", lambda c: c.execute(statement).rowcount) == 1
 
 
@@ -101,7 +105,8 @@ def read_ranges(engine: Engine, run_id: int) -> list[RangeRow]:
     query = select(run_ranges).where(run_ranges.c.run_id == run_id).order_by(run_ranges.c.number)
     try:
         with engine.connect() as connection:
-            return [RangeRow(int(r.number), r.status, r.worker, int(r.starts), r.result, r.updated_at)
+            return [RangeRow(int(r.number), r.status, r.worker, int(r.starts), int(r.accounts), int(r.planned),
+                             r.result, r.updated_at)
                     for r in connection.execute(query)]
     except SQLAlchemyError as exc:
         raise LedgerError(f"ledger: cannot read the run's key ranges: {exc}") from exc

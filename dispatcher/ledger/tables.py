@@ -302,6 +302,8 @@ run_ranges = Table(
     Column("status", String(16), nullable=False),  # queued | running | done | stopped | failed
     Column("worker", String(128)),  # host:pid of the worker process running it (last one)
     Column("starts", Integer, nullable=False, server_default="0"),  # how many times a task started it
+    Column("accounts", Integer, nullable=False, server_default="0"),  # read so far (by its last start)
+    Column("planned", Integer, nullable=False, server_default="0"),  # attempts booked to send so far
     Column("result", Text),  # JSON, once it ended: counts, attempt ids, accounts seen, rejects, error
     Column("updated_at", UtcDateTime, nullable=False),  # its worker beats it every few seconds while it runs
     UniqueConstraint("run_id", "number"),

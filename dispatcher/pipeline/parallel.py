@@ -43,6 +43,7 @@ from dispatcher.pipeline.ranges import (
 )
 from dispatcher.pipeline.reject_limit import RejectLimit
 from dispatcher.pipeline.run import Halt
+from dispatcher.pipeline.run_progress import RangeProgress
 from dispatcher.pipeline.source import KeyRange
 from dispatcher.settings import Settings, log_format
 
@@ -51,10 +52,13 @@ log = logging.getLogger(__name__)
 FOLLOW_INTERVAL = 0.1
 """Seconds between two looks at the range processes."""
 
+PROGRESS_EVERY = 1.0
+"""Seconds between two progress reports of a range process (accounts read, attempts planned)."""
+
 
 async def plan_in_processes(app: App, run_id: int, pipeline: Pipeline, ranges: list[KeyRange], counts: RunCounts,
                             jobs: list[int], halt: threading.Event, limit: RejectLimit,
-                            outcomes: CureTracker) -> bool:
+                            outcomes: CureTracker, progress: RangeProgress) -> bool:
     """Run every range in a process of its own and merge what they report; False when halted.
 
     Raises :class:`TooManyRejects` when a range crossed the reject limit and :class:`RangeFailed` when a range
@@ -80,7 +84,7 @@ async def plan_in_processes(app: App, run_id: int, pipeline: Pipeline, ranges: l
         while len(results) < len(children):
             for number, (process, receiving) in enumerate(children, 1):
                 if number not in results:
-                    report = _report(process, receiving)
+                    report = _report(process, receiving, number, progress)
                     if report is not None:
                         results[number] = report
             failed = any(isinstance(r, str) or r.error is not None for r in results.values())
@@ -94,6 +98,7 @@ async def plan_in_processes(app: App, run_id: int, pipeline: Pipeline, ranges: l
         for process, receiving in children:
             process.join()
             receiving.close()
+    progress.clear()  # their counts join the run's
     return merge_results(results, len(children), counts, jobs, limit, outcomes) and not halt.is_set()
 
 
@@ -104,16 +109,19 @@ def _stop(children: list[tuple[BaseProcess, Connection]]) -> None:
             process.terminate()
 
 
-def _report(process: BaseProcess, receiving: Connection) -> RangeResult | str | None:
-    """The process's result, a description of its death, or None while it works."""
-    if receiving.poll():
-        try:
-            result: RangeResult = receiving.recv()
-        except EOFError:  # it closed its end without a word: it died
-            pass
-        else:
-            return result
-    elif process.is_alive():
+def _report(process: BaseProcess, receiving: Connection, number: int,
+            progress: RangeProgress) -> RangeResult | str | None:
+    """The process's result, a description of its death, or None while it works (its progress noted)."""
+    alive = process.is_alive()  # before reading: a process that sent its result and ended is read to the end
+    try:
+        while receiving.poll():
+            message: RangeResult | tuple[int, int] = receiving.recv()
+            if isinstance(message, RangeResult):
+                return message
+            progress.update(number, *message)
+    except EOFError:  # it closed its end without its result: it died
+        alive = False
+    if alive:
         return None
     process.join()
     if process.exitcode == -signal.SIGTERM:
@@ -124,18 +132,28 @@ def _report(process: BaseProcess, receiving: Connection) -> RangeResult | str | 
 # in the range process -------------------------------------------------------------------------------------------
 def _range_main(sending: Connection, task: RangeTask) -> None:
     """A range process's entry point: SIGTERM stops it between messages; Ctrl-C is left to the daemon."""
-    stopping = threading.Event()
+    stopping, done, counts = threading.Event(), threading.Event(), RunCounts()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    telling = threading.Thread(target=_tell_progress, args=(sending, counts, done), daemon=True)
+    telling.start()
     try:
-        result = _run_range(task, stopping)
+        result = _run_range(task, stopping, counts)
     except BaseException as exc:  # reported to the daemon, which fails the run with it
         result = failed_result(task, exc)
+    done.set()
+    telling.join()
     sending.send(result)
     sending.close()
 
 
-def _run_range(task: RangeTask, stopping: threading.Event) -> RangeResult:
+def _tell_progress(sending: Connection, counts: RunCounts, done: threading.Event) -> None:
+    """Send (accounts read, attempts planned) to the daemon every :data:`PROGRESS_EVERY` seconds until ``done``."""
+    while not done.wait(PROGRESS_EVERY):
+        sending.send((counts.accounts, counts.planned))
+
+
+def _run_range(task: RangeTask, stopping: threading.Event, counts: RunCounts) -> RangeResult:
     settings = Settings.from_env()
     configure_logging(settings.log_level, log_format(settings.env))
     offset = timedelta(seconds=task.clock_offset)
@@ -146,7 +164,7 @@ def _run_range(task: RangeTask, stopping: threading.Event) -> RangeResult:
     async def book() -> RangeResult:
         executor = app.executor(app.pipeline, Halt(stopping), task.run_id)
         try:
-            return await run_range(app, executor, task, stopping)
+            return await run_range(app, executor, task, stopping, counts)
         finally:
             await executor.aclose()
 

@@ -101,13 +101,15 @@ def failed_result(task: RangeTask, exc: BaseException) -> RangeResult:
     return RangeResult(False, {}, [], [], False, RejectLimit(task.reject_ratio), error=(type(exc).__name__, str(exc)))
 
 
-async def run_range(app: App, executor: Executor, task: RangeTask, stopping: threading.Event) -> RangeResult:
-    """Plan, book and deliver ``task``'s range with ``app`` (wired with the task's version) through ``executor``.
+async def run_range(app: App, executor: Executor, task: RangeTask, stopping: threading.Event,
+                    counts: RunCounts) -> RangeResult:
+    """Plan, book and deliver ``task``'s range with ``app`` (wired with the task's version) through ``executor``,
+    adding to ``counts`` as it goes (another thread may read them for progress).
 
     A :class:`DispatcherError` is reported in the result (the daemon fails the run with it); the executor is left
     open for its owner to close.
     """
-    counts, jobs = RunCounts(), list[int]()
+    jobs: list[int] = []
     limit = RejectLimit(task.reject_ratio)
     outcomes = CureTracker(app.engine, task.run_id, app.clock())
     halt = Halt(stopping)

@@ -34,6 +34,7 @@ from dispatcher.pipeline.jobs import RunCounts
 from dispatcher.pipeline.ranges import STOPPED, RangeResult, RangeTask, merge_results
 from dispatcher.pipeline.reject_limit import RejectLimit
 from dispatcher.pipeline.run import POLL_INTERVAL, RunFailed
+from dispatcher.pipeline.run_progress import RangeProgress
 from dispatcher.pipeline.source import KeyRange
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ STALE_AFTER = timedelta(seconds=15)
 
 async def plan_on_workers(app: App, run_id: int, pipeline: Pipeline, executor: Executor, ranges: list[KeyRange],
                           counts: RunCounts, jobs: list[int], halt: threading.Event, limit: RejectLimit,
-                          outcomes: CureTracker) -> bool:
+                          outcomes: CureTracker, progress: RangeProgress) -> bool:
     """Publish one task per range, follow the ranges until each ended and merge their results; False when halted.
 
     Raises :class:`~dispatcher.pipeline.reject_limit.TooManyRejects` when a range crossed the reject limit,
@@ -68,7 +69,8 @@ async def plan_on_workers(app: App, run_id: int, pipeline: Pipeline, executor: E
         _publish(signature, task, expires)
     log.info("run #%s: %d key ranges handed to the workers", run_id, len(tasks), extra={"run_id": run_id})
     follower = _Follower(app, run_id, tasks, executor, signature, expires)
-    results = await follower.follow(halt)
+    results = await follower.follow(halt, progress)
+    progress.clear()  # their counts join the run's
     keep_results(app.engine, run_id, {n: r.counts_only().to_json() for n, r in results.items()
                                       if isinstance(r, RangeResult)})  # the ids were needed only until now
     return merge_results(results, len(tasks), counts, jobs, limit, outcomes) and not halt.is_set()
@@ -91,7 +93,7 @@ class _Follower:
         self.app, self.run_id, self.tasks = app, run_id, tasks
         self.executor, self.signature, self.expires = executor, signature, expires
 
-    async def follow(self, halt: threading.Event) -> dict[int, RangeResult | str]:
+    async def follow(self, halt: threading.Event, progress: RangeProgress) -> dict[int, RangeResult | str]:
         settings = self.app.settings
         results: dict[int, RangeResult | str] = {}
         stopping_since: float | None = None
@@ -100,6 +102,7 @@ class _Follower:
         while True:
             rows = read_ranges(self.app.engine, self.run_id)
             for row in rows:
+                progress.update(row.number, row.accounts, row.planned)
                 if row.status in ENDED and row.number not in results:
                     results[row.number] = RangeResult.from_json(row.result) if row.result else STOPPED
             if len(results) == len(self.tasks):

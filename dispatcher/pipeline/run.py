@@ -30,7 +30,7 @@ from dispatcher.pipeline import loops
 from dispatcher.pipeline.executors import Executor
 from dispatcher.pipeline.jobs import RunCounts
 from dispatcher.pipeline.reject_limit import RejectLimit, TooManyRejects
-from dispatcher.pipeline.run_progress import RunProgress
+from dispatcher.pipeline.run_progress import RangeProgress, RunProgress
 from dispatcher.pipeline.source import KeyRange
 from dispatcher.replies.inbound import drain_spool
 
@@ -159,10 +159,11 @@ class Runner:
         await self._reconcile(pipeline)
         executor = self.app.executor(pipeline, halt, run_id)
         interval = self.app.settings.progress_interval
-        progress = RunProgress(self.app.engine, run_id, counts, interval).every_interval() if interval else None
+        ranges = RangeProgress()
+        progress = RunProgress(self.app.engine, run_id, counts, interval, ranges).every_interval() if interval else None
         ticking = asyncio.create_task(progress) if progress else None  # a timer on this loop, not a thread
         try:
-            finished = await self._book_all(run_id, pipeline, executor, counts, jobs, halt)
+            finished = await self._book_all(run_id, pipeline, executor, counts, jobs, halt, ranges)
             if executor.remote and finished:
                 finished = await self._follow(run_id, pipeline, executor, halt)
             return finished and not halt.is_set()
@@ -172,7 +173,7 @@ class Runner:
             await executor.aclose()
 
     async def _book_all(self, run_id: int, pipeline: Pipeline, executor: Executor, counts: RunCounts,
-                        jobs: list[int], halt: threading.Event) -> bool:
+                        jobs: list[int], halt: threading.Event, progress: RangeProgress) -> bool:
         """Plan and book every batch of the source, handing each batch's jobs to ``executor``.
 
         A source large enough is split into key ranges, each planned, booked and delivered on its own: by Celery
@@ -190,12 +191,12 @@ class Runner:
             from dispatcher.pipeline.remote_ranges import plan_on_workers  # imports Celery only when used
 
             finished = await plan_on_workers(self.app, run_id, pipeline, executor, ranges, counts, jobs, halt,
-                                             limit, outcomes)
+                                             limit, outcomes, progress)
         elif len(ranges) > 1 and not executor.remote:
             from dispatcher.pipeline.parallel import plan_in_processes  # imports multiprocessing only when used
 
             finished = await plan_in_processes(self.app, run_id, pipeline, ranges, counts, jobs, halt, limit,
-                                               outcomes)
+                                               outcomes, progress)
         else:
             finished = await self.book_range(run_id, pipeline, executor, KeyRange(), counts, jobs, halt, limit,
                                              outcomes)

@@ -2,7 +2,8 @@
 
 A long run (a million accounts, a slow provider) otherwise logs nothing between
 "started" and its summary. Every interval one line says the accounts read and
-the attempts planned so far (the run's own counts) and what the ledger shows of
+the attempts planned so far (the run's own counts, and those its key ranges
+reported so far when it is split) and what the ledger shows of
 the run's messages: sent, failed, still pending. It is a task on the run's event
 loop (not a thread of its own), woken by a timer; the ledger count reads the
 run's rows through the ``(run_id, status)`` index, so it costs the same on any
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import Counter
 
 from sqlalchemy import Engine, func, select
@@ -37,11 +39,35 @@ def run_statuses(engine: Engine, run_id: int) -> Counter[str]:
         return Counter({status: int(count) for status, count in connection.execute(query)})
 
 
+class RangeProgress:
+    """What each key range of a split run has read and booked so far, until its counts join the run's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_range: dict[int, tuple[int, int]] = {}
+
+    def update(self, number: int, accounts: int, planned: int) -> None:
+        with self._lock:
+            self._by_range[number] = (accounts, planned)
+
+    def clear(self) -> None:
+        """The ranges' counts were added to the run's."""
+        with self._lock:
+            self._by_range.clear()
+
+    def totals(self) -> tuple[int, int]:
+        """Accounts read and attempts planned over every range."""
+        with self._lock:
+            return sum(a for a, _ in self._by_range.values()), sum(p for _, p in self._by_range.values())
+
+
 class RunProgress:
     """Logs the progress of run ``run_id`` every ``interval`` seconds while :meth:`every_interval` runs."""
 
-    def __init__(self, engine: Engine, run_id: int, counts: RunCounts, interval: float) -> None:
+    def __init__(self, engine: Engine, run_id: int, counts: RunCounts, interval: float,
+                 ranges: RangeProgress | None = None) -> None:
         self.engine, self.run_id, self.counts, self.interval = engine, run_id, counts, interval
+        self.ranges = ranges or RangeProgress()
 
     async def every_interval(self) -> None:
         """Sleep ``interval``, log one line, again, until cancelled (the run ends)."""
@@ -56,6 +82,8 @@ class RunProgress:
             log.warning("run #%s: cannot read its progress: %s", self.run_id, type(exc).__name__,
                         extra={"run_id": self.run_id})
             return
+        accounts, planned = self.ranges.totals()  # a split run's ranges, until their counts join the run's
         log.info("run #%s in progress: %d account(s) read, %d attempt(s) planned; sent %d, failed %d, pending %d",
-                 self.run_id, self.counts.accounts, self.counts.planned, sum(statuses[s] for s in SENT),
+                 self.run_id, self.counts.accounts + accounts, self.counts.planned + planned,
+                 sum(statuses[s] for s in SENT),
                  sum(statuses[s] for s in FAILED), sum(statuses[s] for s in PENDING), extra={"run_id": self.run_id})

@@ -25,6 +25,8 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("worker", sa.String(128)),
         sa.Column("starts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("accounts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("planned", sa.Integer, nullable=False, server_default="0"),
         sa.Column("result", sa.Text),
         sa.Column("updated_at", UtcDateTime, nullable=False),
         sa.UniqueConstraint("run_id", "number", name="uq_run_ranges_run_id_number"),
