@@ -160,9 +160,12 @@ def redis_answers(url: str) -> bool:
         return False
 
 
-def celery_run(seeded: Path, at: str, workers: int, redis_url: str) -> dict[str, float]:
+def celery_run(seeded: Path, at: str, workers: int, redis_url: str, mismatched: bool = False) -> dict[str, float]:
     """The product's run on a copy of ``seeded``'s ledger with a broker and ``workers`` Celery workers of one pool
-    process each; adds the workers' CPU seconds and the largest worker's peak RSS (main and pool process)."""
+    process each; adds the workers' CPU seconds and the largest worker's peak RSS (main and pool process).
+
+    ``mismatched``: the workers' schedules.yaml differs from the daemon's (the English brand renamed), so they run
+    the daemon's version from the ledger's copy."""
     from delivery import _group_cpu, _group_hwm_mb, claimed_database
 
     workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-celery-"))
@@ -171,15 +174,21 @@ def celery_run(seeded: Path, at: str, workers: int, redis_url: str) -> dict[str,
         shutil.copy(ROOT / "schedules.yaml", workdir / "schedules.yaml")
         shutil.copytree(ROOT / "templates", workdir / "templates")
         _copy_ledger(seeded, workdir)
+        worker_schedules = workdir / "schedules.yaml"
+        if mismatched:
+            worker_schedules = workdir / "worker-schedules.yaml"
+            text = (workdir / "schedules.yaml").read_text(encoding="utf-8")
+            worker_schedules.write_text(text.replace("name: Xinyong Wallet", "name: Renamed Wallet"), "utf-8")
         with claimed_database(redis_url) as broker:
             env = {**_env(workdir), "DISPATCHER_BROKER_URL": broker}
+            worker_env = {**env, "DISPATCHER_SCHEDULES": str(worker_schedules)}
             for number in range(workers):
                 log = workdir / f"worker-{number}.log"
                 with log.open("wb") as out:
                     started.append(subprocess.Popen(
                         [sys.executable, "-m", "dispatcher", "--log-level", "INFO", "worker", "--pool", "prefork",
                          "--concurrency", "1", "--", "-n", f"bench-{number}-{os.getpid()}@%h", "--without-gossip",
-                         "--without-mingle", "--without-heartbeat"], env=env, cwd=workdir, stdout=out,
+                         "--without-mingle", "--without-heartbeat"], env=worker_env, cwd=workdir, stdout=out,
                         stderr=subprocess.STDOUT, start_new_session=True))
             deadline = time.monotonic() + 60
             for number, worker in enumerate(started):
@@ -202,11 +211,12 @@ def celery_run(seeded: Path, at: str, workers: int, redis_url: str) -> dict[str,
 
 
 def measure(count: int, at: str, profile: str | None, floor: bool, clock: str = "wall", processes: int = 0,
-            celery: Sequence[int] = (), redis_url: str = "") -> tuple[
+            celery: Sequence[int] = (), redis_url: str = "", mismatch: bool = False) -> tuple[
                 dict[str, float], dict[str, float] | None, dict[str, float] | None, dict[int, dict[str, float]]]:
     """The product's run in one process; with ``floor``, the floor's on the same seeded table (compared, warnings
     printed); with ``processes``, the product's again on that table planned in that many processes; with
-    ``celery``, again with a broker and each of those numbers of Celery workers."""
+    ``celery``, again with a broker and each of those numbers of Celery workers (with ``mismatch``, the most of
+    them again with another schedules.yaml: keyed by minus that number)."""
     workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-"))
     floor_dir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-floor-"))
     split_dir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-split-"))
@@ -226,9 +236,11 @@ def measure(count: int, at: str, profile: str | None, floor: bool, clock: str = 
         if split is not None and split["sent"] != result["sent"]:
             print(f"WARNING: {processes} processes sent {split['sent']:.0f} messages, one process {result['sent']:.0f}")
         on_workers = {n: celery_run(seeded_dir, at, n, redis_url) for n in celery}
+        if mismatch and celery:
+            on_workers[-max(celery)] = celery_run(seeded_dir, at, max(celery), redis_url, mismatched=True)
         for n, run in on_workers.items():
             if run["sent"] != result["sent"]:
-                print(f"WARNING: {n} Celery worker(s) sent {run['sent']:.0f} messages, one process "
+                print(f"WARNING: {abs(n)} Celery worker(s) sent {run['sent']:.0f} messages, one process "
                       f"{result['sent']:.0f}")
         if not floor:
             return result, None, split, on_workers
@@ -278,16 +290,21 @@ def print_size(count: int, result: dict[str, float], floor: dict[str, float] | N
               f"{split['peak_rss_mb']:>7.0f}MB (ranges: {split['range_peak_rss_mb']:.0f}MB each at most)")
         print(f"{processes} processes / 1 process: {seconds / split['seconds']:.2f}x")
     for n, run in on_workers.items():
-        workers = f"{n} Celery worker{'s' if n > 1 else ''}"
+        workers = f"{abs(n)} Celery worker{'s' if abs(n) > 1 else ''}" + (", their schedules.yaml differs" if n < 0
+                                                                            else "")
         print(f"{n:>7}cw {run['seconds']:>8.1f} {count / run['seconds']:>11.0f} {run['workers_cpu']:>7.1f} "
               f"{count / run['workers_cpu']:>10.0f} {'':>9} {'':>11} {run['peak_rss_mb']:>7.0f}MB "
               f"({workers}: CPU s and acc/cpu-s of the workers; the largest worker's peak RSS "
               f"{run['workers_rss_mb']:.0f}MB, main and pool process)")
-    if 1 in on_workers and len(on_workers) > 1:
+    if 1 in on_workers:
         one = on_workers[1]["seconds"]
         for n, run in on_workers.items():
             if n > 1:
                 print(f"{n} Celery workers / 1 Celery worker: {one / run['seconds']:.2f}x")
+    for n, run in on_workers.items():
+        if n < 0 and -n in on_workers:
+            print(f"{-n} Celery worker(s) whose schedules.yaml differs / the same: "
+                  f"{on_workers[-n]['seconds'] / run['seconds']:.2f}x (speed; 1.00x: not slower)")
 
 
 def main() -> int:
@@ -306,6 +323,9 @@ def main() -> int:
     parser.add_argument("--celery", type=int, nargs="*", metavar="N", default=None,
                         help="also run the product with a broker and N Celery workers, for each N (default: 1 2 "
                         "when Redis answers at --redis-url; --celery alone: none)")
+    parser.add_argument("--celery-mismatch", action="store_true",
+                        help="also run the most Celery workers again with a schedules.yaml of their own that differs "
+                        "from the daemon's (they run its version from the ledger's copy) and print the ratio")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
@@ -333,7 +353,7 @@ def main() -> int:
             profile = args.profile if len(args.accounts) == 1 else f"{args.profile}.{count}"
         result, floor, split, on_workers = measure(count, args.at, profile, not args.no_floor, args.profile_clock,
                                                    0 if profile else args.processes, [] if profile else celery,
-                                                   args.redis_url)
+                                                   args.redis_url, args.celery_mismatch)
         print_size(count, result, floor, split, on_workers, args.processes, profile is not None)
         if profile:
             print_profile(profile)

@@ -23,6 +23,7 @@ from faultkit import wait_for
 from rows import attempt_rows
 from sqlalchemy import update
 from test_pipeline import outbox_ids
+from test_worker_versions import V1_BRAND, english_texts, rename_brand
 
 from dispatcher import worker
 from dispatcher.app import App, build_app, utc_now
@@ -197,3 +198,18 @@ def test_a_range_the_daemon_stops_ends_between_messages_and_leaves_the_rest_plan
     assert {r["id"] for r in left} <= {r["id"] for r in sent}
     assert len({r["account_id"] for r in attempt_rows(ranged)}) > len(reminded)  # the rest of the range, and more
     assert set(Counter((r["reminder_key"], r["channel"]) for r in sent).values()) == {1}
+
+
+def test_a_worker_whose_file_differs_plans_its_range_with_the_version_the_task_names(
+        ranged: App, anytime: Path, clock: FixedClock, runtime_factory: Any) -> None:
+    task = start_run(ranged, clock, 200, 2)[0]
+    ranged.share_version(ranged.pipeline.loaded)  # as the daemon does before it publishes the tasks
+    rename_brand(anytime)
+    runtime = runtime_factory()
+    assert runtime.app.pipeline.loaded.version != task.version
+
+    result = runtime.plan_range(through_json(task))
+    assert result is not None and result.finished and result.counts["planned"] > 0
+    assert runtime.app.pipeline.loaded.version == task.version
+    texts = english_texts(ranged)
+    assert texts and all(V1_BRAND in text for text in texts)  # the planned version's words, not this file's
