@@ -416,6 +416,36 @@ def measure_run(standin: Standin, reminders: int, concurrency: int, *, task_batc
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def start_workers(workdir: Path, env: dict[str, str], count: int, prefix: str) -> list[subprocess.Popen[bytes]]:
+    """``count`` Celery workers of one pool process each (as that many machines would run them), logging to
+    ``workdir/<prefix>-N.log``; returns once each pool process has wired its delivery."""
+    started: list[subprocess.Popen[bytes]] = []
+    for number in range(count):
+        with (workdir / f"{prefix}-{number}.log").open("wb") as out:
+            started.append(subprocess.Popen(
+                [sys.executable, "-m", "dispatcher", "--log-level", "INFO", "worker", "--pool", "prefork",
+                 "--concurrency", "1", "--", "-n", f"{prefix}-{number}-{os.getpid()}@%h", "--without-gossip",
+                 "--without-mingle", "--without-heartbeat"], env=env, cwd=workdir, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True))
+    deadline = time.monotonic() + 90
+    for number, worker in enumerate(started):
+        log = workdir / f"{prefix}-{number}.log"
+        while not _worker_ready(log, 1):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                kill_workers(started)
+                raise SystemExit(f"a Celery worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+    return started
+
+
+def kill_workers(started: list[subprocess.Popen[bytes]]) -> None:
+    """kill -9 every process of each worker's group."""
+    for worker in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+
+
 def _worker_ready(log: Path, workers: int) -> bool:
     """The consumer is ready and every pool process has wired its delivery."""
     text = log.read_bytes()

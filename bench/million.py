@@ -17,11 +17,9 @@ worker process's (main and pool), and drops the schema afterwards. The outbox go
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +27,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from delivery import _group_pids, claimed_database
+from delivery import _group_pids, claimed_database, kill_workers, start_workers
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,16 +49,6 @@ def _env(workdir: Path, database_url: str, broker: str) -> dict[str, str]:
     return env
 
 
-def _start_worker(workdir: Path, env: dict[str, str], number: int) -> subprocess.Popen[bytes]:
-    log = workdir / f"worker-{number}.log"
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", "--log-level", "INFO", "worker", "--pool", "prefork", "--concurrency",
-             "1", "--", "-n", f"million-{number}-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
-             "--without-heartbeat"], env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-
 def measure(count: int, database_url: str, redis_url: str, workers: int, at: str) -> dict[str, object]:
     schema = f"bench_million_{os.getpid()}_{count}"
     admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
@@ -78,14 +66,7 @@ def measure(count: int, database_url: str, redis_url: str, workers: int, at: str
             subprocess.run([sys.executable, "-m", "dispatcher", "seed-demo", "--accounts", str(count), "--replace"],
                            env=env, cwd=workdir, check=True, capture_output=True)
             seeded = time.perf_counter() - seeding
-            started = [_start_worker(workdir, env, n) for n in range(workers)]
-            deadline = time.monotonic() + 90
-            for number, worker in enumerate(started):
-                log = workdir / f"worker-{number}.log"
-                while b"delivery ready in pid" not in log.read_bytes():
-                    if worker.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit(f"a Celery worker did not start:\n{log.read_text()[-3000:]}")
-                    time.sleep(0.2)
+            started = start_workers(workdir, env, workers, "million-worker")
             out = subprocess.run([sys.executable, str(ROOT / "bench" / "pipeline.py"), "--child-run", "--at", at],
                                  env=env, cwd=workdir, check=True, capture_output=True, text=True).stdout
             result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
@@ -93,10 +74,7 @@ def measure(count: int, database_url: str, redis_url: str, workers: int, at: str
             result["workers_rss_mb"] = [[round(_hwm_mb(p)) for p in sorted(_group_pids(w.pid))] for w in started]
             return result
     finally:
-        for worker in started:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
+        kill_workers(started)
         shutil.rmtree(workdir, ignore_errors=True)
         with admin.connect() as connection:
             connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))

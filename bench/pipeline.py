@@ -26,14 +26,12 @@ printed as ``2 Celery workers / 1 Celery worker: N.NNx``. Run it with the projec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import json
 import os
 import pstats
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -166,7 +164,7 @@ def celery_run(seeded: Path, at: str, workers: int, redis_url: str, mismatched: 
 
     ``mismatched``: the workers' schedules.yaml differs from the daemon's (the English brand renamed), so they run
     the daemon's version from the ledger's copy."""
-    from delivery import _group_cpu, _group_hwm_mb, claimed_database
+    from delivery import _group_cpu, _group_hwm_mb, claimed_database, kill_workers, start_workers
 
     workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-celery-"))
     started: list[subprocess.Popen[bytes]] = []
@@ -181,32 +179,15 @@ def celery_run(seeded: Path, at: str, workers: int, redis_url: str, mismatched: 
             worker_schedules.write_text(text.replace("name: Xinyong Wallet", "name: Renamed Wallet"), "utf-8")
         with claimed_database(redis_url) as broker:
             env = {**_env(workdir), "DISPATCHER_BROKER_URL": broker}
-            worker_env = {**env, "DISPATCHER_SCHEDULES": str(worker_schedules)}
-            for number in range(workers):
-                log = workdir / f"worker-{number}.log"
-                with log.open("wb") as out:
-                    started.append(subprocess.Popen(
-                        [sys.executable, "-m", "dispatcher", "--log-level", "INFO", "worker", "--pool", "prefork",
-                         "--concurrency", "1", "--", "-n", f"bench-{number}-{os.getpid()}@%h", "--without-gossip",
-                         "--without-mingle", "--without-heartbeat"], env=worker_env, cwd=workdir, stdout=out,
-                        stderr=subprocess.STDOUT, start_new_session=True))
-            deadline = time.monotonic() + 60
-            for number, worker in enumerate(started):
-                log = workdir / f"worker-{number}.log"
-                while b"delivery ready in pid" not in log.read_bytes():
-                    if worker.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit(f"a Celery worker did not start:\n{log.read_text()[-3000:]}")
-                    time.sleep(0.1)
+            started = start_workers(workdir, {**env, "DISPATCHER_SCHEDULES": str(worker_schedules)}, workers,
+                                    "bench-worker")
             cpu_before = sum(_group_cpu(w.pid) for w in started)
             result = _child(["--child-run", "--at", at], env, workdir)
             result["workers_cpu"] = sum(_group_cpu(w.pid) for w in started) - cpu_before
             result["workers_rss_mb"] = max(_group_hwm_mb(w.pid) for w in started)
             return result
     finally:
-        for worker in started:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
+        kill_workers(started)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

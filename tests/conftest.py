@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redisdb import claimed_database
@@ -325,3 +326,21 @@ def fcm() -> Iterator[FcmStandin]:
     """An FCM HTTP v1 server and OAuth2 token endpoint on loopback."""
     with FcmStandin() as server:
         yield server
+
+
+@pytest.fixture
+def runtime_factory() -> Iterator[Callable[[], Any]]:
+    """Builds Celery worker runtimes from the environment (as each pool process does: dispatcher/worker.py) and
+    closes them after the test."""
+    from dispatcher import worker  # Celery is imported only by the tests that drive a worker
+
+    built: list[worker._Runtime] = []
+
+    def make() -> worker._Runtime:
+        built.append(worker._Runtime())
+        return built[-1]
+
+    yield make
+    for runtime in built:
+        runtime.close()
+        runtime.app.engine.dispose()

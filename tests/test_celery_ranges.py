@@ -50,21 +50,6 @@ def ranged(workdir: Path, anytime: Path, clock: FixedClock) -> Iterator[App]:
     built.engine.dispose()
 
 
-@pytest.fixture
-def runtime_factory() -> Iterator[Any]:
-    """Worker runtimes built from the environment (as each pool process builds one), closed after the test."""
-    built: list[worker._Runtime] = []
-
-    def make() -> worker._Runtime:
-        built.append(worker._Runtime())
-        return built[-1]
-
-    yield make
-    for runtime in built:
-        runtime.close()
-        runtime.app.engine.dispose()
-
-
 def start_run(app: App, clock: FixedClock, accounts: int, parts: int) -> list[RangeTask]:
     """A run of ``accounts`` demo borrowers split into ``parts`` ranges, recorded as the daemon records them."""
     seed_demo(app.engine, accounts, clock().date())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ import pytest
 from conftest import FixedClock
 from sqlalchemy import select
 
-from dispatcher import worker
 from dispatcher.app import App
 from dispatcher.demo import seed_demo
 from dispatcher.errors import ConfigError
@@ -65,21 +63,6 @@ def rename_brand(schedules: Path) -> None:
     text = schedules.read_text(encoding="utf-8")
     assert f"name: {V1_BRAND}" in text
     schedules.write_text(text.replace(f"name: {V1_BRAND}", f"name: {V2_BRAND}"), encoding="utf-8")
-
-
-@pytest.fixture
-def runtime_factory() -> Iterator[Any]:
-    """Builds worker runtimes from the environment (as each pool process does) and closes them after the test."""
-    built: list[worker._Runtime] = []
-
-    def make() -> worker._Runtime:
-        built.append(worker._Runtime())
-        return built[-1]
-
-    yield make
-    for runtime in built:
-        runtime.close()
-        runtime.app.engine.dispose()
 
 
 def test_a_run_handing_work_to_the_broker_stores_its_version_once(app: App, clock: FixedClock,
