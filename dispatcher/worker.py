@@ -115,7 +115,6 @@ class _Runtime:
         error that ended it, is recorded on the range for the daemon.
         """
         task = RangeTask.from_json(payload)
-        self.follow(task.version)
         self.offset = timedelta(seconds=task.clock_offset)
         engine = self.app.engine
         if not claim_range(engine, task.run_id, task.number, self.name, self.clock(), STALE_AFTER):
@@ -126,17 +125,14 @@ class _Runtime:
         beating = threading.Thread(target=self._beat, args=(task, stopping, done, counts), daemon=True,
                                    name=f"run-{task.run_id}-range-{task.number}-beat")
         beating.start()
-        pipeline = self.app.pipeline
-        executor = InProcessExecutor(self.app.deliverer(pipeline, stopping), self.app.job_loader(pipeline),
-                                     self.clock)
         try:
-            result = self.loop.run_until_complete(run_range(self.app, executor, task, stopping, counts))
+            self.follow(task.version)  # a version this worker cannot have fails the range, and so the run
+            result = self._run(task, stopping, counts)
         except Exception as exc:  # recorded for the daemon, which fails the run with it
             result = failed_result(task, exc)
         finally:
             done.set()
             beating.join()
-            self.loop.run_until_complete(executor.aclose())
         status = "failed" if result.error else "done" if result.finished else "stopped"
         if not end_range(engine, task.run_id, task.number, self.name, status, result.to_json(), self.clock(),
                          counts.accounts, counts.planned):
@@ -144,6 +140,15 @@ class _Runtime:
                         task.run_id, task.number, task.ranges, extra={"run_id": task.run_id})
         log.info("%s", describe(task, result), extra={"run_id": task.run_id})
         return result
+
+    def _run(self, task: RangeTask, stopping: threading.Event, counts: RunCounts) -> RangeResult:
+        pipeline = self.app.pipeline
+        executor = InProcessExecutor(self.app.deliverer(pipeline, stopping), self.app.job_loader(pipeline),
+                                     self.clock)
+        try:
+            return self.loop.run_until_complete(run_range(self.app, executor, task, stopping, counts))
+        finally:
+            self.loop.run_until_complete(executor.aclose())
 
     def _beat(self, task: RangeTask, stopping: threading.Event, done: threading.Event, counts: RunCounts) -> None:
         """Renew the range's claim with its progress until ``done``; set ``stopping`` when the daemon asks or the

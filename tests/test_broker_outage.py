@@ -1,5 +1,7 @@
 """Workers down during a run with a broker: the queue holds the run's own tasks once, and no personal data.
 
+(The last test: a run split into key ranges for the workers, whose range fails.)
+
 A real daemon process (``dispatcher run --once`` with ``DISPATCHER_BROKER_URL``) books a
 run on Redis while no worker runs. Several sweeps later the queue still holds exactly
 the tasks the run enqueued (nothing is enqueued twice while tasks wait), each carrying
@@ -22,11 +24,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from dispatcher.app import build_app
 from dispatcher.demo import demo_accounts, seed_demo
-from dispatcher.ledger.tables import attempts, handoffs
+from dispatcher.ledger.tables import attempts, config_versions, handoffs, runs
 from dispatcher.pipeline.executors import QUEUE
 from dispatcher.settings import Settings
 
@@ -111,4 +113,46 @@ def test_workers_down_the_queue_holds_the_runs_tasks_once_and_no_personal_data(
     with app.engine.connect() as connection:  # a hand-off is a work item in the ledger, not a file
         sent_ids += [int(r.attempt_id) for r in connection.execute(select(handoffs.c.attempt_id))]
     assert len(sent_ids) == len(set(sent_ids)) == planned  # every reminder once
+    app.engine.dispose()
+
+
+@pytest.mark.slow
+def test_range_tasks_carry_no_personal_data_and_a_range_that_fails_fails_the_run_naming_it(
+        anytime: Path, workdir: Path, broker_url_db: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    """A run split into two key ranges (batches of 20, ``DISPATCHER_PLAN_RANGES=2``) with no worker up: the queue
+    holds one ``dispatcher.plan_range`` task per range, ids and bounds only. The worker that comes up cannot have
+    the run's version (its schedules.yaml differs and the ledger's copy is gone): the first range fails, the
+    daemon stops the other and the run fails with the range and the reason, nothing booked."""
+    anytime.write_text(anytime.read_text("utf-8").replace("batch_size: 1000", "batch_size: 20"), "utf-8")
+    app = build_app(Settings.from_env())
+    seed_demo(app.engine, 300, app.clock().date())
+    env = {**os.environ, "DISPATCHER_BROKER_URL": broker_url_db, "DISPATCHER_PLAN_RANGES": "2",
+           "DISPATCHER_SWEEP_AFTER": str(SWEEP), "PYTHONUNBUFFERED": "1"}
+    log = workdir / "run.log"
+    runner = start(processes, log, env, workdir, "run", "--once")
+    client = redis.Redis.from_url(broker_url_db)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and client.llen(QUEUE) < 2:
+        time.sleep(0.2)
+    payloads = queued_payloads(client)
+    assert sorted(p["number"] for p in payloads) == [1, 2], log.read_text("utf-8", "replace")[-3000:]
+    assert set(payloads[0]) == {"run_id", "version", "number", "ranges", "key_range", "clock_offset", "reject_ratio"}
+    bounds = [b for p in payloads for b in p["key_range"].values() if isinstance(b, list)]  # type: ignore[attr-defined]
+    assert bounds and all(kind == "str" and value.startswith("L") for kind, value in bounds)  # account ids
+    text = json.dumps(payloads, ensure_ascii=False)
+    with app.engine.connect() as connection:
+        people = connection.execute(select(demo_accounts.c.name, demo_accounts.c.phone, demo_accounts.c.email,
+                                           demo_accounts.c.overdue_amount)).all()
+    assert [value for row in people for value in row if value and str(value) in text] == []
+
+    with app.engine.begin() as connection:
+        connection.execute(delete(config_versions))
+    anytime.write_text(anytime.read_text("utf-8").replace("name: Xinyong Wallet", "name: Renamed Wallet"), "utf-8")
+    start(processes, workdir / "worker.log", env, workdir, "worker", "--pool", "solo")
+    assert runner.wait(120) == 1, log.read_text("utf-8", "replace")[-3000:]
+    with app.engine.connect() as connection:
+        (run,) = connection.execute(select(runs.c.status, runs.c.error)).all()
+        booked = int(connection.execute(select(func.count()).select_from(attempts)).scalar_one())
+    assert run.status == "failed" and run.error.startswith("key range 1 of 2: ConfigError: configuration version")
+    assert booked == 0
     app.engine.dispose()

@@ -29,7 +29,7 @@ from dispatcher import worker
 from dispatcher.app import App, build_app, utc_now
 from dispatcher.demo import seed_demo
 from dispatcher.ledger.outcomes import CureTracker
-from dispatcher.ledger.ranges import open_ranges, read_ranges, stop_ranges
+from dispatcher.ledger.ranges import beat, claim_range, open_ranges, read_ranges, stop_ranges
 from dispatcher.ledger.tables import run_ranges
 from dispatcher.pipeline.jobs import RunCounts
 from dispatcher.pipeline.ranges import RangeResult, RangeTask, merge_results
@@ -198,3 +198,29 @@ def test_a_worker_whose_file_differs_plans_its_range_with_the_version_the_task_n
     assert runtime.app.pipeline.loaded.version == task.version
     texts = english_texts(ranged)
     assert texts and all(V1_BRAND in text for text in texts)  # the planned version's words, not this file's
+
+
+def test_a_version_the_worker_cannot_have_fails_the_range_with_the_reason(
+        ranged: App, anytime: Path, clock: FixedClock, runtime_factory: Any) -> None:
+    """Not stored in the ledger (the daemon could not store it) and not this worker's file: the range fails, so
+    the daemon fails the run with the reason instead of waiting for its stall timeout."""
+    task = start_run(ranged, clock, 200, 2)[0]
+    rename_brand(anytime)
+    result = runtime_factory().plan_range(through_json(task))
+    assert result is not None and result.error is not None
+    assert result.error[0] == "ConfigError" and f"version {task.version} is neither" in result.error[1]
+    (row, _) = read_ranges(ranged.engine, task.run_id)
+    assert row.status == "failed" and json.loads(row.result or "")["error"] == list(result.error)
+    assert not attempt_rows(ranged)
+
+
+def test_a_daemon_that_takes_the_run_over_opens_its_ranges_again_and_the_old_worker_stops(
+        ranged: App, clock: FixedClock) -> None:
+    task = start_run(ranged, clock, 200, 2)[0]
+    assert claim_range(ranged.engine, task.run_id, 1, "old-worker:1", clock(), STALE_AFTER)
+    assert beat(ranged.engine, task.run_id, 1, "old-worker:1", clock(), 40, 60)
+
+    open_ranges(ranged.engine, task.run_id, 3, clock())  # the run taken over, split in three this time
+    assert [(r.number, r.status, r.worker, r.accounts) for r in read_ranges(ranged.engine, task.run_id)] == [
+        (1, "queued", None, 0), (2, "queued", None, 0), (3, "queued", None, 0)]
+    assert not beat(ranged.engine, task.run_id, 1, "old-worker:1", clock(), 80, 120)  # it stops between messages

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, bindparam, exists, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.errors import LedgerError
@@ -43,9 +43,15 @@ class RangeRow:
 
 
 def open_ranges(engine: Engine, run_id: int, count: int, now: datetime) -> None:
-    """Record ranges 1 to ``count`` of ``run_id`` as ``queued``."""
+    """Record ranges 1 to ``count`` of ``run_id`` as ``queued``, in place of any it had: a daemon that took the run
+    over plans it again (a worker still on an old range hears it at its next heartbeat and stops)."""
     rows = [{"run_id": run_id, "number": n, "status": "queued", "updated_at": now} for n in range(1, count + 1)]
-    _write(engine, "record the run's key ranges", lambda c: c.execute(insert(run_ranges), rows).rowcount)
+
+    def replace(connection: Connection) -> int:
+        connection.execute(delete(run_ranges).where(run_ranges.c.run_id == run_id))
+        return int(connection.execute(insert(run_ranges), rows).rowcount)
+
+    _write(engine, "record the run's key ranges", replace)
 
 
 def claim_range(engine: Engine, run_id: int, number: int, worker: str, now: datetime,
