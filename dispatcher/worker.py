@@ -1,10 +1,11 @@
-"""The Celery task ``dispatcher.deliver_batch`` and its worker runtime: deliver a batch of booked attempts.
+"""The Celery tasks and their worker runtime: ``dispatcher.deliver_batch`` delivers a batch of booked attempts,
+``dispatcher.plan_range`` plans, books and delivers one key range of a run (:mod:`dispatcher.pipeline.remote_ranges`).
 
 The Celery app itself is :mod:`dispatcher.celery_app`; the daemon sends tasks by
 name through it and never imports this module (which builds the whole app).
 
-A task carries the configuration version, the run id and attempt ids, never a
-borrower's name, number, address or amount: each worker reads the attempts from
+A delivery task carries the configuration version, the run id and attempt ids (a range task: the range's two
+bounding account ids instead), never a borrower's name, number, address or amount: each worker reads the attempts from
 the ledger and the accounts from the lender's database just before sending
 (:mod:`dispatcher.pipeline.job_loader`). Each message is claimed only when it is about to
 be sent, so a worker killed mid-batch leaves at most its messages in flight in

@@ -198,6 +198,9 @@ class Runner:
             finished = await plan_in_processes(self.app, run_id, pipeline, ranges, counts, jobs, halt, limit,
                                                outcomes, progress)
         else:
+            if len(ranges) > 1:  # with a broker, but the ids cannot travel in a task's JSON
+                log.info("run #%s: account ids of type %s cannot be sent to the workers; the daemon plans the run",
+                         run_id, type(ranges[0].upto).__name__, extra={"run_id": run_id})
             finished = await self.book_range(run_id, pipeline, executor, KeyRange(), counts, jobs, halt, limit,
                                              outcomes)
         if not finished:
