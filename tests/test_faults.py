@@ -75,6 +75,12 @@ RUN_TIMEOUT = 90.0
 
 RigFactory = Callable[..., Rig]
 
+PLANNING: dict[str, dict[str, Any]] = {
+    "daemon": {},
+    "workers": {"source_batch": 100, "DISPATCHER_PLAN_RANGES": "4", "DISPATCHER_SWEEP_AFTER": "10"},
+}
+"""Who plans and books: the daemon (workers only deliver), or the workers, four key ranges of 500 borrowers."""
+
 
 @pytest.fixture
 def broker(redis_url: str) -> Iterator[str]:
@@ -162,7 +168,8 @@ def test_a_worker_killed_mid_run_every_reminder_reaches_twilio_exactly_once(
 
 
 @pytest.mark.redis
-def test_b_transient_errors_end_delivered_none_twice(make_rig: RigFactory, broker: str) -> None:
+@pytest.mark.parametrize("planning", PLANNING)
+def test_b_transient_errors_end_delivered_none_twice(make_rig: RigFactory, broker: str, planning: str) -> None:
     """~20 % of first tries fail: 429 (Retry-After: 1), 503, or held past TWILIO_TIMEOUT=1 s and dropped.
 
     The timeout is modelled honestly as "before Twilio processed it": the stand-in
@@ -171,14 +178,15 @@ def test_b_transient_errors_end_delivered_none_twice(make_rig: RigFactory, broke
     """
     plan = first_try_faults(0.2, [too_many_requests(1), unavailable(), lost(1.5)])
     with FaultyTwilio(plan) as twilio:
-        rig = make_rig(broker, twilio, TWILIO_TIMEOUT="1", DISPATCHER_CONCURRENCY="32")
+        rig = make_rig(broker, twilio, TWILIO_TIMEOUT="1", DISPATCHER_CONCURRENCY="32", **PLANNING[planning])
         rig.worker("worker-1")
         rig.worker("worker-2")
         runner = rig.run_once()
         finish(rig, runner)
 
         report = rig.report()
-        print(f"\n[b] {report.summary()}")
+        print(f"\n[b, planning by the {planning}] {report.summary()}")
+        assert ("key ranges handed to the workers" in runner.output()) == (planning == "workers")
         report.check()
         faults = twilio.faults
         assert min(faults["429"], faults["503"], faults["timeout-lost"]) > 0, faults
@@ -271,12 +279,13 @@ def private_redis(redis_url: str, tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("planning", PLANNING)
 def test_c_redis_restarted_mid_run_completes_nothing_lost_nothing_twice(
-        make_rig: RigFactory, private_redis: RedisServer) -> None:
+        make_rig: RigFactory, private_redis: RedisServer, planning: str) -> None:
     """Shut the broker down at ~33 %, start it again (empty) 2 s later: the run still delivers each reminder once."""
     with FaultyTwilio() as twilio:
         twilio.delay = 0.05
-        rig = make_rig(private_redis.url, twilio, DISPATCHER_CONCURRENCY="8")
+        rig = make_rig(private_redis.url, twilio, DISPATCHER_CONCURRENCY="8", **PLANNING[planning])
         rig.worker("worker-1")
         runner = rig.run_once()
 
@@ -290,8 +299,8 @@ def test_c_redis_restarted_mid_run_completes_nothing_lost_nothing_twice(
         finish(rig, runner, 110)  # one sweep (30 s without progress) settles it; the bug below costs a second one
 
         report = rig.report()
-        print(f"\n[c] Redis stopped at {down_at} received; {report.summary()}; duplicated numbers whose copies "
-              f"were all created after Redis came back: {report.copies_after(back)}")
+        print(f"\n[c, planning by the {planning}] Redis stopped at {down_at} received; {report.summary()}; "
+              f"duplicated numbers whose copies were all created after Redis came back: {report.copies_after(back)}")
         report.check()
 
 
