@@ -1,6 +1,6 @@
 """Workers down during a run with a broker: the queue holds the run's own tasks once, and no personal data.
 
-(The last test: a run split into key ranges for the workers, whose range fails.)
+(The last two tests: a run split into key ranges for the workers, whose range fails; whose daemon is stopped.)
 
 A real daemon process (``dispatcher run --once`` with ``DISPATCHER_BROKER_URL``) books a
 run on Redis while no worker runs. Several sweeps later the queue still holds exactly
@@ -28,7 +28,7 @@ from sqlalchemy import delete, func, select
 
 from dispatcher.app import build_app
 from dispatcher.demo import demo_accounts, seed_demo
-from dispatcher.ledger.tables import attempts, config_versions, handoffs, runs
+from dispatcher.ledger.tables import attempts, config_versions, handoffs, run_ranges, runs
 from dispatcher.pipeline.executors import QUEUE
 from dispatcher.settings import Settings
 
@@ -155,4 +155,47 @@ def test_range_tasks_carry_no_personal_data_and_a_range_that_fails_fails_the_run
         booked = int(connection.execute(select(func.count()).select_from(attempts)).scalar_one())
     assert run.status == "failed" and run.error.startswith("key range 1 of 2: ConfigError: configuration version")
     assert booked == 0
+    app.engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_daemon_stopped_while_workers_plan_its_ranges_stops_them_and_the_next_run_sends_the_rest_once(
+        anytime: Path, workdir: Path, broker_url_db: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to the daemon while a worker's two pool processes plan its two key ranges: the daemon asks the
+    ranges to stop, each stops between messages and reports, and the run ends ``interrupted``; the next run
+    sends what is left, nothing twice."""
+    anytime.write_text(anytime.read_text("utf-8").replace("batch_size: 1000", "batch_size: 20"), "utf-8")
+    app = build_app(Settings.from_env())
+    seed_demo(app.engine, 3000, app.clock().date())
+    env = {**os.environ, "DISPATCHER_BROKER_URL": broker_url_db, "DISPATCHER_PLAN_RANGES": "2",
+           "DISPATCHER_SWEEP_AFTER": str(SWEEP), "PYTHONUNBUFFERED": "1"}
+    start(processes, workdir / "worker.log", env, workdir, "worker", "--pool", "prefork", "--concurrency", "2")
+    log = workdir / "run.log"
+    runner = start(processes, log, env, workdir, "run", "--once")
+
+    def sent() -> int:
+        with app.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(attempts).where(
+                attempts.c.status == "sent")).scalar_one())
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and sent() < 200:
+        time.sleep(0.2)
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(60) == 143, log.read_text("utf-8", "replace")[-3000:]
+    with app.engine.connect() as connection:
+        (run,) = connection.execute(select(runs.c.status, runs.c.counts)).all()
+        stages = [row.status for row in connection.execute(select(run_ranges.c.status))]
+    assert run.status == "interrupted" and stages == ["stopped", "stopped"], (run, stages)
+    assert 0 < json.loads(run.counts)["accounts"] < 3000  # both ranges reported what they read before stopping
+
+    again = start(processes, workdir / "again.log", env, workdir, "run", "--once")
+    assert again.wait(120) == 0, (workdir / "again.log").read_text("utf-8", "replace")[-3000:]
+    with app.engine.connect() as connection:
+        done = connection.execute(select(attempts.c.reminder_key, attempts.c.channel, func.count())
+                                  .where(attempts.c.status == "sent")
+                                  .group_by(attempts.c.reminder_key, attempts.c.channel)).all()
+        second = connection.execute(select(runs.c.status, runs.c.counts).order_by(runs.c.id.desc())).first()
+    assert second is not None and second.status == "completed" and json.loads(second.counts)["accounts"] == 3000
+    assert done and {n for *_, n in done} == {1}
     app.engine.dispose()

@@ -11,6 +11,7 @@ runs in a ``BEGIN EXCLUSIVE`` transaction instead.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -18,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from dispatcher.errors import ConfigError, LedgerError
 from dispatcher.masking import mask_url
+
+log = logging.getLogger(__name__)
 
 try:
     import fcntl
@@ -220,3 +223,27 @@ def booking_lock(engine: Engine, run_id: int) -> Iterator[None]:
     path = _sqlite_file(engine.url) if engine.dialect.name == "sqlite" else None
     with _file_lock(None if path is None else path + BOOKING_LOCK_SUFFIX):
         yield  # without a lock file (in-memory database): one process only, nothing to exclude
+
+
+STATISTICS_TABLES = ("attempts", "reminders", "delinquencies", "suppressions")
+"""The tables a run reads by lists of account ids, addresses or keys, batch after batch."""
+
+
+def refresh_statistics(engine: Engine) -> bool:
+    """Have PostgreSQL sample the tables a run reads by key lists again (``ANALYZE``); False when it cannot.
+
+    A run that books a large share of a ledger's rows (the first run on a new ledger, a million accounts) makes
+    the planner's row counts stale long before autovacuum looks (or never, when autovacuum is off): a batch's
+    1,000-id history query was then planned as a scan of the whole attempts table, 235 ms at 425,000 rows and
+    growing, instead of 0.7 ms through the account index. Other databases: nothing to do (SQLite keeps using
+    its indexes without statistics).
+    """
+    if engine.dialect.name != "postgresql":
+        return True
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f"ANALYZE {', '.join(STATISTICS_TABLES)}"))
+    except SQLAlchemyError as exc:  # not the tables' owner, a lock: the run goes on with the old statistics
+        log.warning("ledger: cannot refresh the table statistics (ANALYZE): %s", exc)
+        return False
+    return True

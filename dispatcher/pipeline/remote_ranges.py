@@ -115,8 +115,10 @@ class _Follower:
             if seen != last_seen:
                 last_seen, last_change = seen, time.monotonic()
             lost = self._lost(rows)
-            if stopping_since is not None and (lost or time.monotonic() - stopping_since > settings.stall_timeout):
-                for row in rows:  # the ranges whose worker is gone cannot report; they stopped
+            unfinished = [r for r in rows if r.status not in ENDED]
+            if stopping_since is not None and (len(lost) == len(unfinished)
+                                               or time.monotonic() - stopping_since > settings.stall_timeout):
+                for row in rows:  # every range still alive reported; those whose worker is gone cannot: stopped
                     results.setdefault(row.number, STOPPED)
                 return results
             if time.monotonic() - last_change > settings.stall_timeout:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.app import App, Pipeline
 from dispatcher.errors import DispatcherError
-from dispatcher.ledger.database import booking_lock
+from dispatcher.ledger.database import booking_lock, refresh_statistics
 from dispatcher.ledger.outcomes import CureTracker
 from dispatcher.ledger.tally import job_outcomes
 from dispatcher.logs import log_context
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.25
 """Seconds between two looks at the ledger while workers deliver."""
+
+STATISTICS_AT = 5_000
+"""Accounts a process reads before it has PostgreSQL refresh the ledger's statistics, and again each time that
+count doubles (:func:`~dispatcher.ledger.database.refresh_statistics`)."""
 
 MIN_BATCHES_PER_PROCESS = 5
 """A run is split over processes only into key ranges of at least this many source batches each: starting a
@@ -220,6 +224,7 @@ class Runner:
         history was read; if one was (a borrower's loans in two ranges), the batch is planned again first.
         """
         ledger, booker = self.app.ledger, self.app.booker()
+        read, refresh_at = 0, STATISTICS_AT
         for batch in pipeline.source.batches(key_range):
             if halt.is_set():
                 return False
@@ -248,6 +253,10 @@ class Runner:
                              [r.account_id for r in batch.rejects if r.account_id])
             counts.add(booked)  # booked is booked: counted even when handing it over fails (a dead broker)
             await executor.submit(booked_jobs)
+            read += len(batch.accounts)
+            if read >= refresh_at:  # this run grows the ledger: the history queries keep their index plans
+                refresh_at *= 2
+                refresh_statistics(self.app.engine)
         return True
 
     async def _follow(self, run_id: int, pipeline: Pipeline, executor: Executor, halt: threading.Event) -> bool:
