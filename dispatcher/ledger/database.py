@@ -49,9 +49,10 @@ DEFAULT_LOCK_TIMEOUT = 30.0
 def _sqlite_pragmas(lock_timeout: float) -> Any:
     def pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
+        # first: switching a new database to WAL waits for a lock too (another process migrating it holds one)
+        cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
