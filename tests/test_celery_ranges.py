@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -94,10 +95,10 @@ def test_workers_run_each_range_once_and_record_results_the_daemon_merges(
     assert first.plan_range(through_json(tasks[1])) is None  # redelivered after it ended: nothing happens
     stored = {r.number: RangeResult.from_json(r.result or "") for r in rows}
 
-    counts, jobs, limit = RunCounts(), list[int](), RejectLimit(0.05)
+    counts, jobs, limit = RunCounts(), array("q"), RejectLimit(0.05)
     outcomes = CureTracker(ranged.engine, tasks[0].run_id, clock())
     assert merge_results(dict(stored), 2, counts, jobs, limit, outcomes)
-    assert counts.accounts == 400 and limit.rows == 400 and len(outcomes.seen) >= counts.planned // 3
+    assert counts.accounts == 400 and limit.rows == 400 and len(outcomes.seen()) >= counts.planned // 3
     sent = attempt_rows(ranged, status="sent")
     assert len(jobs) == counts.planned == len(sent) > 300
     assert set(Counter((r["reminder_key"], r["channel"]) for r in sent).values()) == {1}

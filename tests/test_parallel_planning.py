@@ -16,6 +16,7 @@ import re
 import signal
 import threading
 import time
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
@@ -155,7 +156,7 @@ def test_a_batch_is_planned_again_when_another_process_booked_its_borrower_meanw
 
     pipeline = dataclasses.replace(parallel.pipeline, source=_Announcing(parallel, handed))
     runner = Runner(parallel)
-    counts, jobs = RunCounts(), list[int]()
+    counts, jobs = RunCounts(), array("q")
     outcome: list[bool] = []
 
     def range_b() -> None:

@@ -21,6 +21,7 @@ agent's word: the lender's source may lag a day behind).
 from __future__ import annotations
 
 import logging
+from array import array
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -33,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dispatcher.accounts import Account
 from dispatcher.errors import LedgerError
 from dispatcher.ledger.claims import chunks, insert_ignoring_conflicts
+from dispatcher.ledger.seen import AccountSet
 from dispatcher.ledger.tables import delinquencies
 
 log = logging.getLogger(__name__)
@@ -70,15 +72,16 @@ class CureTracker:
         self.engine = engine
         self.run_id = run_id
         self.started = started
-        self._seen: set[str] = set()  # accounts read in this run that have (or now got) an open delinquency
+        self._seen = AccountSet()  # accounts read in this run that have (or now got) an open delinquency
         self._read = False  # any row read at all
 
     def observe(self, accounts: Sequence[Account], reminded: Collection[str], now: datetime,
                 unread: Iterable[str] = ()) -> None:
         """Record a batch: ``reminded`` are the ids whose reminder is booked (now or before), ``unread`` the ids of
         rows rejected as bad data (still overdue: never cured for not being read)."""
+        unread = list(unread)
         self._seen.update(unread)
-        self._read = self._read or bool(accounts) or bool(self._seen)
+        self._read = self._read or bool(accounts) or bool(unread)
         if not accounts:
             return
         try:
@@ -92,15 +95,15 @@ class CureTracker:
         except SQLAlchemyError as exc:
             raise LedgerError(f"ledger: cannot record balances: {exc}") from exc
 
-    def absorb(self, seen: Iterable[str], read: bool) -> None:
-        """Add what another process of this run observed over its key range (its ``seen`` ids and ``read``)."""
-        self._seen.update(seen)
+    def absorb(self, seen: Iterable[int], read: bool) -> None:
+        """Add what another process of this run observed over its key range (its :meth:`seen` and ``read``)."""
+        self._seen.absorb(seen)
         self._read = self._read or read
 
-    @property
-    def seen(self) -> frozenset[str]:
-        """The accounts observed so far (what :meth:`finish` leaves open)."""
-        return frozenset(self._seen)
+    def seen(self) -> array[int]:
+        """The fingerprints of the accounts observed so far (what :meth:`finish` leaves open): what a key range
+        reports to its run (:class:`~dispatcher.ledger.seen.AccountSet`)."""
+        return self._seen.fingerprints()
 
     @property
     def read(self) -> bool:
@@ -121,7 +124,8 @@ class CureTracker:
                      .values(cured_at=now, cure="left_overdue"))
         try:
             with self.engine.begin() as connection:
-                gone = [int(row.id) for row in connection.execute(query) if row.account_id not in self._seen]
+                rows = connection.execute(query, execution_options={"yield_per": 10_000})  # a server-side cursor
+                gone = [int(row.id) for row in rows if row.account_id not in self._seen]
                 for chunk in chunks(gone):
                     connection.execute(statement, {"ids": list(chunk)})
         except SQLAlchemyError as exc:

@@ -107,15 +107,28 @@ def keep_results(engine: Engine, run_id: int, results: Mapping[int, str]) -> Non
         _write(engine, "keep the key ranges' counts", lambda c: c.execute(statement, rows).rowcount)
 
 
-def read_ranges(engine: Engine, run_id: int) -> list[RangeRow]:
-    query = select(run_ranges).where(run_ranges.c.run_id == run_id).order_by(run_ranges.c.number)
+def read_ranges(engine: Engine, run_id: int, *, results: bool = True) -> list[RangeRow]:
+    """The run's ranges in order; without their results (``result`` None) unless ``results``: a daemon that polls
+    them reads each result once, with :func:`read_result`, when its range ended."""
+    columns = [c for c in run_ranges.c if results or c.name != "result"]
+    query = select(*columns).where(run_ranges.c.run_id == run_id).order_by(run_ranges.c.number)
     try:
         with engine.connect() as connection:
             return [RangeRow(int(r.number), r.status, r.worker, int(r.starts), int(r.accounts), int(r.planned),
-                             r.result, r.updated_at)
+                             r.result if results else None, r.updated_at)
                     for r in connection.execute(query)]
     except SQLAlchemyError as exc:
         raise LedgerError(f"ledger: cannot read the run's key ranges: {exc}") from exc
+
+
+def read_result(engine: Engine, run_id: int, number: int) -> str | None:
+    """The result a range's worker recorded (None while it runs, or for a range stopped before it could report)."""
+    query = select(run_ranges.c.result).where(run_ranges.c.run_id == run_id, run_ranges.c.number == number)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(query).scalar()
+    except SQLAlchemyError as exc:
+        raise LedgerError(f"ledger: cannot read key range {number}'s result: {exc}") from exc
 
 
 def _write(engine: Engine, what: str, work: Callable[[Connection], int]) -> int:

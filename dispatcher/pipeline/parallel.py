@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import signal
 import threading
+from array import array
 from datetime import timedelta
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -57,7 +58,7 @@ PROGRESS_EVERY = 1.0
 
 
 async def plan_in_processes(app: App, run_id: int, pipeline: Pipeline, ranges: list[KeyRange], counts: RunCounts,
-                            jobs: list[int], halt: threading.Event, limit: RejectLimit,
+                            jobs: array[int], halt: threading.Event, limit: RejectLimit,
                             outcomes: CureTracker, progress: RangeProgress) -> bool:
     """Run every range in a process of its own and merge what they report; False when halted.
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import threading
+from array import array
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.app import App
@@ -66,8 +67,10 @@ class RangeResult:
 
     finished: bool
     counts: dict[str, int]
-    jobs: list[int]
-    seen: list[str]
+    jobs: array[int]
+    """The ids of the attempts it booked (8 bytes each: a million-account run's daemon holds them all)."""
+    seen: array[int]
+    """The fingerprints of the accounts it read (:meth:`~dispatcher.ledger.outcomes.CureTracker.seen`)."""
     read: bool
     limit: RejectLimit
     error: tuple[str, str] | None = None
@@ -75,12 +78,14 @@ class RangeResult:
 
     def counts_only(self) -> RangeResult:
         """The result without its attempt ids and accounts, as the ledger keeps it once the run merged it."""
-        return RangeResult(self.finished, self.counts, [], [], self.read, self.limit, self.error)
+        return RangeResult(self.finished, self.counts, array("q"), array("q"), self.read, self.limit, self.error)
 
     def to_json(self) -> str:
         limit = {"ratio": self.limit.ratio, "rows": self.limit.rows, "rejected": self.limit.rejected,
                  "without_id": self.limit.without_id, "fields": dict(self.limit.fields)}
-        return json.dumps({**asdict(self), "limit": limit}, separators=(",", ":"))
+        return json.dumps({"finished": self.finished, "counts": self.counts, "jobs": self.jobs.tolist(),
+                           "seen": self.seen.tolist(), "read": self.read, "limit": limit,
+                           "error": list(self.error) if self.error else None}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> RangeResult:
@@ -92,13 +97,14 @@ class RangeResult:
         limit.fields = Counter({str(k): int(v) for k, v in given["fields"].items()})
         error = tuple(data["error"]) if data.get("error") else None
         return cls(bool(data["finished"]), {str(k): int(v) for k, v in data["counts"].items()},
-                   [int(i) for i in data["jobs"]], [str(s) for s in data["seen"]], bool(data["read"]), limit,
+                   array("q", data["jobs"]), array("q", data["seen"]), bool(data["read"]), limit,
                    (str(error[0]), str(error[1])) if error else None)
 
 
 def failed_result(task: RangeTask, exc: BaseException) -> RangeResult:
     """The report of a range that raised before it could report anything."""
-    return RangeResult(False, {}, [], [], False, RejectLimit(task.reject_ratio), error=(type(exc).__name__, str(exc)))
+    return RangeResult(False, {}, array("q"), array("q"), False, RejectLimit(task.reject_ratio),
+                       error=(type(exc).__name__, str(exc)))
 
 
 async def run_range(app: App, executor: Executor, task: RangeTask, stopping: threading.Event,
@@ -109,7 +115,7 @@ async def run_range(app: App, executor: Executor, task: RangeTask, stopping: thr
     A :class:`DispatcherError` is reported in the result (the daemon fails the run with it); the executor is left
     open for its owner to close.
     """
-    jobs: list[int] = []
+    jobs = array("q")
     limit = RejectLimit(task.reject_ratio)
     outcomes = CureTracker(app.engine, task.run_id, app.clock())
     halt = Halt(stopping)
@@ -119,7 +125,7 @@ async def run_range(app: App, executor: Executor, task: RangeTask, stopping: thr
                                                           counts, jobs, halt, limit, outcomes, shared=True)
     except DispatcherError as exc:
         error = (type(exc).__name__, str(exc))
-    return RangeResult(finished, counts.as_dict(), jobs, sorted(outcomes.seen), outcomes.read, limit, error)
+    return RangeResult(finished, counts.as_dict(), jobs, outcomes.seen(), outcomes.read, limit, error)
 
 
 def describe(task: RangeTask, result: RangeResult) -> str:
@@ -131,7 +137,7 @@ def describe(task: RangeTask, result: RangeResult) -> str:
             f"{counts.suppressed} suppressed, {counts.deferred} deferred (the run's summary counts what was sent)")
 
 
-def merge_results(results: dict[int, RangeResult | str], ranges: int, counts: RunCounts, jobs: list[int],
+def merge_results(results: dict[int, RangeResult | str], ranges: int, counts: RunCounts, jobs: array[int],
                   limit: RejectLimit, outcomes: CureTracker) -> bool:
     """Add every range's report to the run's; whether every range finished.
 

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import threading
 import time
+from array import array
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +28,7 @@ from kombu.exceptions import KombuError
 from dispatcher.app import App, Pipeline, utc_now
 from dispatcher.errors import BrokerError
 from dispatcher.ledger.outcomes import CureTracker
-from dispatcher.ledger.ranges import ENDED, RangeRow, keep_results, open_ranges, read_ranges, stop_ranges
+from dispatcher.ledger.ranges import ENDED, RangeRow, keep_results, open_ranges, read_ranges, read_result, stop_ranges
 from dispatcher.masking import mask_url
 from dispatcher.pipeline.executors import PUBLISH_RETRY_POLICY, Executor
 from dispatcher.pipeline.jobs import RunCounts
@@ -47,7 +48,7 @@ STALE_AFTER = timedelta(seconds=15)
 
 
 async def plan_on_workers(app: App, run_id: int, pipeline: Pipeline, executor: Executor, ranges: list[KeyRange],
-                          counts: RunCounts, jobs: list[int], halt: threading.Event, limit: RejectLimit,
+                          counts: RunCounts, jobs: array[int], halt: threading.Event, limit: RejectLimit,
                           outcomes: CureTracker, progress: RangeProgress) -> bool:
     """Publish one task per range, follow the ranges until each ended and merge their results; False when halted.
 
@@ -100,11 +101,12 @@ class _Follower:
         last_seen: tuple[Any, ...] = ()
         last_change = last_sweep = time.monotonic()
         while True:
-            rows = read_ranges(self.app.engine, self.run_id)
+            rows = read_ranges(self.app.engine, self.run_id, results=False)
             for row in rows:
                 progress.update(row.number, row.accounts, row.planned)
                 if row.status in ENDED and row.number not in results:
-                    results[row.number] = RangeResult.from_json(row.result) if row.result else STOPPED
+                    text = read_result(self.app.engine, self.run_id, row.number)
+                    results[row.number] = RangeResult.from_json(text) if text else STOPPED
             if len(results) == len(self.tasks):
                 return results
             failed = any(isinstance(r, RangeResult) and r.error is not None for r in results.values())

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 import time
+from array import array
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -114,7 +115,7 @@ class Runner:
         lease = _Lease(app, run_id, self.stopping)
         lease.start()
         status, error = "failed", "stopped by an unexpected error"
-        jobs: list[int] = []
+        jobs = array("q")
         try:
             with log_context(run_id=run_id):  # every line the run logs carries its id (JSON logs)
                 finished = loops.run(self._execute(run_id, pipeline, counts, jobs, lease.halt),
@@ -142,7 +143,7 @@ class Runner:
         if applied:
             log.info("applied %d reply(ies) the web app had spooled", applied)
 
-    def _close(self, run_id: int, name: str, status: str, error: str, counts: RunCounts, jobs: list[int]) -> str:
+    def _close(self, run_id: int, name: str, status: str, error: str, counts: RunCounts, jobs: array[int]) -> str:
         """Count every booked attempt's outcome from the ledger and record the run's end."""
         app = self.app
         try:
@@ -158,7 +159,7 @@ class Runner:
         log.info("run %s (#%s) %s: %s", name, run_id, status, summary(counts), extra={"run_id": run_id})
         return status
 
-    async def _execute(self, run_id: int, pipeline: Pipeline, counts: RunCounts, jobs: list[int],
+    async def _execute(self, run_id: int, pipeline: Pipeline, counts: RunCounts, jobs: array[int],
                        halt: threading.Event) -> bool:
         await self._reconcile(pipeline)
         executor = self.app.executor(pipeline, halt, run_id)
@@ -177,7 +178,7 @@ class Runner:
             await executor.aclose()
 
     async def _book_all(self, run_id: int, pipeline: Pipeline, executor: Executor, counts: RunCounts,
-                        jobs: list[int], halt: threading.Event, progress: RangeProgress) -> bool:
+                        jobs: array[int], halt: threading.Event, progress: RangeProgress) -> bool:
         """Plan and book every batch of the source, handing each batch's jobs to ``executor``.
 
         A source large enough is split into key ranges, each planned, booked and delivered on its own: by Celery
@@ -215,7 +216,7 @@ class Runner:
         return True
 
     async def book_range(self, run_id: int, pipeline: Pipeline, executor: Executor, key_range: KeyRange,
-                         counts: RunCounts, jobs: list[int], halt: threading.Event, limit: RejectLimit,
+                         counts: RunCounts, jobs: array[int], halt: threading.Event, limit: RejectLimit,
                          outcomes: CureTracker, *, shared: bool = False) -> bool:
         """Plan and book the batches of ``key_range``; False when halted before its end.
 
