@@ -276,3 +276,24 @@ def test_the_log_level_is_read_in_any_case(cli: Cli, workdir: Path, monkeypatch:
         assert root.level == logging.ERROR
     finally:
         root.setLevel(previous)
+
+
+# rejects ---------------------------------------------------------------------------------------------------------
+def test_rejects_lists_the_newest_and_counts_on_stderr_what_it_left_out(cli: Cli, workdir: Path,
+                                                                          ledger_url: str) -> None:
+    assert cli("db", "upgrade")[0] == 0
+    engine = create_engine(ledger_url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO rejects (run_id, account_id, field, reason, created_at) "
+                                "VALUES (7, :id, 'timezone', 'unknown zone', CURRENT_TIMESTAMP)"),
+                           [{"id": f"R{n:04d}"} for n in range(1, 1201)])
+    engine.dispose()
+    code, out, err = cli("rejects", "--format", "json")
+    shown = json.loads(out)
+    assert code == 0 and len(shown) == 1000 and shown[0]["account_id"] == "R1200"
+    assert "the newest 1000 of 1200 rejected row(s); --limit 0 lists every one" in err
+    code, out, err = cli("rejects", "--format", "json", "--limit", "0")
+    assert code == 0 and len(json.loads(out)) == 1200 and "newest" not in err
+    code, out, err = cli("rejects", "--format", "csv", "--limit", "5", "--run", "7")
+    assert code == 0 and len(out.strip().splitlines()) == 6 and "the newest 5 of 1200" in err
+    assert cli("rejects", "--limit", "-1")[0] == 2

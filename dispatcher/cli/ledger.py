@@ -105,8 +105,13 @@ def _unsettled_line(unsettled: Mapping[str, int]) -> str:
 
 def rejects_command(args: argparse.Namespace) -> int:
     app = common.app(args)
-    write_rows(sys.stdout, list_rejects(app.engine, args.run), ("run_id", "account_id", "field", "reason"),
-               args.format, widths={"run_id": 6, "account_id": 12, "field": 16, "reason": 70})
+    if args.limit < 0:
+        raise ConfigError(f"--limit: {args.limit} is negative (0 lists every rejected row)")
+    rows, total = list_rejects(app.engine, args.run, args.limit)
+    write_rows(sys.stdout, rows, ("run_id", "account_id", "field", "reason"), args.format,
+               widths={"run_id": 6, "account_id": 12, "field": 16, "reason": 70})
+    if total > len(rows):
+        print(f"the newest {len(rows)} of {total} rejected row(s); --limit 0 lists every one", file=sys.stderr)
     return 0
 
 

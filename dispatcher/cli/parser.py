@@ -126,6 +126,8 @@ def _ledger_commands(commands: Any) -> None:
     runs.set_defaults(handler="dispatcher.cli.ledger:runs_command")
     rejects = commands.add_parser("rejects", help="list source rows rejected for bad data")
     rejects.add_argument("--run", type=int, metavar="RUN_ID")
+    rejects.add_argument("--limit", type=int, default=1000, help="the newest N (default 1000; 0: every one); the "
+                         "rows left out are counted on stderr")
     rejects.add_argument("--format", choices=["table", "json", "csv"], default="table")
     rejects.set_defaults(handler="dispatcher.cli.ledger:rejects_command")
     report = commands.add_parser(

@@ -110,9 +110,9 @@ def web_command(args: argparse.Namespace) -> int:
     from dispatcher.web.server import serve
 
     app = common.app(args)
-    log.info("serving webhooks on http://%s:%d (public URL %s)", args.host, args.port,
-             app.settings.public_url or "not set: Twilio signatures cannot be verified")
-    serve(app, args.host, args.port)
+    serve(app, args.host, args.port, lambda: log.info(
+        "serving webhooks on http://%s:%d (public URL %s)", args.host, args.port,
+        app.settings.public_url or "not set: Twilio signatures cannot be verified"))
     return 0
 
 

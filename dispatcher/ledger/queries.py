@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from dispatcher.ledger.claims import chunks
 from dispatcher.ledger.tables import attempts, rejects, reminders, runs
@@ -62,13 +62,18 @@ def list_runs(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-def list_rejects(engine: Engine, run_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    """Rejected source rows (account id, field, reason), newest first."""
-    query = select(rejects).order_by(rejects.c.id.desc()).limit(limit)
+def list_rejects(engine: Engine, run_id: int | None = None, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+    """The newest ``limit`` rejected source rows (account id, field, reason; every one when ``limit`` is 0), newest
+    first, and how many there are in all."""
+    query = select(rejects).order_by(rejects.c.id.desc())
+    total = select(func.count()).select_from(rejects)
     if run_id is not None:
-        query = query.where(rejects.c.run_id == run_id)
+        query, total = query.where(rejects.c.run_id == run_id), total.where(rejects.c.run_id == run_id)
+    if limit:
+        query = query.limit(limit)
     with engine.connect() as connection:
-        return [dict(row) for row in connection.execute(query).mappings().all()]
+        rows = [dict(row) for row in connection.execute(query).mappings().all()]
+        return rows, int(connection.execute(total).scalar_one()) if limit and len(rows) == limit else len(rows)
 
 
 def attempt_statuses(engine: Engine, attempt_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:

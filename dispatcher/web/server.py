@@ -66,10 +66,11 @@ def server_options() -> dict[str, Any]:
             "lingering_time": LINGER_SECONDS}
 
 
-def serve(app: App, host: str, port: int) -> None:
-    """Serve until interrupted (SIGINT / SIGTERM)."""
-    web.run_app(build_web_app(app, metrics_host=host), host=host, port=port, backlog=BACKLOG, print=None,
-                handle_signals=True, **server_options())
+def serve(app: App, host: str, port: int, listening: Callable[[], None] = lambda: None) -> None:
+    """Serve until interrupted (SIGINT / SIGTERM); ``listening`` is called once the port is bound (a port in use
+    raises ``OSError`` before it is)."""
+    web.run_app(build_web_app(app, metrics_host=host), host=host, port=port, backlog=BACKLOG,
+                print=lambda _banner: listening(), handle_signals=True, **server_options())
 
 
 def _closing(*cached: Refreshed[Any]) -> Callable[[web.Application], Awaitable[None]]:
