@@ -2,7 +2,7 @@
 
 A run whose source is large enough is split into key ranges
 (:meth:`~dispatcher.pipeline.source.AccountSource.split`). Each range runs :meth:`Runner.book_range` with delivery
-in the process that runs it: a process of the daemon's machine without a broker
+in the process that runs it: the daemon's or a helper process on its machine without a broker
 (:mod:`dispatcher.pipeline.parallel`), a Celery worker with one (:mod:`dispatcher.pipeline.remote_ranges`). Both
 carry the same :class:`RangeTask` there and the same :class:`RangeResult` back, and the daemon merges the results
 with :func:`merge_results`. What holds across ranges is written in :mod:`dispatcher.pipeline.parallel`.

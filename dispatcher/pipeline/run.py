@@ -45,8 +45,16 @@ STATISTICS_AT = 5_000
 count doubles (:func:`~dispatcher.ledger.database.refresh_statistics`)."""
 
 MIN_BATCHES_PER_PROCESS = 5
-"""A run is split over processes only into key ranges of at least this many source batches each: starting a
-process and wiring it costs about a second, worth it for thousands of accounts, not for a few hundred."""
+"""A run is split over Celery workers only into key ranges of at least this many source batches each, and over
+local processes only as many as the source holds such shares: starting a process and wiring it costs about a
+second, worth it for thousands of accounts, not for a few hundred."""
+
+RANGES_PER_PROCESS = 4
+"""Without a broker, key ranges per planning process: each process takes the next range when it is done with one,
+so the processes end within about a range of each other (:mod:`dispatcher.pipeline.parallel`)."""
+
+RANGE_BATCHES = 2
+"""Without a broker, the fewest source batches in a key range."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +196,14 @@ class Runner:
         limit = RejectLimit(pipeline.loaded.schedule.source.max_reject_ratio)
         outcomes = CureTracker(self.app.engine, run_id, self.app.clock())
         settings = self.app.settings
-        parts = settings.plan_ranges if executor.remote else settings.plan_processes
-        ranges = [KeyRange()]
-        if parts > 1:
-            ranges = pipeline.source.split(parts, MIN_BATCHES_PER_PROCESS * pipeline.loaded.schedule.source.batch_size)
+        batch = pipeline.loaded.schedule.source.batch_size
+        ranges, processes = [KeyRange()], 1
+        if executor.remote and settings.plan_ranges > 1:
+            ranges = pipeline.source.split(settings.plan_ranges, MIN_BATCHES_PER_PROCESS * batch)
+        elif not executor.remote and settings.plan_processes > 1:
+            ranges = pipeline.source.split(settings.plan_processes * RANGES_PER_PROCESS, RANGE_BATCHES * batch)
+            processes = min(settings.plan_processes, len(ranges) * RANGE_BATCHES // MIN_BATCHES_PER_PROCESS)
+            ranges = ranges if processes > 1 else [KeyRange()]
         if len(ranges) > 1 and executor.remote and all(r.portable for r in ranges):
             from dispatcher.pipeline.remote_ranges import plan_on_workers  # imports Celery only when used
 
@@ -200,8 +212,8 @@ class Runner:
         elif len(ranges) > 1 and not executor.remote:
             from dispatcher.pipeline.parallel import plan_in_processes  # imports multiprocessing only when used
 
-            finished = await plan_in_processes(self.app, run_id, pipeline, ranges, counts, jobs, halt, limit,
-                                               outcomes, progress)
+            finished = await plan_in_processes(self.app, run_id, pipeline, ranges, processes, counts, jobs, halt,
+                                               limit, outcomes, progress)
         else:
             if len(ranges) > 1:  # with a broker, but the ids cannot travel in a task's JSON
                 log.info("run #%s: account ids of type %s cannot be sent to the workers; the daemon plans the run",
