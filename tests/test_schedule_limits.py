@@ -73,12 +73,20 @@ def test_validate_refuses_a_bomb_without_loading_the_delivery_stack(tmp_path: Pa
     path = tmp_path / "bomb.yaml"
     path.write_text(BILLION_LAUGHS, encoding="utf-8")
     probe = ("import sys\nfrom dispatcher.cli import main\ncode = main(['validate', sys.argv[1]])\n"
-             "heavy = sorted({'aiohttp', 'alembic', 'celery', 'kombu', 'twilio', 'jwt', 'redis'} & set(sys.modules))\n"
+             "heavy = sorted({'aiohttp', 'alembic', 'celery', 'kombu', 'twilio', 'jwt', 'redis', 'sqlalchemy',\n"
+             "                'jinja2', 'babel'} & set(sys.modules))\n"
              "print(code, heavy)")
     done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60)
     line, col = at(BILLION_LAUGHS, "*d")
     assert done.stdout.strip() == "1 []", done.stdout + done.stderr
     assert f"bomb.yaml:{line}:{col}: the aliases expand to more than" in done.stderr
+
+
+def test_the_command_line_starts_without_the_database_layer() -> None:
+    """Every command pays for what ``dispatcher.cli`` imports before it chooses the handler: not SQLAlchemy."""
+    probe = "import sys\nimport dispatcher.cli\nprint(sorted({'sqlalchemy', 'jinja2', 'pydantic'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def budget_file(aliases: int) -> str:

@@ -24,8 +24,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from dispatcher.cli.parser import build_parser
 from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.logs import configure_logging
@@ -40,8 +38,15 @@ EXIT_REFUSED = 2
 EXIT_CLOSED_PIPE = 128 + 13
 """stdout was closed by its reader: the status of a process ended by SIGPIPE."""
 
-KNOWN_ERRORS = (DispatcherError, OSError, SQLAlchemyError)
-"""What ends a command with one line and :data:`EXIT_REFUSED`: ours, the system's and the databases' refusals."""
+
+def known_error(exc: Exception) -> bool:
+    """Whether ``exc`` ends a command with one line and :data:`EXIT_REFUSED`: ours, the system's and the databases'
+    refusals. SQLAlchemy's are recognised only once it is loaded (it raised them, then): importing it costs every
+    command half a second of start, ``--help`` and ``validate`` included."""
+    if isinstance(exc, (DispatcherError, OSError)):
+        return True
+    database = sys.modules.get("sqlalchemy.exc")
+    return database is not None and isinstance(exc, database.SQLAlchemyError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,9 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _closed_pipe()
     except KeyboardInterrupt:
         return 130
-    except KNOWN_ERRORS as exc:
-        return _refused(exc)
     except Exception as exc:
+        if known_error(exc):
+            return _refused(exc)
         log.debug("unexpected error", exc_info=True)
         _say(f"unexpected error: {type(exc).__name__}: {exc} (a bug: run with --log-level DEBUG for the traceback)")
         return 1

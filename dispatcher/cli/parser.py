@@ -12,10 +12,8 @@ from typing import Any
 
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.cli.examples import add_examples
-from dispatcher.ledger.handoffs import OUTCOMES as HANDOFF_OUTCOMES
-from dispatcher.ledger.handoffs import STATUSES as HANDOFF_STATUSES
-from dispatcher.pipeline.retry import DEFAULT_LIMIT, RETRYABLE
 from dispatcher.settings import LOG_LEVELS
+from dispatcher.states import HANDOFF_OUTCOMES, HANDOFF_STATUSES, RETRY_LIMIT, RETRYABLE
 
 DEMO_ACCOUNTS = 1000
 """Demo borrowers ``run --demo`` and ``seed-demo`` create by default."""
@@ -160,7 +158,7 @@ def _retry_commands(commands: Any) -> None:
     retry.add_argument("--run", type=int, metavar="RUN_ID")
     retry.add_argument("--account", metavar="ID")
     retry.add_argument("--since", metavar="DATE", help="ISO date or time (read in the schedule's zone)")
-    retry.add_argument("--limit", type=int, default=DEFAULT_LIMIT)
+    retry.add_argument("--limit", type=int, default=RETRY_LIMIT)
     retry.add_argument("--dry-run", action="store_true", help="say what would be sent and why the others are held")
     retry.set_defaults(handler="dispatcher.cli.retry:retry_command")
 

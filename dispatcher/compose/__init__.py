@@ -2,26 +2,8 @@
 
 :mod:`~dispatcher.compose.renderer` renders and checks templates,
 :mod:`~dispatcher.compose.filters` formats money, dates and account numbers,
-:mod:`~dispatcher.compose.segments` counts SMS segments.
+:mod:`~dispatcher.compose.segments` counts SMS segments, :mod:`~dispatcher.compose.layout` finds the template
+files.
+
+Nothing is imported here: ``dispatcher validate`` reads the template layout without loading Jinja and Babel.
 """
-
-from dispatcher.compose.renderer import (
-    Composer,
-    RenderContext,
-    Rendered,
-    TemplateProblem,
-    check_templates,
-    sample_context,
-)
-from dispatcher.compose.segments import Segments, sms_segments
-
-__all__ = [
-    "Composer",
-    "RenderContext",
-    "Rendered",
-    "Segments",
-    "TemplateProblem",
-    "check_templates",
-    "sample_context",
-    "sms_segments",
-]

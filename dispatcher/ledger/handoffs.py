@@ -43,12 +43,13 @@ from dispatcher.ledger.suppressions import suppress_hash
 from dispatcher.ledger.tables import handoff_events, handoffs
 from dispatcher.masking import mask_text
 from dispatcher.pipeline.history import BatchHistory, Contact, Hold
+from dispatcher.states import HANDOFF_OUTCOMES, HANDOFF_STATUSES
 
-STATUSES = ("open", "claimed", "closed")
-"""A work item's status, in the only order it moves."""
+STATUSES = HANDOFF_STATUSES
+"""A work item's status, in the only order it moves (:mod:`dispatcher.states`)."""
 
-OUTCOMES = ("contacted", "promise_to_pay", "dispute", "wrong_number", "paid", "visit_done", "repayment_plan")
-"""What an agent may record when closing a work item."""
+OUTCOMES = HANDOFF_OUTCOMES
+"""What an agent may record when closing a work item (:mod:`dispatcher.states`)."""
 
 CONTACT_OUTCOMES = frozenset({"contacted", "promise_to_pay", "visit_done", "repayment_plan"})
 """Outcomes in which a person reached the borrower: each counts as a contact toward the caps."""

@@ -25,12 +25,9 @@ from dispatcher.ledger.tables import attempts
 from dispatcher.masking import address_hash, mask_address
 from dispatcher.pipeline.job_loader import JobLoader
 from dispatcher.send_check import SendCheck
+from dispatcher.states import RETRY_LIMIT
 
-RETRYABLE = ("failed", "unknown")
-"""Statuses an operator may retry."""
-
-DEFAULT_LIMIT = 10_000
-"""Attempts chosen at most by one ``dispatcher retry``."""
+DEFAULT_LIMIT = RETRY_LIMIT
 
 
 @dataclass(frozen=True)
