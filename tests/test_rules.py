@@ -639,11 +639,15 @@ def test_send_check_outside_the_window_at_send_is_deferred_and_released(app: App
     """Planned at 20:59 Shanghai, sent at 21:30: deferred at send, the claim given back for a later run."""
     clock.now = shanghai(2026, 3, 10, 20, 59)
     seed_rows(app.engine, demo_row("P1", TODAY - timedelta(days=2)))
-    jobs = book_all(app)
-    assert len(jobs) == 2
+    evening = app.runs.start("evening", clock(), app.pipeline.loaded.version, "test", clock())
+    assert evening is not None
+    jobs = book_all(app, evening)
+    assert len(jobs) == 2 and app.ledger.pending_count(evening) == 2
     clock.now = shanghai(2026, 3, 10, 21, 30)
     counts = deliver(app, jobs)
     assert (counts.sent, counts.deferred) == (0, 2)
+    # a run with Celery workers waits for its pending attempts: these wait for a later run, not for a worker
+    assert (app.ledger.pending_count(evening), app.ledger.planned_ids(evening)) == (0, [])
     rows = attempt_rows(app, account_id="P1")
     claims = [r for r in rows if r["try_no"] == 1]
     decisions = [r for r in rows if r["try_no"] == 0]
@@ -655,9 +659,13 @@ def test_send_check_outside_the_window_at_send_is_deferred_and_released(app: App
 
     # the next morning's booking hands the same claims out again, and they go out once
     clock.now = shanghai(2026, 3, 11, 9)
-    again = book_all(app)
+    morning = app.runs.start("morning", clock(), app.pipeline.loaded.version, "test", clock())
+    assert morning is not None
+    again = book_all(app, morning)
     assert sorted(j.attempt_id for j in again) == sorted(r["id"] for r in claims)
+    assert app.ledger.pending_count(morning) == 2  # booked again: this run's to deliver
     assert deliver(app, again).sent == 2
+    assert app.ledger.pending_count(morning) == 0
     assert sorted(r["status"] for r in attempt_rows(app, account_id="P1", try_no=1)) == ["sent", "sent"]
 
 

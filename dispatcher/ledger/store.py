@@ -192,11 +192,11 @@ class Ledger:
                         if given is not None:  # booked again: this run's address and run
                             refreshed.append({"b_id": row.id, "b_address": given["address"],
                                               "b_hash": given["address_hash"], "b_run": given["run_id"]})
-                if refreshed:
+                if refreshed:  # booked again for this run: no longer deferred (rule_id) by the one before
                     connection.execute(
                         update(attempts).where(attempts.c.id == bindparam("b_id"), attempts.c.status == "planned")
                         .values(address=bindparam("b_address"), address_hash=bindparam("b_hash"),
-                                run_id=bindparam("b_run")), refreshed)
+                                run_id=bindparam("b_run"), rule_id=None), refreshed)
         except SQLAlchemyError as exc:
             raise self._guard("book attempts", exc) from exc
         return found
@@ -258,18 +258,22 @@ class Ledger:
 
     def pending_count(self, run_id: int) -> int:
         """The run's attempts still to settle: ``planned``, ``claimed`` or ``sending``, except the held ones
-        (a template that fails: they wait for a valid edit, not for a worker)."""
+        (a template that fails: they wait for a valid edit, not for a worker) and those deferred at send (given
+        back with the rule that deferred them, e.g. a window that closed meanwhile: they wait for a later run)."""
         query = select(func.count()).select_from(attempts).where(
             attempts.c.run_id == run_id, attempts.c.status.in_(PENDING_STATUSES),
-            (attempts.c.error_class.is_(None)) | (attempts.c.error_class != HELD_CLASS))
+            (attempts.c.error_class.is_(None)) | (attempts.c.error_class != HELD_CLASS),
+            (attempts.c.status != "planned") | attempts.c.rule_id.is_(None))
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
     def planned_ids(self, run_id: int) -> list[int]:
-        """The run's attempts waiting for a deliverer (``planned``, not held), oldest first."""
+        """The run's attempts waiting for a deliverer (``planned``, neither held nor deferred at send), oldest
+        first."""
         query = select(attempts.c.id).where(
             attempts.c.run_id == run_id, attempts.c.status == "planned", attempts.c.try_no >= 1,
-            (attempts.c.error_class.is_(None)) | (attempts.c.error_class != HELD_CLASS)).order_by(attempts.c.id)
+            (attempts.c.error_class.is_(None)) | (attempts.c.error_class != HELD_CLASS),
+            attempts.c.rule_id.is_(None)).order_by(attempts.c.id)
         with self.engine.connect() as connection:
             return [int(i) for i in connection.execute(query).scalars()]
 
