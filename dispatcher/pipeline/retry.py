@@ -27,8 +27,6 @@ from dispatcher.pipeline.job_loader import JobLoader
 from dispatcher.send_check import SendCheck
 from dispatcher.states import RETRY_LIMIT
 
-DEFAULT_LIMIT = RETRY_LIMIT
-
 
 @dataclass(frozen=True)
 class RetryChoice:
@@ -38,7 +36,7 @@ class RetryChoice:
     run_id: int | None = None
     account_id: str | None = None
     since: datetime | None = None
-    limit: int = DEFAULT_LIMIT
+    limit: int = RETRY_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
