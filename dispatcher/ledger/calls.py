@@ -20,8 +20,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import LedgerError
+from dispatcher.ledger.among import rows_among
 from dispatcher.ledger.callbacks import advance_status
-from dispatcher.ledger.claims import chunks
 from dispatcher.ledger.tables import attempts
 from dispatcher.pipeline.history import CONTACT_STATUSES, BatchHistory, Call
 
@@ -90,8 +90,7 @@ def load_calls(connection: Connection, ids: Sequence[str], hashes: Sequence[str]
         or_(attempts.c.status.in_(sorted(CONTACT_STATUSES)),
             attempts.c.status.in_(PLACED_UNANSWERED) & attempts.c.provider_message_id.is_not(None)))
     for column, values in ((attempts.c.account_id, ids), (attempts.c.address_hash, hashes)):
-        for chunk in chunks(values):
-            for row in connection.execute(query.where(column.in_(chunk))):
-                history.calls[int(row.id)] = Call(int(row.id), row.account_id, row.address_hash, row.attempted_at,
-                                                  answered=row.status == "delivered" or bool(row.answered_by),
-                                                  conversation=row.answered_by in CONVERSATION)
+        for row in rows_among(connection, query, column, values):
+            history.calls[int(row.id)] = Call(int(row.id), row.account_id, row.address_hash, row.attempted_at,
+                                              answered=row.status == "delivered" or bool(row.answered_by),
+                                              conversation=row.answered_by in CONVERSATION)

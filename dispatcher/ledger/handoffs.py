@@ -37,7 +37,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import DispatcherError, LedgerError
 from dispatcher.handoffs.repayment_plans import Instalment, PlanError, RepaymentPlan
-from dispatcher.ledger.claims import chunks, insert_ignoring_conflicts
+from dispatcher.ledger.among import rows_among
+from dispatcher.ledger.claims import insert_ignoring_conflicts
 from dispatcher.ledger.outcomes import cure_paid
 from dispatcher.ledger.suppressions import suppress_hash
 from dispatcher.ledger.tables import handoff_events, handoffs
@@ -392,20 +393,17 @@ def load_handoff_history(connection: Connection, ids: Sequence[str], hashes: Seq
         handoffs.c.status == "closed")
     holds = closed.where(handoffs.c.outcome.in_(sorted(HOLD_OUTCOMES))).order_by(handoffs.c.closed_at.desc(),
                                                                                   handoffs.c.id.desc())
-    for chunk in chunks(ids):
-        for row in connection.execute(holds.where(handoffs.c.account_id.in_(chunk))):
-            plan = RepaymentPlan.from_json(row.plan) if row.plan else None
-            history.holds.setdefault(row.account_id, []).append(Hold(row.id, row.outcome, row.until, row.due_date,
-                                                                     plan))
+    for row in rows_among(connection, holds, handoffs.c.account_id, ids):
+        plan = RepaymentPlan.from_json(row.plan) if row.plan else None
+        history.holds.setdefault(row.account_id, []).append(Hold(row.id, row.outcome, row.until, row.due_date, plan))
     if contacts_since is None:
         return
     contacts = closed.where(handoffs.c.outcome.in_(sorted(CONTACT_OUTCOMES)), handoffs.c.closed_at >= contacts_since)
     seen: set[int] = set()
     for column, values in ((handoffs.c.account_id, ids), (handoffs.c.borrower_hash, hashes)):
-        for chunk in chunks(values):
-            for row in connection.execute(contacts.where(column.in_(chunk))):
-                if row.id not in seen:
-                    seen.add(row.id)
-                    history.add_contact(Contact(-(CONTACT_ID_OFFSET + row.id), row.account_id,
-                                                ChannelKind.HANDOFF.value, None, row.closed_at, row.borrower_hash))
+        for row in rows_among(connection, contacts, column, values):
+            if row.id not in seen:
+                seen.add(row.id)
+                history.add_contact(Contact(-(CONTACT_ID_OFFSET + row.id), row.account_id,
+                                            ChannelKind.HANDOFF.value, None, row.closed_at, row.borrower_hash))
 

@@ -13,8 +13,9 @@ from dispatcher.accounts import Account, RejectedRow
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import LedgerError
 from dispatcher.ledger import claims
+from dispatcher.ledger.among import rows_among
 from dispatcher.ledger.calls import load_calls
-from dispatcher.ledger.claims import AttemptOutcome, chunks, insert_ignoring_conflicts
+from dispatcher.ledger.claims import AttemptOutcome, insert_ignoring_conflicts
 from dispatcher.ledger.handoffs import load_handoff_history
 from dispatcher.ledger.tables import attempts, rejects, reminders, suppressions
 from dispatcher.ledger.tally import HELD_CLASS
@@ -84,17 +85,16 @@ class Ledger:
                        attempts.c.rule_id, attempts.c.not_before).order_by(attempts.c.id)
         latest: dict[tuple[str, str, str], int] = {}
         waiting: dict[tuple[str, str, str], Deferred] = {}
-        for chunk in chunks(ids):
-            for account_id, key, channel, try_no, status, step, occurrence, rule_id, not_before in connection.execute(
-                    query.where(attempts.c.account_id.in_(chunk))):
-                if try_no == 0:
-                    note = deferral_note(rule_id, not_before) if status == "deferred" else rule_id or ""
-                    history.noted.setdefault(account_id, set()).add((key, channel, note))
-                    if status == "deferred":
-                        waiting[(account_id, key, channel)] = Deferred(key, step, occurrence, channel)
-                elif latest.get((account_id, key, channel), 0) < try_no:
-                    latest[(account_id, key, channel)] = try_no
-                    history.claims.setdefault(account_id, {})[(key, channel)] = status
+        for account_id, key, channel, try_no, status, step, occurrence, rule_id, not_before in rows_among(
+                connection, query, attempts.c.account_id, ids):
+            if try_no == 0:
+                note = deferral_note(rule_id, not_before) if status == "deferred" else rule_id or ""
+                history.noted.setdefault(account_id, set()).add((key, channel, note))
+                if status == "deferred":
+                    waiting[(account_id, key, channel)] = Deferred(key, step, occurrence, channel)
+            elif latest.get((account_id, key, channel), 0) < try_no:
+                latest[(account_id, key, channel)] = try_no
+                history.claims.setdefault(account_id, {})[(key, channel)] = status
         for (account_id, _key, _channel), deferred in waiting.items():
             history.deferred.setdefault(account_id, []).append(deferred)
 
@@ -119,23 +119,22 @@ class Ledger:
         linked: set[str] = set()  # other accounts of the same borrower: they share an address
 
         def collect(column: Any, values: Sequence[str]) -> None:
-            for chunk in chunks(values):
-                for row in connection.execute(query.where(column.in_(chunk))):
-                    # a hand-off's attempt opens a work item: the contact is the person's, counted when closed
-                    if row.id in seen or row.channel == _HANDOFF:
-                        continue
-                    if row.status in CONTACT_STATUSES:  # claimed and in flight: not stamped yet, counted from booking
-                        at = row.attempted_at or row.created_at
-                    elif row.status == "planned" and row.try_no >= 1 and row.account_id not in own:
-                        at = row.created_at
-                    else:
-                        continue
-                    if at < since:
-                        continue
-                    seen.add(row.id)
-                    linked.add(row.account_id)
-                    history.add_contact(Contact(row.id, row.account_id, row.channel, row.address_hash, at,
-                                                row.borrower_hash))
+            for row in rows_among(connection, query, column, values):
+                # a hand-off's attempt opens a work item: the contact is the person's, counted when closed
+                if row.id in seen or row.channel == _HANDOFF:
+                    continue
+                if row.status in CONTACT_STATUSES:  # claimed and in flight: not stamped yet, counted from booking
+                    at = row.attempted_at or row.created_at
+                elif row.status == "planned" and row.try_no >= 1 and row.account_id not in own:
+                    at = row.created_at
+                else:
+                    continue
+                if at < since:
+                    continue
+                seen.add(row.id)
+                linked.add(row.account_id)
+                history.add_contact(Contact(row.id, row.account_id, row.channel, row.address_hash, at,
+                                            row.borrower_hash))
 
         collect(attempts.c.account_id, ids)
         collect(attempts.c.address_hash, hashes)
@@ -146,10 +145,9 @@ class Ledger:
     def _load_suppressions(connection: Connection, hashes: Sequence[str], history: BatchHistory) -> None:
         query = select(suppressions.c.channel, suppressions.c.address_hash, suppressions.c.source,
                        suppressions.c.created_at).where(suppressions.c.lifted_at.is_(None))
-        for chunk in chunks(hashes):
-            for row in connection.execute(query.where(suppressions.c.address_hash.in_(chunk))):
-                history.suppressions[(row.channel, row.address_hash)] = Suppression(
-                    row.channel, row.address_hash, row.source, row.created_at)
+        for row in rows_among(connection, query, suppressions.c.address_hash, hashes):
+            history.suppressions[(row.channel, row.address_hash)] = Suppression(
+                row.channel, row.address_hash, row.source, row.created_at)
 
     # writes -----------------------------------------------------------------------------
     def record_reminders(self, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -172,8 +170,10 @@ class Ledger:
             return {}
         insert = insert_ignoring_conflicts(self.engine.dialect.name, attempts).returning(
             attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.status)
-        query = select(attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no).where(
-            attempts.c.try_no >= 1, attempts.c.status == "planned")
+        # the status is checked here, not in SQL: SQLite would otherwise walk every planned attempt in the
+        # status index instead of looking the reminders up
+        query = select(attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no,
+                       attempts.c.status)
         try:
             with self.engine.begin() as connection:
                 if reminder_rows:
@@ -185,13 +185,14 @@ class Ledger:
                 wanted = {(r["reminder_key"], r["channel"]): r for r in rows if r["status"] == "planned"}
                 existing = sorted({key for key, channel in wanted if (key, channel) not in done})
                 refreshed: list[dict[str, Any]] = []
-                for chunk in chunks(existing):
-                    for row in connection.execute(query.where(attempts.c.reminder_key.in_(chunk))):
-                        found[(row.reminder_key, row.channel)] = (int(row.id), int(row.try_no))
-                        given = wanted.get((row.reminder_key, row.channel))
-                        if given is not None:  # booked again: this run's address and run
-                            refreshed.append({"b_id": row.id, "b_address": given["address"],
-                                              "b_hash": given["address_hash"], "b_run": given["run_id"]})
+                for row in rows_among(connection, query, attempts.c.reminder_key, existing):
+                    if row.try_no < 1 or row.status != "planned":
+                        continue
+                    found[(row.reminder_key, row.channel)] = (int(row.id), int(row.try_no))
+                    given = wanted.get((row.reminder_key, row.channel))
+                    if given is not None:  # booked again: this run's address and run
+                        refreshed.append({"b_id": row.id, "b_address": given["address"],
+                                          "b_hash": given["address_hash"], "b_run": given["run_id"]})
                 if refreshed:  # booked again for this run: no longer deferred (rule_id) by the one before
                     connection.execute(
                         update(attempts).where(attempts.c.id == bindparam("b_id"), attempts.c.status == "planned")
