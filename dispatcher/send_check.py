@@ -25,13 +25,23 @@ from dispatcher.rules.engine import RuleEngine
 from dispatcher.zones import home_zone
 
 
-@dataclass(frozen=True)
+@dataclass
 class BatchFacts:
-    """Fresh accounts (by id) and suppressions for one batch of jobs."""
+    """Fresh accounts (by id), suppressions and pauses for one batch of jobs."""
 
     accounts: dict[str, Account]
     history: BatchHistory
+    """What the re-check reads: suppressions and pauses, no contacts (caps are counted when planning)."""
     rechecked: bool
+    read_contacts: Callable[[], BatchHistory] | None = None
+    _whole: BatchHistory | None = None
+
+    def whole_history(self) -> BatchHistory:
+        """The history with contacts and claims too, read when a batch first needs it (a fallback channel, which
+        was never planned, passes the caps here)."""
+        if self._whole is None:
+            self._whole = self.read_contacts() if self.read_contacts is not None else self.history
+        return self._whole
 
 
 class SendCheck:
@@ -54,8 +64,14 @@ class SendCheck:
             fresh = self.source.fetch(ids, planned) if self.source.can_recheck else {}
         accounts = {i: a for i, a in fresh.items() if isinstance(a, Account)}
         known = list(accounts.values()) or [job.account for job in jobs]
-        history = self.ledger.load_history(known, self.contacts_since(now))
-        return BatchFacts(accounts, history, self.source.can_recheck)
+        newest = max((job.attempt_id for job in jobs), default=0)
+
+        def read_contacts() -> BatchHistory:  # as it stood when the batch was taken: not its own fallback tries
+            history = self.ledger.load_history(known, self.contacts_since(now))
+            history.forget_after(newest)
+            return history
+
+        return BatchFacts(accounts, self.ledger.load_recheck_history(known), self.source.can_recheck, read_contacts)
 
     def check(self, job: DeliveryJob, channel: ChannelKind, address: str, facts: BatchFacts,
               now: datetime, *, fallback: bool = False) -> Block | None:
@@ -63,16 +79,17 @@ class SendCheck:
 
         A ``fallback`` channel was never planned, so it also passes the caps here.
         """
+        history = facts.whole_history() if fallback else facts.history
         account = facts.accounts.get(job.account.account_id) if facts.rechecked else job.account
         if account is None:
             return Block("paid", "the account is no longer in the overdue source")
         if account.settled:
             return Block("paid", f"settled before sending (balance {account.overdue_amount})")
         block = self.engine.check_account(account, local_date(now, home_zone(account, self.default_zone)),
-                                          facts.history)
+                                          history)
         if block is not None:
             return block
         if job.planned_address_hash is not None or address_for(account, channel) != address:
             return Block("third-party", f"the borrower's {channel.value} address changed since planning; "
                          "the next run plans it to the current one", defer=True)
-        return self.engine.recheck_channel(account, channel, address, now, facts.history, all_rules=fallback)
+        return self.engine.recheck_channel(account, channel, address, now, history, all_rules=fallback)

@@ -65,6 +65,20 @@ class Ledger:
             raise self._guard("read history", exc) from exc
         return history
 
+    def load_recheck_history(self, accounts: Sequence[Account]) -> BatchHistory:
+        """What the send-time re-check reads for a batch of accounts: active suppressions and the pauses agreed
+        at hand-offs (as :meth:`load_history` with no claims and no contacts)."""
+        history = BatchHistory()
+        ids = [a.account_id for a in accounts]
+        hashes = sorted({h for a in accounts for h in borrower_hashes(a)})
+        try:
+            with self.engine.connect() as connection:
+                self._load_suppressions(connection, hashes, history)
+                load_handoff_history(connection, ids, hashes, None, history)
+        except SQLAlchemyError as exc:
+            raise self._guard("read history", exc) from exc
+        return history
+
     def contact_ids(self, accounts: Sequence[Account], contacts_since: datetime) -> set[int]:
         """The ids of the contacts :meth:`load_history` counts for ``accounts`` now (what caps see, nothing else)."""
         history = BatchHistory()

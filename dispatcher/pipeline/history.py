@@ -105,6 +105,15 @@ class BatchHistory:
             assert digest is not None
             self.by_address.setdefault(digest, []).append(contact)
 
+    def forget_after(self, attempt_id: int) -> None:
+        """Forget the contacts and calls booked after attempt ``attempt_id``: the history as it stood before a
+        later read (a person's contacts at hand-offs, which have negative ids, stay)."""
+        self.by_account = {key: [c for c in found if c.attempt_id <= attempt_id]
+                           for key, found in self.by_account.items()}
+        self.by_address = {key: [c for c in found if c.attempt_id <= attempt_id]
+                           for key, found in self.by_address.items()}
+        self.calls = {key: call for key, call in self.calls.items() if key <= attempt_id}
+
     def claims_of(self, account_id: str) -> Claims:
         return self.claims.get(account_id, {})
 
