@@ -47,7 +47,7 @@ class ChannelPlan:
     rule_id: str | None = None
     detail: str | None = None
     not_before: datetime | None = None
-    status: str | None = None  # DONE: the ledger status of the earlier try
+    status: str | None = None  # DONE: the ledger status of the earlier try; "planned": booked, never claimed
     recorded: bool = False  # DEFER: the same deferral (rule and time) is in the ledger already
 
 

@@ -33,6 +33,10 @@ __all__ = ["AttemptOutcome", "Ledger"]
 
 _HANDOFF = ChannelKind.HANDOFF.value
 
+_STILL_PLANNED = (attempts.c.status + "") == "planned"
+"""``status = 'planned'``, checked on the rows found by their reminder key: written plainly, SQLite would walk every
+planned attempt of the channel in the status index instead of looking the key up."""
+
 PENDING_STATUSES = ("planned", "claimed", "sending")
 """An attempt not settled yet: to send, taken by a deliverer, or handed over with its outcome not recorded."""
 
@@ -212,9 +216,36 @@ class Ledger:
                         update(attempts).where(attempts.c.id == bindparam("b_id"), attempts.c.status == "planned")
                         .values(address=bindparam("b_address"), address_hash=bindparam("b_hash"),
                                 run_id=bindparam("b_run"), rule_id=None), refreshed)
+                # refused now (suppressed at planning) but booked, unsent, by an interrupted run: the refusal
+                # takes that claim, as it would have taken a fresh one
+                refused = [{"b_key": r["reminder_key"], "b_channel": r["channel"], "b_rule": r["rule_id"],
+                            "b_detail": r["detail"], "b_run": r["run_id"], "b_now": r["updated_at"]}
+                           for r in rows if r["status"] == "suppressed" and r["try_no"] >= 1
+                           and (r["reminder_key"], r["channel"]) not in done]
+                if refused:
+                    connection.execute(
+                        update(attempts).where(attempts.c.reminder_key == bindparam("b_key"),
+                                               attempts.c.channel == bindparam("b_channel"),
+                                               attempts.c.try_no >= 1, _STILL_PLANNED)
+                        .values(status="suppressed", rule_id=bindparam("b_rule"), detail=bindparam("b_detail"),
+                                run_id=bindparam("b_run"), updated_at=bindparam("b_now")), refused)
         except SQLAlchemyError as exc:
             raise self._guard("book attempts", exc) from exc
         return found
+
+    def defer_claims(self, deferred: Sequence[tuple[str, str, str | None]], run_id: int | None,
+                     now: datetime) -> None:
+        """Booked, unsent tries (``planned``) that planning deferred again: they carry the rule and this run, as a
+        try given back at send time does, and wait for a later run instead of a deliverer."""
+        if not deferred:
+            return
+        statement = (update(attempts)
+                     .where(attempts.c.reminder_key == bindparam("b_key"), attempts.c.channel == bindparam("b_channel"),
+                            attempts.c.try_no >= 1, _STILL_PLANNED)
+                     .values(rule_id=bindparam("b_rule"), run_id=bindparam("b_run"), updated_at=bindparam("b_now")))
+        self._execute("defer booked attempts", statement,
+                      [{"b_key": key, "b_channel": channel, "b_rule": rule_id, "b_run": run_id, "b_now": now}
+                       for key, channel, rule_id in deferred])
 
     def supersede(self, waiting: Sequence[tuple[str, str, str]]) -> None:
         """Booked but unsent attempts replaced by a newer reminder: ``planned → suppressed (superseded)``."""
@@ -222,7 +253,7 @@ class Ledger:
             return
         statement = (update(attempts)
                      .where(attempts.c.reminder_key == bindparam("b_key"), attempts.c.channel == bindparam("b_channel"),
-                            attempts.c.status == "planned")
+                            attempts.c.try_no >= 1, _STILL_PLANNED)
                      .values(status="suppressed", rule_id="superseded", detail=bindparam("b_detail")))
         params = [{"b_key": key, "b_channel": channel, "b_detail": f"booked, then replaced by {newer}"}
                   for key, channel, newer in waiting]

@@ -95,6 +95,9 @@ class Booker:
                 (claim_rows if try_no else decision_rows).append(row)
         claimed = self.ledger.book(claim_rows, reminder_rows)  # the reminders first: decisions refer to them
         self.ledger.record_decisions(decision_rows)
+        self.ledger.defer_claims([(decision.reminder_key or "", plan.channel.value, plan.rule_id)
+                                  for decision in decisions for plan in decision.channels
+                                  if plan.verdict is Verdict.DEFER and plan.status == "planned"], run_id, now)
         self.ledger.supersede([(d.reminder_key, d.channel, newer) for decision in decisions
                                for d, newer in decision.superseded])
         jobs = self._jobs(decisions, claimed, run_id)

@@ -121,7 +121,8 @@ class Planner:
         chosen = False  # fallback steps: a channel has been picked (or already went out)
         for channel in routes(due.step):
             status = claims.get((key, channel.value))
-            if status == "planned":  # booked by an interrupted run, never claimed: book it again
+            booked = status == "planned"
+            if booked:  # booked by an interrupted run, never claimed: book it again
                 status = None
             address = address_for(account, channel)
             if status is not None:
@@ -132,6 +133,8 @@ class Planner:
                 plans.append(ChannelPlan(channel, Verdict.FALLBACK, address))
                 continue
             plan = self._channel(account, channel, address, now, history)
+            if booked:  # a refusal now takes that claim (:meth:`~dispatcher.pipeline.book.Booker.book`)
+                plan = replace(plan, status="planned")
             if plan.verdict is Verdict.DEFER and (key, channel.value, deferral_note(plan.rule_id, plan.not_before)) \
                     in history.noted_of(account.account_id):
                 plan = replace(plan, recorded=True)  # the same deferral is in the ledger: not written again

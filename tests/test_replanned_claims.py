@@ -1,0 +1,67 @@
+"""A claim booked by an interrupted run and refused when the next run plans it again keeps the refusal's reason."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from rows import demo_row, seed_rows
+from sqlalchemy import select
+
+from dispatcher.accounts import Account
+from dispatcher.app import App
+from dispatcher.ledger.suppressions import suppress
+from dispatcher.ledger.tables import attempts
+from dispatcher.pipeline.row_checks import parse_row
+
+
+def account(app: App, account_id: str, days: int) -> Account:
+    row = demo_row(account_id, app.clock().date() - timedelta(days=days))
+    seed_rows(app.engine, row)
+    parsed = parse_row(row)
+    assert isinstance(parsed, Account)
+    return parsed
+
+
+def book(app: App, accounts: list[Account], run_id: int) -> None:
+    now = app.clock()
+    history = app.ledger.load_history(accounts, app.pipeline.policy.contacts_since(now))
+    app.booker().book(app.pipeline.planner.plan(accounts, history, now), run_id, now)
+
+
+def rows(app: App, account_id: str, channel: str) -> list[dict[str, object]]:
+    query = select(attempts).where(attempts.c.account_id == account_id, attempts.c.channel == channel)
+    with app.engine.connect() as connection:
+        return [dict(r) for r in connection.execute(query.order_by(attempts.c.id)).mappings()]
+
+
+def test_a_handoff_left_planned_then_deferred_by_a_cap_carries_the_rule(app: App) -> None:
+    interrupted = app.runs.start("morning", app.clock(), "v", "d", app.clock())
+    later = app.runs.start("evening", app.clock() + timedelta(minutes=1), "v", "d", app.clock())
+    assert interrupted is not None and later is not None
+    handoff, sibling = account(app, "X1", 40), account(app, "Y1", 20)  # the same borrower (phone, email)
+    book(app, [handoff], interrupted)       # the hand-off is booked first: no contact yet
+    book(app, [sibling], interrupted)       # then 3 messages of the other loan (sms, email, push)
+    assert [r["status"] for r in rows(app, "X1", "handoff")] == ["planned"]
+
+    book(app, [handoff], later)             # the next run plans the hand-off again: the cap defers it
+    claim = next(r for r in rows(app, "X1", "handoff") if r["try_no"] == 1)
+    deferral = next(r for r in rows(app, "X1", "handoff") if r["try_no"] == 0)
+    assert deferral["status"] == "deferred" and deferral["rule_id"] == "cap"
+    assert claim["status"] == "planned"
+    assert (claim["rule_id"], claim["run_id"]) == ("cap", later)  # deferred by that run, not waiting for a deliverer
+    assert app.ledger.pending_count(interrupted) == 3  # the sibling's three messages only
+    assert app.ledger.planned_ids(later) == []
+
+
+def test_a_message_left_planned_then_suppressed_at_planning_is_suppressed(app: App) -> None:
+    interrupted = app.runs.start("morning", app.clock(), "v", "d", app.clock())
+    later = app.runs.start("evening", app.clock() + timedelta(minutes=1), "v", "d", app.clock())
+    assert interrupted is not None and later is not None
+    borrower = account(app, "Z1", 20)
+    book(app, [borrower], interrupted)
+    assert [r["status"] for r in rows(app, "Z1", "sms")] == ["planned"]
+    assert borrower.phone is not None
+    suppress(app.engine, "sms", borrower.phone, "reply_stop", app.clock())
+
+    book(app, [borrower], later)
+    assert [(r["status"], r["rule_id"]) for r in rows(app, "Z1", "sms")] == [("suppressed", "opt-out")]
