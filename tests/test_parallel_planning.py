@@ -38,7 +38,7 @@ from dispatcher.ledger.outcomes import CureTracker
 from dispatcher.pipeline.jobs import RunCounts
 from dispatcher.pipeline.reject_limit import RejectLimit
 from dispatcher.pipeline.run import Runner
-from dispatcher.pipeline.source import AccountSource, KeyRange, SourceBatch
+from dispatcher.pipeline.source import AccountSource, KeyRange, SourceBatch, tapered_sizes
 from dispatcher.settings import Settings
 
 SHARED = "+8613900009999"
@@ -47,7 +47,7 @@ SHARED = "+8613900009999"
 
 @pytest.fixture
 def parallel(workdir: Path, clock: FixedClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
-    """The app with two planning processes and batches of 20 accounts (ranges of at least 100)."""
+    """The app with two planning processes and batches of 20 accounts (ranges of at least 20)."""
     schedules = workdir / "schedules.yaml"
     schedules.write_text(schedules.read_text(encoding="utf-8").replace("batch_size: 1000", "batch_size: 20"),
                          encoding="utf-8")
@@ -80,9 +80,10 @@ def test_two_processes_send_what_one_process_sends_each_message_once(
     caplog.set_level(logging.INFO, logger="dispatcher")
     report = Runner(parallel).run("manual", clock())
     assert report.status == "completed", report
-    assert "8 key ranges planned in 2 processes" in caplog.text  # the daemon's process and one helper
-    here = re.findall(r"key range (\d) of 8 done", caplog.text)  # the helper's lines are in its own stderr
-    assert 1 <= len(here) < 8 and len(set(here)) == len(here)  # each took ranges until none was left
+    # ranges of 100, 75, 57, 42, 32, 24, 20, 20 and 30 accounts (tapered: the last ones taken are the shortest)
+    assert "9 key ranges planned in 2 processes" in caplog.text  # the daemon's process and one helper
+    here = re.findall(r"key range (\d) of 9 done", caplog.text)  # the helper's lines are in its own stderr
+    assert 1 <= len(here) < 9 and len(set(here)) == len(here)  # each took ranges until none was left
     sent = sent_pairs(parallel)
     assert len(sent) > 200 and sent == sent_pairs(single)
     assert (report.counts.accounts, report.counts.sent, report.counts.deferred) == \
@@ -281,3 +282,14 @@ def test_progress_lines_count_what_the_ranges_read_before_they_end(parallel: App
     read = [int(m.group(1)) for m in re.finditer(r"in progress: (\d+) account\(s\) read", caplog.text)]
     assert any(0 < n < 3000 for n in read), read
     assert read == sorted(read), read  # each line counts at least what the one before did
+
+
+@pytest.mark.parametrize(("count", "processes", "parts"), [(20_000, 2, 16), (100_000, 2, 16), (20_000, 4, 32),
+                                                           (5_000, 2, 16), (1_000_000, 2, 3), (2_500, 2, 16)])
+def test_tapered_ranges_hold_every_row_and_shrink_to_a_batch(count: int, processes: int, parts: int) -> None:
+    sizes = tapered_sizes(count, processes, 1000, parts)
+    assert sum(sizes) == count and len(sizes) <= parts
+    assert all(size >= 1000 for size in sizes)
+    assert sizes[:-1] == sorted(sizes[:-1], reverse=True)  # the last holds what is left: under 2 batches
+    assert sizes[0] == max(1000, -(-count // (2 * processes))) or len(sizes) == 1
+    assert len(sizes) == parts or sizes[-1] < 2000

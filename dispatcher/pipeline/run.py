@@ -49,12 +49,10 @@ MIN_BATCHES_PER_PROCESS = 5
 local processes only as many as the source holds such shares: starting a process and wiring it costs about a
 second, worth it for thousands of accounts, not for a few hundred."""
 
-RANGES_PER_PROCESS = 4
-"""Without a broker, key ranges per planning process: each process takes the next range when it is done with one,
-so the processes end within about a range of each other (:mod:`dispatcher.pipeline.parallel`)."""
-
-RANGE_BATCHES = 2
-"""Without a broker, the fewest source batches in a key range."""
+RANGES_PER_PROCESS = 8
+"""Without a broker, the most key ranges per planning process. Each process takes the next range when it is done
+with one, and the ranges shrink down to one source batch (:func:`~dispatcher.pipeline.source.tapered_sizes`), so
+the processes end within about a batch of each other (:mod:`dispatcher.pipeline.parallel`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,9 +199,10 @@ class Runner:
         if executor.remote and settings.plan_ranges > 1:
             ranges = pipeline.source.split(settings.plan_ranges, MIN_BATCHES_PER_PROCESS * batch)
         elif not executor.remote and settings.plan_processes > 1:
-            ranges = pipeline.source.split(settings.plan_processes * RANGES_PER_PROCESS, RANGE_BATCHES * batch)
-            processes = min(settings.plan_processes, len(ranges) * RANGE_BATCHES // MIN_BATCHES_PER_PROCESS)
-            ranges = ranges if processes > 1 else [KeyRange()]
+            # a process for each 5 batches, at most DISPATCHER_PLAN_PROCESSES
+            processes = min(settings.plan_processes, pipeline.source.count() // (MIN_BATCHES_PER_PROCESS * batch))
+            ranges = (pipeline.source.split(processes * RANGES_PER_PROCESS, batch, taper=processes)
+                      if processes > 1 else [KeyRange()])
         if len(ranges) > 1 and executor.remote and all(r.portable for r in ranges):
             from dispatcher.pipeline.remote_ranges import plan_on_workers  # imports Celery only when used
 

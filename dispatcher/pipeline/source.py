@@ -16,6 +16,7 @@ made when the id column holds text (or its type is unknown, as on SQLite).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -79,6 +80,25 @@ def _untyped(given: list[str] | None) -> object | None:
     return Decimal(value) if kind == "Decimal" else value
 
 
+def tapered_sizes(count: int, processes: int, min_rows: int, parts: int) -> list[int]:
+    """Rows per key range for ``processes`` that take the ranges in turn (guided self-scheduling): each range holds
+    a ``2 * processes``-th of the rows not yet given out, at least ``min_rows``, at most ``parts`` ranges in all.
+
+    20,000 rows for 2 processes, at least 1,000 each: 5,000, 3,750, 2,813, 2,110, 1,582, 1,187, 1,000, 1,000 and
+    1,558. The first ranges are long, so few ranges are handed out; the last are short, so no process plans
+    alone for long at the end.
+    """
+    sizes: list[int] = []
+    left = count
+    while left > 0:
+        size = max(min_rows, -(-left // (2 * processes)))
+        if left - size < min_rows or len(sizes) == parts - 1:
+            size = left
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
 class AccountSource:
     """Reads overdue accounts with ``query`` from ``engine``; never holds more than a batch."""
 
@@ -124,28 +144,42 @@ class AccountSource:
         finally:
             self._last = {}
 
-    def split(self, parts: int, min_rows: int) -> list[KeyRange]:
-        """At most ``parts`` key ranges of about as many rows each, none under ``min_rows`` (one range for a small
-        source); together they hold every row once. Raises :class:`SourceError`."""
-        whole = [KeyRange()]
-        if parts < 2:
-            return whole
+    def count(self) -> int:
+        """The rows with an account id (those a split shares out). Raises :class:`SourceError`."""
         try:
             with_id = self._pages[self._textual_ids()][1]
             with self._engine.connect() as connection:
-                count = int(connection.execute(text(f"SELECT count(*) FROM {self._source} WHERE {with_id}"))
-                            .scalar_one())
-                parts = min(parts, count // max(1, min_rows))
-                if parts < 2:
-                    return whole
+                return int(connection.execute(text(f"SELECT count(*) FROM {self._source} WHERE {with_id}"))
+                           .scalar_one())
+        except SQLAlchemyError as exc:
+            raise SourceError(f"cannot count the accounts of {self._engine.url!r}: {exc}") from exc
+
+    def split(self, parts: int, min_rows: int, *, taper: int = 0) -> list[KeyRange]:
+        """At most ``parts`` key ranges of about as many rows each, none under ``min_rows`` (one range for a small
+        source); together they hold every row once. Raises :class:`SourceError`.
+
+        ``taper``: the ranges are taken in turn by that many processes, so they shrink instead
+        (:func:`tapered_sizes`): the last ones taken are the smallest, and the processes end close together.
+        """
+        count = self.count()
+        try:
+            with_id = self._pages[self._textual_ids()][1]
+            with self._engine.connect() as connection:
+                if taper > 1:
+                    sizes = tapered_sizes(count, taper, min_rows, parts)
+                else:
+                    even = min(parts, count // max(1, min_rows))
+                    sizes = [count * (i + 1) // even - count * i // even for i in range(even)] if even > 1 else []
+                if len(sizes) < 2:
+                    return [KeyRange()]
                 nth = text(f"SELECT account_id FROM {self._source} WHERE {with_id} ORDER BY account_id "
                            "LIMIT 1 OFFSET :offset")
-                bounds = [connection.execute(nth, {"offset": count * i // parts - 1}).scalar_one()
-                          for i in range(1, parts)]
+                bounds = [connection.execute(nth, {"offset": end - 1}).scalar_one()
+                          for end in itertools.accumulate(sizes[:-1])]
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot split the accounts of {self._engine.url!r}: {exc}") from exc
         edges: list[object | None] = [None, *bounds, None]
-        return [KeyRange(edges[i], edges[i + 1], first=i == 0) for i in range(parts)]
+        return [KeyRange(edges[i], edges[i + 1], first=i == 0) for i in range(len(sizes))]
 
     def _ordered(self, condition: str) -> TextClause:
         return text(f"SELECT * FROM {self._source} WHERE {condition} ORDER BY account_id LIMIT :limit")
