@@ -37,6 +37,7 @@ from dispatcher.ledger.database import booking_lock
 from dispatcher.ledger.outcomes import CureTracker
 from dispatcher.pipeline.jobs import RunCounts
 from dispatcher.pipeline.reject_limit import RejectLimit
+from dispatcher.pipeline.replan import replan
 from dispatcher.pipeline.run import Runner
 from dispatcher.pipeline.source import AccountSource, KeyRange, SourceBatch, tapered_sizes
 from dispatcher.settings import Settings
@@ -199,7 +200,35 @@ def test_a_batch_is_planned_again_when_another_process_booked_its_borrower_meanw
     assert outcome == [True]
     (b_sms,) = attempt_rows(parallel, account_id="B1", channel="sms")
     assert (b_sms["status"], b_sms["rule_id"]) == ("deferred", "cap")
-    assert "the batch is planned again" in caplog.text
+    assert "1 of its 1 accounts planned again" in caplog.text
+
+
+def test_only_the_accounts_a_new_booking_reaches_are_planned_again(parallel: App, clock: FixedClock) -> None:
+    """B1 shares A1's phone, B2 shares B1's email, C1 shares nothing: A1's SMS booked meanwhile plans B1 and B2 (the
+    planner counts B1's messages for B2) again; C1's decision stands as it was."""
+    due = clock().date() - timedelta(days=2)
+    rows = [demo_row("A1", due, phone=SHARED, push_token=None, email=None),
+            demo_row("B1", due, phone=SHARED, push_token=None, email="b1@example.com"),
+            demo_row("B2", due, phone="+8613900000002", push_token=None, email="b1@example.com"),
+            demo_row("C1", due, phone="+8613900000003", push_token=None, email=None)]
+    seed_rows(parallel.engine, *rows)
+    accounts = [a for a in next(iter(parallel.pipeline.source.batches())).accounts if a.account_id != "A1"]
+    since = parallel.pipeline.policy.contacts_since(clock())
+    planner, ledger = parallel.pipeline.planner, parallel.ledger
+    before = ledger.load_history(accounts, since)
+    decisions = planner.plan(accounts, before, clock())
+    assert [d.account_id for d in decisions] == ["B1", "B2", "C1"]
+    assert replan(planner, accounts, decisions, before, ledger.load_history(accounts, since), clock())[1] == 0
+
+    (a1,) = [a for a in next(iter(parallel.pipeline.source.batches())).accounts if a.account_id == "A1"]
+    parallel.booker().book(planner.plan([a1], ledger.load_history([a1], since), clock()), None, clock())
+    again, count = replan(planner, accounts, decisions, before, ledger.load_history(accounts, since), clock())
+
+    assert count == 2 and [d.account_id for d in again] == ["B1", "B2", "C1"]
+    assert again[2] is decisions[2] and again[0] is not decisions[0]
+    sms = {d.account_id: next(p for p in d.channels if p.channel.value == "sms") for d in again}
+    assert (sms["B1"].verdict, sms["B1"].rule_id) == (Verdict.DEFER, "cap")  # cn: 1 SMS a day per borrower
+    assert sms["C1"].verdict is Verdict.SEND
 
 
 def single_process(parallel: App, clock: FixedClock, make_ledger_url: Any, tmp_path: Path) -> App:

@@ -31,6 +31,7 @@ from dispatcher.pipeline import loops
 from dispatcher.pipeline.executors import Executor
 from dispatcher.pipeline.jobs import RunCounts
 from dispatcher.pipeline.reject_limit import RejectLimit, TooManyRejects
+from dispatcher.pipeline.replan import replan
 from dispatcher.pipeline.run_progress import RangeProgress, RunProgress
 from dispatcher.pipeline.source import KeyRange
 from dispatcher.replies.inbound import drain_spool
@@ -252,11 +253,12 @@ class Runner:
             decisions = pipeline.planner.plan(batch.accounts, history, now)
             with booking_lock(self.app.engine, run_id) if shared else nullcontext():
                 if seen is not None and since is not None and ledger.contact_ids(batch.accounts, since) != seen:
-                    log.info("run #%s: another process booked a contact of this batch's borrowers meanwhile; "
-                             "the batch is planned again", run_id, extra={"run_id": run_id})
-                    history = ledger.load_history(batch.accounts, since)
                     now = self.app.clock()
-                    decisions = pipeline.planner.plan(batch.accounts, history, now)
+                    decisions, again = replan(pipeline.planner, batch.accounts, decisions, history,
+                                              ledger.load_history(batch.accounts, since), now)
+                    log.info("run #%s: another process booked contacts of this batch's borrowers meanwhile; "
+                             "%d of its %d accounts planned again", run_id, again, len(batch.accounts),
+                             extra={"run_id": run_id})
                 booked_jobs, booked = booker.book(decisions, run_id, now)
             booked.rejected = len(batch.rejects)
             booked.accounts += len(batch.rejects)
