@@ -15,11 +15,9 @@ from sqlalchemy import Engine
 
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.channels.base import Channel
-from dispatcher.channels.fcm_push import FcmPushChannel
 from dispatcher.channels.handoff import CrmSettings, HandoffChannel
 from dispatcher.channels.outbox import DEFAULT_EMAIL_FROM, OutboxChannel
 from dispatcher.channels.provider_settings import FcmSettings, SmtpSettings, TwilioSettings
-from dispatcher.channels.smtp_email import SmtpEmailChannel
 from dispatcher.channels.twilio_sms import TwilioSmsChannel
 from dispatcher.channels.twilio_voice import TwilioVoiceChannel, TwilioVoiceSettings, call_script
 from dispatcher.channels.voice_script import CallScript
@@ -60,13 +58,21 @@ class Providers:
         """
         handoff: dict[ChannelKind, Channel] = (
             {ChannelKind.HANDOFF: HandoffChannel(ledger, clock, self.crm)} if ledger is not None and clock else {})
+        email: Channel = OutboxChannel(ChannelKind.EMAIL, outbox_dir, self.email_from)
+        if self.smtp:
+            from dispatcher.channels.smtp_email import SmtpEmailChannel  # aiosmtplib: imported when configured
+
+            email = SmtpEmailChannel(self.smtp)
+        push: Channel = OutboxChannel(ChannelKind.PUSH, outbox_dir)
+        if self.fcm:
+            from dispatcher.channels.fcm_push import FcmPushChannel  # PyJWT and cryptography: the same
+
+            push = FcmPushChannel(self.fcm)
         return handoff | {
             ChannelKind.SMS: TwilioSmsChannel(self.twilio) if self.twilio
             else OutboxChannel(ChannelKind.SMS, outbox_dir),
-            ChannelKind.EMAIL: SmtpEmailChannel(self.smtp) if self.smtp
-            else OutboxChannel(ChannelKind.EMAIL, outbox_dir, self.email_from),
-            ChannelKind.PUSH: FcmPushChannel(self.fcm) if self.fcm
-            else OutboxChannel(ChannelKind.PUSH, outbox_dir),
+            ChannelKind.EMAIL: email,
+            ChannelKind.PUSH: push,
             ChannelKind.VOICE: TwilioVoiceChannel(self.voice) if self.voice
             else OutboxChannel(ChannelKind.VOICE, outbox_dir, script=self.calls),
         }
