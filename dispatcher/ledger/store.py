@@ -54,31 +54,26 @@ class Ledger:
     def load_history(self, accounts: Sequence[Account], contacts_since: datetime | None = None) -> BatchHistory:
         """Claims, contacts since ``contacts_since``, active suppressions and the pauses and contacts of
         hand-offs for a batch of accounts."""
+        return self._history(accounts, contacts_since, claims=True)
+
+    def load_recheck_history(self, accounts: Sequence[Account]) -> BatchHistory:
+        """What the send-time re-check reads for a batch of accounts: active suppressions and the pauses agreed
+        at hand-offs (as :meth:`load_history` with no claims and no contacts)."""
+        return self._history(accounts, None, claims=False)
+
+    def _history(self, accounts: Sequence[Account], contacts_since: datetime | None, *, claims: bool) -> BatchHistory:
         history = BatchHistory()
         ids = [a.account_id for a in accounts]
         hashes = sorted({h for a in accounts for h in borrower_hashes(a)})
         try:
             with self.engine.connect() as connection:
-                self._load_claims(connection, ids, history)
+                if claims:
+                    self._load_claims(connection, ids, history)
                 if contacts_since is not None:
                     self._load_contacts(connection, ids, hashes, contacts_since, history)
                     load_calls(connection, ids, hashes, contacts_since, history)
                 self._load_suppressions(connection, hashes, history)
                 load_handoff_history(connection, ids, hashes, contacts_since, history)
-        except SQLAlchemyError as exc:
-            raise self._guard("read history", exc) from exc
-        return history
-
-    def load_recheck_history(self, accounts: Sequence[Account]) -> BatchHistory:
-        """What the send-time re-check reads for a batch of accounts: active suppressions and the pauses agreed
-        at hand-offs (as :meth:`load_history` with no claims and no contacts)."""
-        history = BatchHistory()
-        ids = [a.account_id for a in accounts]
-        hashes = sorted({h for a in accounts for h in borrower_hashes(a)})
-        try:
-            with self.engine.connect() as connection:
-                self._load_suppressions(connection, hashes, history)
-                load_handoff_history(connection, ids, hashes, None, history)
         except SQLAlchemyError as exc:
             raise self._guard("read history", exc) from exc
         return history
