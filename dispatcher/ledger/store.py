@@ -184,9 +184,9 @@ class Ledger:
         insert = insert_ignoring_conflicts(self.engine.dialect.name, attempts).returning(
             attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.status)
         # the status is checked here, not in SQL: SQLite would otherwise walk every planned attempt in the
-        # status index instead of looking the reminders up
+        # status index instead of looking the reminders up in the claim index (which holds tries 1 and up)
         query = select(attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no,
-                       attempts.c.status)
+                       attempts.c.status).where(attempts.c.try_no >= 1)
         try:
             with self.engine.begin() as connection:
                 if reminder_rows:
@@ -199,7 +199,7 @@ class Ledger:
                 existing = sorted({key for key, channel in wanted if (key, channel) not in done})
                 refreshed: list[dict[str, Any]] = []
                 for row in rows_among(connection, query, attempts.c.reminder_key, existing):
-                    if row.try_no < 1 or row.status != "planned":
+                    if row.status != "planned":
                         continue
                     found[(row.reminder_key, row.channel)] = (int(row.id), int(row.try_no))
                     given = wanted.get((row.reminder_key, row.channel))
