@@ -72,6 +72,9 @@ class Decision:
     channels: tuple[ChannelPlan, ...] = ()
     superseded: tuple[tuple[Deferred, str], ...] = ()
     """Deferred reminder channels this newer reminder replaces (recorded as suppressed, ``superseded``)."""
+    released: tuple[Deferred, ...] = ()
+    """Channels booked by an earlier run and never claimed that will not go out: the account is settled
+    (recorded as suppressed, ``settled``)."""
 
     @property
     def sends(self) -> tuple[ChannelPlan, ...]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
+from decimal import Decimal
 
 from rows import demo_row, seed_rows
 from sqlalchemy import select
@@ -65,3 +67,50 @@ def test_a_message_left_planned_then_suppressed_at_planning_is_suppressed(app: A
 
     book(app, [borrower], later)
     assert [(r["status"], r["rule_id"]) for r in rows(app, "Z1", "sms")] == [("suppressed", "opt-out")]
+
+
+def test_a_message_left_planned_then_the_account_settled_is_suppressed_as_settled(app: App) -> None:
+    interrupted = app.runs.start("morning", app.clock(), "v", "d", app.clock())
+    later = app.runs.start("evening", app.clock() + timedelta(minutes=1), "v", "d", app.clock())
+    assert interrupted is not None and later is not None
+    borrower = account(app, "S1", 20)
+    book(app, [borrower], interrupted)
+    booked = {r["channel"] for r in rows_of(app, "S1") if r["status"] == "planned"}
+    assert booked, "the step books at least one channel"
+
+    book(app, [dataclasses.replace(borrower, overdue_amount=Decimal("0"))], later)  # paid before it was sent
+    after = [r for r in rows_of(app, "S1") if r["try_no"] >= 1]
+    assert {(r["channel"], r["status"], r["rule_id"], r["run_id"]) for r in after} == \
+        {(channel, "suppressed", "settled", later) for channel in booked}
+    assert all("settled before sending (balance 0)" in str(r["detail"]) for r in after)
+    assert app.ledger.pending_count(interrupted) == 0 and app.ledger.planned_ids(later) == []
+
+
+def test_a_message_left_planned_then_the_account_paused_waits_with_the_pause(app: App) -> None:
+    interrupted = app.runs.start("morning", app.clock(), "v", "d", app.clock())
+    later = app.runs.start("evening", app.clock() + timedelta(minutes=1), "v", "d", app.clock())
+    assert interrupted is not None and later is not None
+    borrower = account(app, "P1", 20)
+    book(app, [borrower], interrupted)
+    booked = {r["channel"] for r in rows_of(app, "P1") if r["status"] == "planned"}
+
+    paused = dataclasses.replace(borrower, dispute=True)
+    book(app, [paused], later)
+    claims = {r["channel"]: r for r in rows_of(app, "P1") if r["try_no"] >= 1}
+    assert {(c, r["status"], r["rule_id"], r["run_id"]) for c, r in claims.items()} == \
+        {(channel, "planned", "pause", later) for channel in booked}  # kept for the pause's end, with why
+    holds = {(r["channel"], r["status"], r["rule_id"]) for r in rows_of(app, "P1") if r["try_no"] == 0}
+    assert holds == {(channel, "suppressed", "pause") for channel in booked}
+    assert app.ledger.planned_ids(later) == []
+
+    over = app.runs.start("night", app.clock() + timedelta(minutes=2), "v", "d", app.clock())
+    assert over is not None
+    book(app, [borrower], over)  # the dispute is over: the same claims are booked to send again
+    assert {(r["status"], r["rule_id"], r["run_id"]) for r in rows_of(app, "P1") if r["try_no"] >= 1} == \
+        {("planned", None, over)}
+
+
+def rows_of(app: App, account_id: str) -> list[dict[str, object]]:
+    query = select(attempts).where(attempts.c.account_id == account_id)
+    with app.engine.connect() as connection:
+        return [dict(r) for r in connection.execute(query.order_by(attempts.c.id)).mappings()]

@@ -58,6 +58,12 @@ def _superseded_row(decision: Decision, deferred: Deferred, newer: str, run_id: 
     }
 
 
+def _released_row(decision: Decision, booked: Deferred, run_id: int | None, now: datetime) -> dict[str, Any]:
+    """A channel booked by an earlier run for an account settled since: it takes that claim (``Ledger.book``)."""
+    return {**_superseded_row(decision, booked, "", run_id, now), "rule_id": Reason.SETTLED.value,
+            "detail": f"booked, then the account was settled before sending ({decision.detail})"}
+
+
 def _reminder_row(decision: Decision, run_id: int | None, now: datetime) -> dict[str, Any]:
     assert decision.account is not None and decision.step is not None
     return {"key": decision.reminder_key, "account_id": decision.account_id,
@@ -83,6 +89,7 @@ class Booker:
         decision_rows: list[dict[str, Any]] = []
         for decision in decisions:
             claim_rows.extend(_superseded_row(decision, d, newer, run_id, now) for d, newer in decision.superseded)
+            claim_rows.extend(_released_row(decision, d, run_id, now) for d in decision.released)
             counts.deferred += sum(1 for plan in decision.channels if plan.verdict is Verdict.DEFER)
             rows = [(plan, _ROW_FOR[plan.verdict]) for plan in decision.channels
                     if plan.verdict in _ROW_FOR and not plan.recorded]
@@ -97,7 +104,8 @@ class Booker:
         self.ledger.record_decisions(decision_rows)
         self.ledger.defer_claims([(decision.reminder_key or "", plan.channel.value, plan.rule_id)
                                   for decision in decisions for plan in decision.channels
-                                  if plan.verdict is Verdict.DEFER and plan.status == "planned"], run_id, now)
+                                  if plan.verdict in (Verdict.DEFER, Verdict.HOLD) and plan.status == "planned"],
+                                 run_id, now)
         self.ledger.supersede([(d.reminder_key, d.channel, newer) for decision in decisions
                                for d, newer in decision.superseded])
         jobs = self._jobs(decisions, claimed, run_id)

@@ -66,7 +66,10 @@ class Planner:
                 dates[zone] = today
         base = Decision(account.account_id, account, None, local_today=today, zone=zone.key)
         if account.settled:
-            return replace(base, reason=Reason.SETTLED, detail=f"balance {account.overdue_amount}")
+            booked = tuple(Deferred(key, *_step_of(key), channel)
+                           for (key, channel), status in history.claims_of(account.account_id).items()
+                           if status == "planned")
+            return replace(base, reason=Reason.SETTLED, detail=f"balance {account.overdue_amount}", released=booked)
         days = days_overdue(account.due_date, today)
         pending = self._pending(account, history)
         due, key = self._due(account, days, pending)
@@ -80,9 +83,12 @@ class Planner:
         block = self.rules.check_account(account, today, history)
         if block is not None:  # recorded once per reminder and channel, like any other decision not to contact
             claims, noted = history.claims_of(account.account_id), history.noted_of(account.account_id)
-            paused = tuple(ChannelPlan(c, Verdict.HOLD, address_for(account, c), block.rule_id, block.detail)
+            # a channel booked by an interrupted run and never claimed is held too: it waits for the pause's end
+            paused = tuple(ChannelPlan(c, Verdict.HOLD, address_for(account, c), block.rule_id, block.detail,
+                                       status=claims.get((key, c.value)))
                            for c in routes(due.step)
-                           if (key, c.value) not in claims and (key, c.value, block.rule_id) not in noted)
+                           if claims.get((key, c.value)) in (None, "planned")
+                           and (key, c.value, block.rule_id) not in noted)
             return replace(found, reason=block.rule_id, detail=block.detail, channels=paused)
         channels = self._channels(account, due, key, history, now)
         reason, detail = _summary(channels)
@@ -109,8 +115,7 @@ class Planner:
                    if d.reminder_key.startswith(prefix) and (d.reminder_key, d.channel) not in claims]
         for (key, channel), status in claims.items():
             if status == "planned" and key.startswith(prefix):
-                step, occurrence = key.rsplit("|", 2)[1:]
-                waiting.append(Deferred(key, step, int(occurrence), channel))
+                waiting.append(Deferred(key, *_step_of(key), channel))
         return waiting
 
     def _channels(
@@ -167,3 +172,9 @@ def _summary(channels: tuple[ChannelPlan, ...]) -> tuple[str | None, str]:
         c for c in channels if c.verdict is Verdict.SUPPRESS)
     details = "; ".join(f"{c.channel.value}: {c.detail}" for c in channels if c.verdict is not Verdict.FALLBACK)
     return first.rule_id, details
+
+
+def _step_of(key: str) -> tuple[str, int]:
+    """The step and occurrence of a reminder key (``account|due date|step|occurrence``)."""
+    step, occurrence = key.rsplit("|", 2)[1:]
+    return step, int(occurrence)
