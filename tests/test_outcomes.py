@@ -97,6 +97,34 @@ def test_zero_balance_leaving_and_a_new_due_date_cure(three: App, clock: FixedCl
     assert found[("A3", today - DAY)] == (None, None)  # the new delinquency, reminded by the gentle step
 
 
+def test_a_claim_left_planned_for_an_account_that_left_the_source_is_recorded_not_sent(
+        three: App, clock: FixedClock) -> None:
+    """An interrupted run booked A2's next reminder and never sent it; A2 then left the source. The run that finds
+    it gone records that claim as the send-time check would (``paid``), instead of leaving it planned forever."""
+    run(three, clock)
+    clock.advance(3 * DAY)  # the firm step again, every 3 days
+    (a2,) = [a for a in next(iter(three.pipeline.source.batches())).accounts if a.account_id == "A2"]
+    history = three.ledger.load_history([a2], three.pipeline.policy.contacts_since(clock()))
+    three.booker().book(three.pipeline.planner.plan([a2], history, clock()), None, clock())
+    with three.engine.connect() as connection:
+        booked = connection.execute(select(attempts.c.id).where(attempts.c.account_id == "A2",
+                                                                attempts.c.status == "planned")).scalars().all()
+    assert booked
+    with three.engine.begin() as connection:
+        connection.execute(delete(demo_accounts).where(demo_accounts.c.account_id == "A2"))
+    clock.advance(timedelta(minutes=1))
+    assert run(three, clock) == "completed"
+
+    assert rows_by_account(three.engine)["A2"]["cure"] == "left_overdue"
+    with three.engine.connect() as connection:
+        found = {r.id: (r.status, r.rule_id, r.detail) for r in connection.execute(
+            select(attempts).where(attempts.c.id.in_(booked)))}
+        planned = connection.execute(select(attempts.c.id).where(attempts.c.status == "planned")).all()
+    assert set(found.values()) == {("suppressed", "paid",
+                                    "booked, then the account left the overdue source before it was sent")}
+    assert planned == []  # A1's and A3's reminders of this run went out
+
+
 def test_a_run_stopped_before_reading_everything_cures_no_one(three: App, clock: FixedClock) -> None:
     run(three, clock)
     with three.engine.begin() as connection:

@@ -20,6 +20,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from dispatcher.ledger.callbacks import apply_parked
 from dispatcher.ledger.tables import attempts
 
+STILL_PLANNED = (attempts.c.status + "") == "planned"
+"""``status = 'planned'``, checked on rows found by their key (reminder, account): written plainly, SQLite would walk
+every planned attempt in the status index instead of looking the key up."""
+
 IN_CHUNK = 500
 """Ids per ``IN (...)`` list."""
 

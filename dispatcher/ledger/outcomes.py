@@ -33,9 +33,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.accounts import Account
 from dispatcher.errors import LedgerError
-from dispatcher.ledger.claims import chunks, insert_ignoring_conflicts
+from dispatcher.ledger.claims import STILL_PLANNED, chunks, insert_ignoring_conflicts
 from dispatcher.ledger.seen import AccountSet
-from dispatcher.ledger.tables import delinquencies
+from dispatcher.ledger.tables import attempts, delinquencies
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +122,20 @@ class CureTracker:
         statement = (update(delinquencies).where(delinquencies.c.id.in_(bindparam("ids", expanding=True)),
                                                  delinquencies.c.cured_at.is_(None))
                      .values(cured_at=now, cure="left_overdue"))
+        # what an interrupted run booked for them and never sent will not be sent: recorded as the send-time
+        # check records it, not left planned with no reason
+        release = (update(attempts).where(attempts.c.account_id == bindparam("b_account"), attempts.c.try_no >= 1,
+                                          STILL_PLANNED, attempts.c.created_at < self.started)
+                   .values(status="suppressed", rule_id="paid", updated_at=now,
+                           detail="booked, then the account left the overdue source before it was sent"))
         try:
             with self.engine.begin() as connection:
                 rows = connection.execute(query, execution_options={"yield_per": 10_000})  # a server-side cursor
-                gone = [int(row.id) for row in rows if row.account_id not in self._seen]
+                gone = [(int(row.id), str(row.account_id)) for row in rows if row.account_id not in self._seen]
                 for chunk in chunks(gone):
-                    connection.execute(statement, {"ids": list(chunk)})
+                    connection.execute(statement, {"ids": [row_id for row_id, _ in chunk]})
+                    connection.execute(release, [{"b_account": account_id} for account_id in
+                                                 sorted({account_id for _, account_id in chunk})])
         except SQLAlchemyError as exc:
             raise LedgerError(f"ledger: cannot record cures: {exc}") from exc
         return len(gone)

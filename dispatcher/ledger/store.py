@@ -15,7 +15,7 @@ from dispatcher.errors import LedgerError
 from dispatcher.ledger import claims
 from dispatcher.ledger.among import rows_among
 from dispatcher.ledger.calls import load_calls
-from dispatcher.ledger.claims import AttemptOutcome, insert_ignoring_conflicts
+from dispatcher.ledger.claims import STILL_PLANNED, AttemptOutcome, insert_ignoring_conflicts
 from dispatcher.ledger.handoffs import load_handoff_history
 from dispatcher.ledger.tables import attempts, rejects, reminders, suppressions
 from dispatcher.ledger.tally import HELD_CLASS
@@ -32,10 +32,6 @@ from dispatcher.pipeline.history import (
 __all__ = ["AttemptOutcome", "Ledger"]
 
 _HANDOFF = ChannelKind.HANDOFF.value
-
-_STILL_PLANNED = (attempts.c.status + "") == "planned"
-"""``status = 'planned'``, checked on the rows found by their reminder key: written plainly, SQLite would walk every
-planned attempt of the channel in the status index instead of looking the key up."""
 
 PENDING_STATUSES = ("planned", "claimed", "sending")
 """An attempt not settled yet: to send, taken by a deliverer, or handed over with its outcome not recorded."""
@@ -221,7 +217,7 @@ class Ledger:
                     connection.execute(
                         update(attempts).where(attempts.c.reminder_key == bindparam("b_key"),
                                                attempts.c.channel == bindparam("b_channel"),
-                                               attempts.c.try_no >= 1, _STILL_PLANNED)
+                                               attempts.c.try_no >= 1, STILL_PLANNED)
                         .values(status="suppressed", rule_id=bindparam("b_rule"), detail=bindparam("b_detail"),
                                 run_id=bindparam("b_run"), updated_at=bindparam("b_now")), refused)
         except SQLAlchemyError as exc:
@@ -236,7 +232,7 @@ class Ledger:
             return
         statement = (update(attempts)
                      .where(attempts.c.reminder_key == bindparam("b_key"), attempts.c.channel == bindparam("b_channel"),
-                            attempts.c.try_no >= 1, _STILL_PLANNED)
+                            attempts.c.try_no >= 1, STILL_PLANNED)
                      .values(rule_id=bindparam("b_rule"), run_id=bindparam("b_run"), updated_at=bindparam("b_now")))
         self._execute("defer booked attempts", statement,
                       [{"b_key": key, "b_channel": channel, "b_rule": rule_id, "b_run": run_id, "b_now": now}
@@ -248,7 +244,7 @@ class Ledger:
             return
         statement = (update(attempts)
                      .where(attempts.c.reminder_key == bindparam("b_key"), attempts.c.channel == bindparam("b_channel"),
-                            attempts.c.try_no >= 1, _STILL_PLANNED)
+                            attempts.c.try_no >= 1, STILL_PLANNED)
                      .values(status="suppressed", rule_id="superseded", detail=bindparam("b_detail")))
         params = [{"b_key": key, "b_channel": channel, "b_detail": f"booked, then replaced by {newer}"}
                   for key, channel, newer in waiting]
