@@ -36,10 +36,16 @@ def rows(app: App, account_id: str, channel: str) -> list[dict[str, object]]:
         return [dict(r) for r in connection.execute(query.order_by(attempts.c.id)).mappings()]
 
 
-def test_a_handoff_left_planned_then_deferred_by_a_cap_carries_the_rule(app: App) -> None:
+def two_runs(app: App) -> tuple[int, int]:
+    """An interrupted run's id and the next run's."""
     interrupted = app.runs.start("morning", app.clock(), "v", "d", app.clock())
     later = app.runs.start("evening", app.clock() + timedelta(minutes=1), "v", "d", app.clock())
     assert interrupted is not None and later is not None
+    return interrupted, later
+
+
+def test_a_handoff_left_planned_then_deferred_by_a_cap_carries_the_rule(app: App) -> None:
+    interrupted, later = two_runs(app)
     handoff, sibling = account(app, "X1", 40), account(app, "Y1", 20)  # the same borrower (phone, email)
     book(app, [handoff], interrupted)       # the hand-off is booked first: no contact yet
     book(app, [sibling], interrupted)       # then 3 messages of the other loan (sms, email, push)
@@ -56,9 +62,7 @@ def test_a_handoff_left_planned_then_deferred_by_a_cap_carries_the_rule(app: App
 
 
 def test_a_message_left_planned_then_suppressed_at_planning_is_suppressed(app: App) -> None:
-    interrupted = app.runs.start("morning", app.clock(), "v", "d", app.clock())
-    later = app.runs.start("evening", app.clock() + timedelta(minutes=1), "v", "d", app.clock())
-    assert interrupted is not None and later is not None
+    interrupted, later = two_runs(app)
     borrower = account(app, "Z1", 20)
     book(app, [borrower], interrupted)
     assert [r["status"] for r in rows(app, "Z1", "sms")] == ["planned"]
@@ -70,9 +74,7 @@ def test_a_message_left_planned_then_suppressed_at_planning_is_suppressed(app: A
 
 
 def test_a_message_left_planned_then_the_account_settled_is_suppressed_as_settled(app: App) -> None:
-    interrupted = app.runs.start("morning", app.clock(), "v", "d", app.clock())
-    later = app.runs.start("evening", app.clock() + timedelta(minutes=1), "v", "d", app.clock())
-    assert interrupted is not None and later is not None
+    interrupted, later = two_runs(app)
     borrower = account(app, "S1", 20)
     book(app, [borrower], interrupted)
     booked = {r["channel"] for r in rows_of(app, "S1") if r["status"] == "planned"}
@@ -87,9 +89,7 @@ def test_a_message_left_planned_then_the_account_settled_is_suppressed_as_settle
 
 
 def test_a_message_left_planned_then_the_account_paused_waits_with_the_pause(app: App) -> None:
-    interrupted = app.runs.start("morning", app.clock(), "v", "d", app.clock())
-    later = app.runs.start("evening", app.clock() + timedelta(minutes=1), "v", "d", app.clock())
-    assert interrupted is not None and later is not None
+    interrupted, later = two_runs(app)
     borrower = account(app, "P1", 20)
     book(app, [borrower], interrupted)
     booked = {r["channel"] for r in rows_of(app, "P1") if r["status"] == "planned"}
