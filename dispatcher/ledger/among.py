@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, String, any_, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import ARRAY
+
+from dispatcher.ledger.claims import chunks
 
 CHUNK = 5000
 """Values per statement: one bound parameter whatever the count, so only the statement's result bounds it."""
 
 _NAME = "among_values"
-
-_T = TypeVar("_T")
-
 
 def among(connection: Connection, column: ColumnElement[Any]) -> ColumnElement[bool]:
     """``column`` is one of the values bound by :func:`values` (the same connection's dialect)."""
@@ -39,14 +38,9 @@ def values(connection: Connection, chunk: Sequence[Any]) -> dict[str, Any]:
     return {_NAME: json.dumps(list(chunk))}
 
 
-def chunked(items: Sequence[_T], size: int = CHUNK) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def rows_among(connection: Connection, query: Any, column: ColumnElement[Any], items: Iterable[Any]) -> Iterator[Any]:
     """The rows of ``query`` whose ``column`` is one of ``items``, a statement per :data:`CHUNK` of them."""
     statement = query.where(among(connection, column))
     listed = items if isinstance(items, Sequence) else list(items)
-    for chunk in chunked(listed):
+    for chunk in chunks(listed, CHUNK):
         yield from connection.execute(statement, values(connection, chunk))
