@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from conftest import FixedClock
 from rows import attempt_rows, seed_rows
-from sqlalchemy import select
+from sqlalchemy import event, select
 from standins import HttpStandin, Recorded, Reply
 from test_handoffs import borrower, handoff_rows, local_today, run, with_handoff_ladder
 
 from dispatcher.app import App, build_app
 from dispatcher.channel_kind import ChannelKind
+from dispatcher.channels.base import Message
 from dispatcher.channels.handoff import SIGNATURE_HEADER, CrmSettings, HandoffChannel
 from dispatcher.errors import ConfigError
 from dispatcher.ledger.tables import handoff_events
@@ -146,3 +147,32 @@ def test_a_wrong_crm_setting_is_refused_at_start(env: dict[str, str], message: s
         CrmSettings.from_env(env)
     assert message in str(refused.value)
     assert CrmSettings.from_env({}) is None
+
+
+def test_hand_offs_sent_together_are_opened_in_one_transaction(workdir: Path, clock: FixedClock) -> None:
+    """Concurrent hand-offs share one commit (they held the write lock one commit each); the same reminder's
+    second send in that transaction finds its work item."""
+    app = build_app(Settings.from_env(), clock=clock)
+    commits: list[int] = []
+    event.listen(app.engine, "commit", lambda _connection: commits.append(1))
+
+    def message(n: int, key: str) -> Message:
+        return Message(attempt_id=100 + n, reminder_key=key, account_id=f"H-{n}", channel=ChannelKind.HANDOFF,
+                       to=f"H-{n}", body="", data={"step": "call", "queue": "collections", "priority": "2",
+                                                    "kind": "call", "due_date": "2026-10-01"})
+
+    async def send_together() -> list[str | None]:
+        channel = HandoffChannel(app.engine, clock)
+        sent = await asyncio.gather(*(channel.send(message(n, f"H-{n}|2026-10-01|call|0")) for n in range(5)),
+                                    channel.send(message(0, "H-0|2026-10-01|call|0")))
+        return [result.provider_message_id for result in sent]
+
+    try:
+        ids = asyncio.run(send_together())
+        items = handoff_rows(app)
+        assert len(commits) == 1
+        assert [item["reminder_key"] for item in items] == [f"H-{n}|2026-10-01|call|0" for n in range(5)]
+        assert ids == [f"handoff:{item['id']}" for item in items] + [f"handoff:{items[0]['id']}"]
+        assert [action for action, _detail in events(app)] == ["opened"] * 5
+    finally:
+        app.engine.dispose()

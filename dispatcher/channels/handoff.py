@@ -29,7 +29,7 @@ from dispatcher.channel_kind import ChannelKind
 from dispatcher.channels.base import DeliveryResult, Message
 from dispatcher.channels.provider_settings import _positive_float, _Problems, parse_retry_after
 from dispatcher.errors import DeliveryError, LedgerError
-from dispatcher.ledger.handoffs import WorkItem, handoff_of_attempt, open_handoff, record_push
+from dispatcher.ledger.handoffs import HandoffOpener, WorkItem, handoff_of_attempt, record_push
 
 DEFAULT_CRM_TIMEOUT = 10.0
 """Seconds one POST to the CRM may take before it counts as a transient failure."""
@@ -94,6 +94,7 @@ class HandoffChannel:
         self.engine = engine
         self.clock = clock
         self.crm = crm
+        self._opener = HandoffOpener(engine)
         self._session: aiohttp.ClientSession | None = None
 
     async def send(self, message: Message) -> DeliveryResult:
@@ -102,7 +103,7 @@ class HandoffChannel:
         except (KeyError, ValueError) as exc:
             return DeliveryResult.permanent("not_a_handoff", f"the message carries no work item ({exc!r})")
         try:
-            handoff_id, _new = await asyncio.to_thread(open_handoff, self.engine, item, self.clock())
+            handoff_id, _new = await self._opener.open(item, self.clock())
         except LedgerError as exc:
             return DeliveryResult.transient("ledger", str(exc))
         if self.crm is not None:

@@ -22,6 +22,7 @@ from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, 
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from dispatcher.errors import ConfigError, LedgerError
+from dispatcher.ledger.write_gate import gated_connection_class
 from dispatcher.masking import mask_url
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,16 @@ def _sqlite_pragmas(lock_timeout: float) -> Any:
 
 
 def create_ledger_engine(url: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, NORMAL sync and a busy timeout of ``lock_timeout`` seconds.
+    """An engine for ``url``; SQLite gets WAL, NORMAL sync, a busy timeout of ``lock_timeout`` seconds and the
+    write gate (:mod:`dispatcher.ledger.write_gate`).
 
     On PostgreSQL ``lock_timeout`` bounds waiting for a row or table lock and for a connection.
     Raises :class:`ConfigError` when ``url`` is not a database URL that can be opened here.
     """
     check_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": lock_timeout}, hide_parameters=True)
+        gated = gated_connection_class(_sqlite_file(make_url(url)), lock_timeout)
+        engine = create_engine(url, connect_args={"timeout": lock_timeout, "factory": gated}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas(lock_timeout))
         return engine
     if lock_timeout == DEFAULT_LOCK_TIMEOUT or not url.startswith("postgresql"):

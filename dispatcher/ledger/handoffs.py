@@ -24,6 +24,7 @@ Errors::
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -199,23 +200,75 @@ def _event(connection: Connection, handoff_id: int, action: str, actor: str, at:
 # opening (the hand-off channel) ---------------------------------------------------------------------------------------
 def open_handoff(engine: Engine, item: WorkItem, now: datetime) -> tuple[int, bool]:
     """The id of the work item of ``item.reminder_key``, opened now unless it exists; and whether it is new."""
-    values = {"account_id": item.account_id, "reminder_key": item.reminder_key, "attempt_id": item.attempt_id,
-              "step": item.step, "due_date": item.due_date, "queue": item.queue, "priority": item.priority,
-              "kind": item.kind, "status": "open", "phone": item.phone, "phone_hash": item.phone_hash,
-              "borrower_hash": item.borrower_hash, "created_at": now}
-    insert = insert_ignoring_conflicts(engine.dialect.name, handoffs).returning(handoffs.c.id)
     try:
         with engine.begin() as connection:
-            new = connection.execute(insert, [values]).scalar()
-            if new is not None:
-                _event(connection, int(new), "opened", SYSTEM_ACTOR, now,
-                       f"{item.kind} in queue {item.queue} (priority {item.priority}), step {item.step}")
-                return int(new), True
-            found = connection.execute(select(handoffs.c.id).where(
-                handoffs.c.reminder_key == item.reminder_key)).scalar_one()
-            return int(found), False
+            return open_handoffs(connection, [(item, now)])[0]
     except SQLAlchemyError as exc:
         raise _guard("open a hand-off", exc) from exc
+
+
+def open_handoffs(connection: Connection, items: Sequence[tuple[WorkItem, datetime]]) -> list[tuple[int, bool]]:
+    """:func:`open_handoff` for each (item, now) of ``items``, in the caller's transaction."""
+    insert = insert_ignoring_conflicts(connection.dialect.name, handoffs).returning(handoffs.c.id)
+    opened: list[tuple[int, bool]] = []
+    for item, now in items:
+        values = {"account_id": item.account_id, "reminder_key": item.reminder_key, "attempt_id": item.attempt_id,
+                  "step": item.step, "due_date": item.due_date, "queue": item.queue, "priority": item.priority,
+                  "kind": item.kind, "status": "open", "phone": item.phone, "phone_hash": item.phone_hash,
+                  "borrower_hash": item.borrower_hash, "created_at": now}
+        new = connection.execute(insert, [values]).scalar()
+        if new is not None:
+            _event(connection, int(new), "opened", SYSTEM_ACTOR, now,
+                   f"{item.kind} in queue {item.queue} (priority {item.priority}), step {item.step}")
+            opened.append((int(new), True))
+            continue
+        found = connection.execute(select(handoffs.c.id).where(handoffs.c.reminder_key == item.reminder_key))
+        opened.append((int(found.scalar_one()), False))
+    return opened
+
+
+class HandoffOpener:
+    """Opens the work items of the hand-offs sent in one turn of the event loop in one transaction.
+
+    A hand-off opened in a transaction of its own, from a thread, held the ledger's write
+    lock for a commit and a wait for the GIL each: a run's hand-offs made the other writers
+    of its processes wait. As :class:`~dispatcher.ledger.group_commit.GroupCommitter`, the
+    opener gathers the items asked for while the event loop runs its ready callbacks and
+    writes them together on the loop's thread.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._queue: list[tuple[WorkItem, datetime, asyncio.Future[tuple[int, bool]]]] = []
+        self._soon: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self, item: WorkItem, now: datetime) -> tuple[int, bool]:
+        """:func:`open_handoff`, committed with the others asked for meanwhile; raises :class:`LedgerError`."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (a worker's next task): what an ended one left waits for nobody
+            self._loop, self._queue, self._soon = loop, [], None
+        future: asyncio.Future[tuple[int, bool]] = loop.create_future()
+        self._queue.append((item, now, future))
+        if self._soon is None:
+            self._soon = loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._soon = None
+        group, self._queue = self._queue, []
+        try:
+            with self.engine.begin() as connection:
+                opened = open_handoffs(connection, [(item, now) for item, now, _future in group])
+        except SQLAlchemyError as exc:
+            error = _guard("open a hand-off", exc)
+            for _item, _now, future in group:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_item, _now, future), result in zip(group, opened, strict=True):
+            if not future.done():  # its sender was cancelled meanwhile: the work item is open all the same
+                future.set_result(result)
 
 
 def handoff_of_attempt(engine: Engine, attempt_id: int, *, pushed: bool = False) -> int | None:
