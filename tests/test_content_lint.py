@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import insert, select
 
 from dispatcher.accounts import Account
@@ -22,7 +24,15 @@ from dispatcher.compose.renderer import Composer, RenderContext, TemplateProblem
 from dispatcher.demo import demo_accounts, demo_metadata
 from dispatcher.ledger.tables import attempts
 from dispatcher.pipeline.run import Runner
-from dispatcher.rules.content import ContentCheck, civil_violations, lint_templates
+from dispatcher.rules.content import (
+    ContentCheck,
+    _blocked,
+    _blocklist_pattern,
+    _civil_terms,
+    _may_contain,
+    civil_violations,
+    lint_templates,
+)
 from dispatcher.rules.policy import Policy, resolve_policy
 from dispatcher.rules.wordlists import CIVIL_RULES
 from dispatcher.schedule.loader import load_schedule
@@ -467,3 +477,28 @@ def test_a_run_counts_the_suppressions_made_at_send_time(app: App) -> None:
         connection.execute(insert(demo_accounts), [demo_row("N1", name="老赖王伟")])
     report = Runner(app).run("morning", app.clock())
     assert (report.counts.sent, report.counts.suppressed) == (1, 1)
+
+
+# the quick screen -----------------------------------------------------------------------------------------------
+def _spellings(phrase: str) -> list[str]:
+    """``phrase`` as a writer or a borrower's data may spell it: other cases, and the letters that
+    ``re.IGNORECASE`` matches to i and s (dotted and dotless I, long s)."""
+    return [phrase, phrase.upper(), phrase.title(), phrase.swapcase(), phrase.replace("i", "\u0131"),
+            phrase.upper().replace("I", "\u0130"), phrase.replace("s", "\u017f")]
+
+
+@given(st.sampled_from([*_civil_terms("en"), *_civil_terms("zh"), "idiot", "Ärger", "ΑΠΕΙΛΕΣ"]),
+       st.integers(min_value=0, max_value=6), st.sampled_from(["", "Dear Sam, ", "您好，", "x"]),
+       st.sampled_from(["", ".", " now", "了", "Η"]))
+@settings(max_examples=400, deadline=None)
+def test_the_screen_lets_through_every_text_the_phrase_patterns_find(phrase: str, spelling: int, before: str,
+                                                                     after: str) -> None:
+    """The screen only skips the exact patterns where they would find nothing, whatever the case of the text."""
+    phrases = (*_civil_terms("en"), "idiot", "Ärger", "ΑΠΕΙΛΕΣ")
+    text = f"{before}{_spellings(phrase)[spelling]}{after}"
+    pattern = _blocklist_pattern(phrases)
+    assert pattern is not None
+    if pattern.search(text):
+        assert _may_contain(phrases, [text]), text
+        assert _blocked(phrases, [text]), text  # and the phrase found is named, however it is spelt
+    assert not _may_contain(phrases, ["Your repayment of CNY 1,234.50 is 3 days overdue; reply STOP to opt out."])

@@ -75,13 +75,50 @@ def _blocklist_pattern(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(_phrase_regex(p) for p in ordered), re.IGNORECASE)
 
 
+_FOLD = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s"})
+"""Letters ``re.IGNORECASE`` matches to an ASCII letter that ``str.lower`` does not turn into it (İ ı ſ)."""
+_FOLDED = tuple(chr(code) for code in _FOLD)
+
+
+def _caseless_beyond_ascii(phrase: str) -> bool:
+    return all(c.isascii() or c.lower() == c == c.upper() for c in phrase)
+
+
+@lru_cache(maxsize=64)
+def _screen(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
+    """A pattern that matches folded, lowered text wherever a phrase's own pattern matches the text, and more: the
+    phrases lowered, without word boundaries, case-sensitive (about 3x quicker than the exact one, which
+    tries every phrase at every position). None when a phrase has cased letters beyond ASCII."""
+    if not all(_caseless_beyond_ascii(p) for p in phrases):
+        return None
+    return re.compile("|".join(re.escape(p) for p in sorted({p.lower() for p in phrases if p}, key=len, reverse=True)))
+
+
+def _may_contain(phrases: tuple[str, ...], texts: list[str]) -> bool:
+    """False when no phrase of ``phrases`` is in ``texts`` (as :func:`_blocked` finds them); True when one may be."""
+    if not any(phrases):
+        return False
+    screen = _screen(phrases)
+    if screen is None:
+        exact = _blocklist_pattern(phrases)
+        return exact is not None and any(exact.search(text) for text in texts)
+    return screen.search(_folded("\n".join(texts))) is not None
+
+
+def _folded(text: str) -> str:
+    """``text`` lowered, with the letters of :data:`_FOLD` turned into theirs."""
+    if any(letter in text for letter in _FOLDED):  # rare: translate() costs more than the search
+        text = text.translate(_FOLD)
+    return text.lower()
+
+
 def _blocked(phrases: tuple[str, ...], texts: list[str]) -> list[str]:
     """The listed phrases found in ``texts``, as listed."""
     pattern = _blocklist_pattern(phrases)
     if pattern is None:
         return []
-    found = {m.group().lower() for text in texts for m in pattern.finditer(text)}
-    return [p for p in phrases if p.lower() in found]
+    found = {_folded(m.group()) for text in texts for m in pattern.finditer(text)}  # "ſued" is "sued"
+    return [p for p in phrases if _folded(p) in found]
 
 
 _EMAIL_UNSUBSCRIBE = ("unsubscribe", "退订")
@@ -117,8 +154,7 @@ def _civil_terms(language: str) -> tuple[str, ...]:
 def civil_violations(locale: str, words: list[str]) -> Iterator[tuple[str, str, str]]:
     """(rule id, message, phrase) for each threat of :data:`CIVIL_RULES` in ``words`` (texts without links)."""
     language = language_of(locale)
-    anything = _blocklist_pattern(_civil_terms(language))
-    if anything is None or not any(anything.search(text) for text in words):  # nearly every message
+    if not _may_contain(_civil_terms(language), words):  # nearly every message
         return
     for rule in CIVIL_RULES:
         for phrase in _blocked(rule.phrases.get(language, ()), words):
@@ -133,9 +169,11 @@ def violations(rendered: Rendered, policy: Policy, brand: Brand,
     """(rule id, message, offending text) for every forbidden thing: threats, long numbers, push safety."""
     texts = _texts(rendered)
     words = [_URL.sub(" ", t) for t in texts]  # links (unsubscribe tokens, payment links) are not wording
-    yield from civil_violations(rendered.locale, words)
-    for phrase in _blocked(policy.blocked_phrases(rendered.locale), words):
-        yield "civil", f"the phrase {phrase!r} is not allowed (threat or insult)", phrase
+    blocklist = policy.blocked_phrases(rendered.locale)
+    if _may_contain(_civil_terms(language_of(rendered.locale)) + blocklist, words):  # one screen for both lists
+        yield from civil_violations(rendered.locale, words)
+        for phrase in _blocked(blocklist, words):
+            yield "civil", f"the phrase {phrase!r} is not allowed (threat or insult)", phrase
     allowed = (brand.hotline, brand.website, brand.help_email or "", account.repayment_account,
                mask(account.repayment_account), rendered.data.get("deadline", ""))
     for text in words:  # links carry ids and signatures, not the borrower's numbers
