@@ -208,22 +208,35 @@ def open_handoff(engine: Engine, item: WorkItem, now: datetime) -> tuple[int, bo
 
 
 def open_handoffs(connection: Connection, items: Sequence[tuple[WorkItem, datetime]]) -> list[tuple[int, bool]]:
-    """:func:`open_handoff` for each (item, now) of ``items``, in the caller's transaction."""
-    insert = insert_ignoring_conflicts(connection.dialect.name, handoffs).returning(handoffs.c.id)
-    opened: list[tuple[int, bool]] = []
+    """:func:`open_handoff` for each (item, now) of ``items``, in the caller's transaction: one insert of them all
+    (what it returns is what is new), one look-up of the others, one insert of the new ones' events."""
+    insert = insert_ignoring_conflicts(connection.dialect.name, handoffs).returning(handoffs.c.id,
+                                                                                  handoffs.c.reminder_key)
+    rows = [{"account_id": item.account_id, "reminder_key": item.reminder_key, "attempt_id": item.attempt_id,
+             "step": item.step, "due_date": item.due_date, "queue": item.queue, "priority": item.priority,
+             "kind": item.kind, "status": "open", "phone": item.phone, "phone_hash": item.phone_hash,
+             "borrower_hash": item.borrower_hash, "created_at": now} for item, now in items]
+    new = {row.reminder_key: int(row.id) for row in connection.execute(insert, rows)}
+    others = {item.reminder_key for item, _now in items} - new.keys()
+    found = {row.reminder_key: int(row.id) for row in rows_among(
+        connection, select(handoffs.c.id, handoffs.c.reminder_key), handoffs.c.reminder_key, sorted(others))}
+    first: dict[str, tuple[WorkItem, datetime]] = {}
     for item, now in items:
-        values = {"account_id": item.account_id, "reminder_key": item.reminder_key, "attempt_id": item.attempt_id,
-                  "step": item.step, "due_date": item.due_date, "queue": item.queue, "priority": item.priority,
-                  "kind": item.kind, "status": "open", "phone": item.phone, "phone_hash": item.phone_hash,
-                  "borrower_hash": item.borrower_hash, "created_at": now}
-        new = connection.execute(insert, [values]).scalar()
-        if new is not None:
-            _event(connection, int(new), "opened", SYSTEM_ACTOR, now,
-                   f"{item.kind} in queue {item.queue} (priority {item.priority}), step {item.step}")
-            opened.append((int(new), True))
-            continue
-        found = connection.execute(select(handoffs.c.id).where(handoffs.c.reminder_key == item.reminder_key))
-        opened.append((int(found.scalar_one()), False))
+        first.setdefault(item.reminder_key, (item, now))
+    events = []
+    for key, handoff_id in new.items():
+        item, now = first[key]
+        events.append({"handoff_id": handoff_id, "action": "opened", "actor": SYSTEM_ACTOR, "at": now,
+                       "detail": mask_text(f"{item.kind} in queue {item.queue} (priority {item.priority}), "
+                                           f"step {item.step}")})
+    if events:
+        connection.execute(handoff_events.insert(), events)
+    opened: list[tuple[int, bool]] = []
+    told: set[str] = set()
+    for item, _now in items:  # a reminder asked for twice in one call: new the first time only
+        key = item.reminder_key
+        opened.append((new[key], key not in told) if key in new else (found[key], False))
+        told.add(key)
     return opened
 
 
