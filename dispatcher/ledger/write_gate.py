@@ -1,13 +1,13 @@
-"""One writer at a time on a SQLite ledger, handed over the moment the last one commits.
+"""One writer at a time on a SQLite ledger, handed on as soon as the last one commits.
 
 SQLite lets one connection write at a time. A connection that finds the write lock held
 is put to sleep by SQLite's busy handler for 1, 2, 5, 10, 15, 20 … ms and tries again,
-however soon the lock is let go: the threads of one process (the group committer, the
-hand-off and outbox threads, the booking loop) and the processes of one run lose whole
-milliseconds on every collision. The gate queues the writers instead: a thread lock in a
+however soon the lock is let go: the threads of one process and the processes of one run
+lose whole milliseconds on every collision. The gate queues the writers instead: a thread lock in a
 process, an ``flock`` on ``<database file>.write.lock`` between processes, taken by a
 connection before its first write statement and let go when its transaction ends (commit,
-rollback, close), as SQLite's own write lock is. A waiter wakes as soon as the gate is free.
+rollback, close), as SQLite's own write lock is. A thread waiting for another of its process wakes
+at once; a process waiting for another tries the file lock again every 0.1 to 1 ms.
 
 The gate only orders writers: SQLite's lock and busy timeout still decide. A writer that
 waited the whole lock timeout for the gate goes on without it, and SQLite reports the

@@ -84,16 +84,20 @@ def tapered_sizes(count: int, processes: int, min_rows: int, parts: int) -> list
     """Rows per key range for ``processes`` that take the ranges in turn (guided self-scheduling): each range holds
     a ``2 * processes``-th of the rows not yet given out, at least ``min_rows``, at most ``parts`` ranges in all.
 
-    20,000 rows for 2 processes, at least 1,000 each: 5,000, 3,750, 2,813, 2,110, 1,582, 1,187, 1,000, 1,000 and
-    1,558. The first ranges are long, so few ranges are handed out; the last are short, so no process plans
+    Less than two ranges of ``min_rows`` left: two halves, so that no range is longer than the one before.
+
+    20,000 rows for 2 processes, at least 1,000 each: 5,000, 3,750, 2,813, 2,110, 1,582, 1,187, 1,000, 1,000, 779
+    and 779. The first ranges are long, so few ranges are handed out; the last are short, so no process plans
     alone for long at the end.
     """
     sizes: list[int] = []
     left = count
     while left > 0:
         size = max(min_rows, -(-left // (2 * processes)))
-        if left - size < min_rows or len(sizes) == parts - 1:
+        if len(sizes) == parts - 1:
             size = left
+        elif left - size < min_rows:
+            size = left if left <= min_rows or not sizes else left - left // 2
         sizes.append(size)
         left -= size
     return sizes
