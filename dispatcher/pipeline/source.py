@@ -83,8 +83,8 @@ def _untyped(given: list[str] | None) -> object | None:
 def tapered_sizes(count: int, processes: int, min_rows: int, parts: int) -> list[int]:
     """Rows per key range for ``processes`` that take the ranges in turn (guided self-scheduling): each range holds
     a ``2 * processes``-th of the rows not yet given out, at least ``min_rows``, at most ``parts`` ranges in all.
-
-    Less than two ranges of ``min_rows`` left: two halves, so that no range is longer than the one before.
+    With less than two ranges of ``min_rows`` left, the last two share them, so that no range is longer than the
+    one before (unless the ``parts`` ran out).
 
     20,000 rows for 2 processes, at least 1,000 each: 5,000, 3,750, 2,813, 2,110, 1,582, 1,187, 1,000, 1,000, 779
     and 779. The first ranges are long, so few ranges are handed out; the last are short, so no process plans
