@@ -166,7 +166,8 @@ def test_a_daemon_stopped_while_workers_plan_its_ranges_stops_them_and_the_next_
     sends what is left, nothing twice."""
     anytime.write_text(anytime.read_text("utf-8").replace("batch_size: 1000", "batch_size: 20"), "utf-8")
     app = build_app(Settings.from_env())
-    seed_demo(app.engine, 3000, app.clock().date())
+    # ranges of 3,000 accounts last a few seconds: longer than a worker takes to see the stop (its range's beat)
+    seed_demo(app.engine, 6000, app.clock().date())
     env = {**os.environ, "DISPATCHER_BROKER_URL": broker_url_db, "DISPATCHER_PLAN_RANGES": "2",
            "DISPATCHER_SWEEP_AFTER": str(SWEEP), "PYTHONUNBUFFERED": "1"}
     start(processes, workdir / "worker.log", env, workdir, "worker", "--pool", "prefork", "--concurrency", "2")
@@ -187,7 +188,7 @@ def test_a_daemon_stopped_while_workers_plan_its_ranges_stops_them_and_the_next_
         (run,) = connection.execute(select(runs.c.status, runs.c.counts)).all()
         stages = [row.status for row in connection.execute(select(run_ranges.c.status))]
     assert run.status == "interrupted" and stages == ["stopped", "stopped"], (run, stages)
-    assert 0 < json.loads(run.counts)["accounts"] < 3000  # both ranges reported what they read before stopping
+    assert 0 < json.loads(run.counts)["accounts"] < 6000  # both ranges reported what they read before stopping
 
     again = start(processes, workdir / "again.log", env, workdir, "run", "--once")
     assert again.wait(120) == 0, (workdir / "again.log").read_text("utf-8", "replace")[-3000:]
@@ -196,6 +197,6 @@ def test_a_daemon_stopped_while_workers_plan_its_ranges_stops_them_and_the_next_
                                   .where(attempts.c.status == "sent")
                                   .group_by(attempts.c.reminder_key, attempts.c.channel)).all()
         second = connection.execute(select(runs.c.status, runs.c.counts).order_by(runs.c.id.desc())).first()
-    assert second is not None and second.status == "completed" and json.loads(second.counts)["accounts"] == 3000
+    assert second is not None and second.status == "completed" and json.loads(second.counts)["accounts"] == 6000
     assert done and {n for *_, n in done} == {1}
     app.engine.dispose()
