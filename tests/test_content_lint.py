@@ -20,7 +20,7 @@ from sqlalchemy import insert, select
 from dispatcher.accounts import Account
 from dispatcher.app import App
 from dispatcher.channel_kind import ChannelKind
-from dispatcher.compose.renderer import Composer, RenderContext, TemplateProblem
+from dispatcher.compose.renderer import Composer, RenderContext, Rendered, TemplateProblem
 from dispatcher.demo import demo_accounts, demo_metadata
 from dispatcher.ledger.tables import attempts
 from dispatcher.pipeline.run import Runner
@@ -30,13 +30,15 @@ from dispatcher.rules.content import (
     _blocklist_pattern,
     _civil_terms,
     _may_contain,
+    _screen,
     civil_violations,
     lint_templates,
+    violations,
 )
 from dispatcher.rules.policy import Policy, resolve_policy
 from dispatcher.rules.wordlists import CIVIL_RULES
 from dispatcher.schedule.loader import load_schedule
-from dispatcher.schedule.models import Schedule
+from dispatcher.schedule.models import Brand, Schedule
 
 REPO = Path(__file__).resolve().parent.parent
 PROBLEM = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<message>.+)$")
@@ -217,6 +219,15 @@ BREAKAGES = {
     "en-email-html-police": Breakage(
         "firm/en-US/email.html.j2", insert_line(20, "<p>We have informed the police.</p>"), "civil-police", 20,
         "police"),
+    "en-email-html-police-as-character-references": Breakage(  # what the reader reads, not the markup
+        "firm/en-US/email.html.j2", insert_line(20, "<p>We have informed the &#112;olice.</p>"), "civil-police", 20,
+        "police"),
+    "en-email-html-court-split-by-a-tag": Breakage(
+        "firm/en-US/email.html.j2", insert_line(20, "<p>We will take you to <b>court</b>.</p>"), "civil-court", 20,
+        "to court"),
+    "en-email-html-court-in-an-image-text": Breakage(
+        "firm/en-US/email.html.j2", insert_line(20, '<img src="cid:seal" ALT=\'We will take you to court\'>'),
+        "civil-court", 20, "to court"),
     "zh-sms-court-and-credit": Breakage(
         "final_notice/zh-CN/sms.txt.j2", insert_line(2, "否则我们将起诉至法院，并上报征信，追究法律责任"),
         "civil-court", 2, "起诉"),
@@ -493,12 +504,46 @@ def _spellings(phrase: str) -> list[str]:
 @settings(max_examples=1000, deadline=None)
 def test_the_screen_lets_through_every_text_the_phrase_patterns_find(phrase: str, spelling: int, before: str,
                                                                      after: str) -> None:
-    """The screen only skips the exact patterns where they would find nothing, whatever the case of the text."""
-    phrases = (*_civil_terms("en"), "idiot", "Ärger", "ΑΠΕΙΛΕΣ")
+    """The screen only skips the exact patterns where they would find nothing, whatever the case of the text: the
+    tree of folded phrases (English and Chinese lists), and the exact patterns when a phrase has cased letters
+    beyond ASCII."""
     text = f"{before}{_spellings(phrase)[spelling]}{after}"
-    pattern = _blocklist_pattern(phrases)
-    assert pattern is not None
-    if pattern.search(text):
-        assert _may_contain(phrases, [text]), text
-        assert _blocked(phrases, [text]), text  # and the phrase found is named, however it is spelt
-    assert not _may_contain(phrases, ["Your repayment of CNY 1,234.50 is 3 days overdue; reply STOP to opt out."])
+    for phrases in (_civil_terms("en"), (*_civil_terms("en"), *_civil_terms("zh"), "idiot"),
+                    (*_civil_terms("en"), "idiot", "Ärger", "ΑΠΕΙΛΕΣ")):
+        if phrase not in phrases:
+            continue
+        pattern = _blocklist_pattern(phrases)
+        assert pattern is not None
+        if pattern.search(text):
+            assert _may_contain(phrases, [text]), text
+            assert _blocked(phrases, [text]), text  # and the phrase found is named, however it is spelt
+        assert not _may_contain(phrases, ["Your repayment of CNY 1,234.50 is 3 days overdue; reply STOP to opt "
+                                          "out. 您的还款已逾期3天。"])
+
+
+def test_the_screen_is_a_tree_of_the_folded_phrases() -> None:
+    """Shared beginnings are tried once; a phrase that another begins with ends the branch (it matches first)."""
+    assert _screen(("Court action", "court case", "COURT", "jail")).pattern == r"(?:court|jail)"
+    assert _screen(("court action", "court case", "sue you")).pattern == r"(?:court\ (?:action|case)|sue\ you)"
+    assert _screen(("Ärger",)) is None  # cased beyond ASCII: the exact patterns
+    assert not _may_contain(("court action", "court case"), ["a court date", "courtcase"])
+    assert _may_contain(("court action", "court case"), ["no COURT CASE"])
+
+
+@pytest.mark.parametrize(("markup", "found"), [
+    ("<p>We have informed the &#112;olice.</p>", "police"),  # read as the borrower reads it
+    ("<p>We will take you to <b>court</b>.</p>", "to court"),  # a tag in the middle of a phrase
+    ("<td>They may sue</td><td>you later</td>", "sue you"),  # read across two cells, as a reader reads them
+    ("<td>Police</td>Station", "police"),  # and not run together ("PoliceStation")
+    ('<img src="cid:seal" ALT = \'You were reported to the police\'>', "police"),  # an image's text is shown
+    ('<span title=jail>i</span>', "jail"),
+    ("<p>\u0130\u0130 <abbr aria-label=\"the Police\">P</abbr></p>", "police"),  # İ lowers to two letters
+    ('<p style="color:#1f2937" data-police="1">Pay by 7 December</p>', None),  # markup is not wording
+])
+def test_an_email_is_checked_as_its_reader_reads_its_html(markup: str, found: str | None) -> None:
+    _schedule, policy = load(REPO)
+    rendered = Rendered(ChannelKind.EMAIL, "en-US", "firm", "1", "Dear Sam, please pay.", "Your repayment", markup,
+                        None, {}, "hash")
+    brand = Brand(name="Lender", hotline="800-555-0100", website="https://lender.example")
+    words = [w for rule, _message, w in violations(rendered, policy, brand, SAMPLE) if rule.startswith("civil")]
+    assert words == ([found] if found else [])

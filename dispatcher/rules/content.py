@@ -21,6 +21,7 @@ just before it is sent.
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from dataclasses import replace
@@ -55,6 +56,11 @@ from dispatcher.schedule.models import Brand, Schedule, Step
 
 _DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d){7,}")
 _URL = re.compile(r"(?:https?://|mailto:)[^\s<>\"')]+", re.IGNORECASE)
+_TAG = re.compile(r"<[^>]*>")
+_SHOWN = ("alt", "title", "aria-label", "placeholder")
+"""Attributes whose values a reader is shown (an image's text, a tooltip, a label)."""
+_ATTRIBUTE_VALUE = re.compile(r"""\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""")
+_SHOWN_ATTRIBUTE = re.compile(rf"(?<![\w-])(?:{'|'.join(_SHOWN)})(?=\s*=)", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|[。！？；;\n]+")
 
 
@@ -87,11 +93,34 @@ def _caseless_beyond_ascii(phrase: str) -> bool:
 @lru_cache(maxsize=64)
 def _screen(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
     """A pattern that matches folded text (:func:`_folded`) wherever a phrase's own pattern matches, and more: the
-    phrases case-folded, without word boundaries, case-sensitive (about 3x quicker than the exact one, which
-    tries every phrase at every position). None when a phrase has cased letters beyond ASCII."""
+    phrases case-folded, without word boundaries, case-sensitive, as a tree of shared beginnings (``court
+    (?:action|case)``), so each position of the text is tried once, not once per phrase (5x quicker on English
+    text than the exact pattern). None when a phrase has cased letters beyond ASCII."""
     if not all(_caseless_beyond_ascii(p) for p in phrases):
         return None
-    return re.compile("|".join(re.escape(p) for p in sorted({_folded(p) for p in phrases if p}, key=len, reverse=True)))
+    return re.compile(_tree_pattern({_folded(p) for p in phrases if p}))
+
+
+_Tree = dict[str, "_Tree"]
+"""Each letter's subtree; the key "" marks where a phrase ends."""
+
+
+def _tree_pattern(phrases: set[str]) -> str:
+    """A pattern that matches where one of ``phrases`` begins (to the end of the shortest that does)."""
+    tree: _Tree = {}
+    for phrase in phrases:
+        node = tree
+        for letter in phrase:
+            node = node.setdefault(letter, {})
+        node[""] = {}
+
+    def pattern(node: _Tree) -> str:
+        if "" in node:  # a phrase ends here: what follows need not match
+            return ""
+        branches = [re.escape(letter) + pattern(child) for letter, child in sorted(node.items())]
+        return branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
+
+    return pattern(tree) if tree else "(?!)"
 
 
 def _may_contain(phrases: tuple[str, ...], texts: list[str]) -> bool:
@@ -126,6 +155,48 @@ _EMAIL_UNSUBSCRIBE = ("unsubscribe", "退订")
 
 def _texts(rendered: Rendered) -> list[str]:
     return [t for t in (rendered.subject, rendered.title, rendered.body, rendered.html) if t]
+
+
+def _wording(rendered: Rendered) -> list[str]:
+    """What a reader of ``rendered`` reads: its texts without links (unsubscribe tokens, payment links), and of its
+    HTML the text and the attributes a reader is shown (``alt``, ``title`` …), character references read."""
+    texts = [t for t in (rendered.subject, rendered.title, rendered.body) if t]
+    if rendered.html:
+        texts.append(_read_html(rendered.html))
+    return [_URL.sub(" ", t) if ":" in t else t for t in texts]
+
+
+def _read_html(markup: str) -> str:
+    """The text of ``markup`` as a reader reads it: each tag a space, runs of spaces one (``will <b>sue</b>`` reads
+    ``will sue``, ``sue</td><td>you`` reads ``sue you``, ``jail</td>x`` is not ``jailx``), ``&#115;ue`` read as
+    ``sue``, and after it the values of the attributes a reader is shown."""
+    text = "\n".join((_TAG.sub(" ", markup), *_shown_values(markup)))
+    while "  " in text:  # a few passes of a quick replace cost less than a regex scan
+        text = text.replace("  ", " ")
+    return html.unescape(text) if "&" in text else text
+
+
+def _shown_values(markup: str) -> list[str]:
+    """The values of :data:`_SHOWN` attributes in ``markup`` (and of such ``name=value`` in its text: harmless)."""
+    lowered = markup.lower()
+    if len(lowered) != len(markup):  # a letter that lowers to two (İ): positions would not match
+        starts = [m.end() for m in _SHOWN_ATTRIBUTE.finditer(markup)]
+    else:  # finding the names costs a tenth of a regex scan of every position
+        starts = [at + len(name) for name in _SHOWN for at in _positions(lowered, name)
+                  if at == 0 or not (lowered[at - 1].isalnum() or lowered[at - 1] in "-_")]
+    values = []
+    for start in starts:
+        value = _ATTRIBUTE_VALUE.match(markup, start)
+        if value is not None:
+            values.append(next(v for v in value.groups() if v is not None))
+    return values
+
+
+def _positions(text: str, name: str) -> Iterator[int]:
+    at = text.find(name)
+    while at >= 0:
+        yield at
+        at = text.find(name, at + 1)
 
 
 def _without(text: str, allowed: tuple[str, ...]) -> str:
@@ -167,8 +238,7 @@ def civil_violations(locale: str, words: list[str]) -> Iterator[tuple[str, str, 
 def violations(rendered: Rendered, policy: Policy, brand: Brand,
                account: Account) -> Iterator[tuple[str, str, str]]:
     """(rule id, message, offending text) for every forbidden thing: threats, long numbers, push safety."""
-    texts = _texts(rendered)
-    words = [_URL.sub(" ", t) for t in texts]  # links (unsubscribe tokens, payment links) are not wording
+    words = _wording(rendered)
     blocklist = policy.blocked_phrases(rendered.locale)
     if _may_contain(_civil_terms(language_of(rendered.locale)) + blocklist, words):  # one screen for both lists
         yield from civil_violations(rendered.locale, words)
@@ -242,7 +312,8 @@ def _source(templates: TemplateSet, name: str) -> str:
 
 
 def _line_of(templates: TemplateSet, rendered: Rendered, template: str, needle: str) -> tuple[str, int]:
-    """The part file and line of ``needle``: where the source spells it, else where the rendered part shows it.
+    """The part file and line of ``needle``: where the source spells it, else where the rendered part shows it (of
+    an HTML part, where a line spells it or reads as it: ``to <b>court</b>``, ``&#112;olice``).
 
     Text that a variable produced (an unmasked account number) is found in the
     rendered part; its line there is the template line when the part has no
@@ -255,7 +326,8 @@ def _line_of(templates: TemplateSet, rendered: Rendered, template: str, needle: 
         for part, name in zip(parts, names, strict=True):
             text = _source(templates, name) if place == "source" else texts.get(part.field) or ""
             for number, line in enumerate(text.splitlines(), start=1):
-                if needle and needle.lower() in line.lower():
+                read = _read_html(line) if part.field == "html" else line  # as the check read it
+                if needle and (needle.lower() in line.lower() or needle.lower() in read.lower()):
                     return str(templates.path(name)), number
     return str(templates.path(names[0])), 1
 
