@@ -12,11 +12,16 @@ compared (a WARNING line when they differ) and the ratio is printed as
 (``DISPATCHER_PLAN_PROCESSES=1``). Then the product runs again on a copy of the same
 seeded ledger with ``--processes`` planning processes (default 2; 0 skips it) and the
 wall-clock ratio is printed as ``2 processes / 1 process: N.NNx`` (its CPU seconds add
-the range processes'). With ``--celery 1 2`` (the default when Redis answers at ``--redis-url``) the product runs
-again on copies of the same seeded ledger with a broker and 1, then 2 Celery workers (``dispatcher worker
---concurrency 1`` each, as two machines would run them): the daemon splits the run into key ranges
-(``DISPATCHER_PLAN_RANGES``, default 16) that the workers plan, book and deliver, and the wall-clock ratio is
-printed as ``2 Celery workers / 1 Celery worker: N.NNx``. Run it with the project's virtualenv:
+the range processes', their start included). That run's helper processes are started and
+wired before it is timed, as a daemon keeps them from one run to the next
+(:class:`dispatcher.pipeline.parallel.Planners`); a second ``cold`` run starts its own, as a
+one-off run or a daemon's first split run does, and its ratio follows. With ``--celery 1 2``
+(the default when Redis answers at ``--redis-url``) the product runs again on copies of the
+same seeded ledger with a broker and 1, then 2 Celery workers (``dispatcher worker
+--concurrency 1`` each, as two machines would run them): the daemon splits the run into key
+ranges (``DISPATCHER_PLAN_RANGES``, default 16) that the workers plan, book and deliver, and
+the wall-clock ratio is printed as ``2 Celery workers / 1 Celery worker: N.NNx``. Run it with
+the project's virtualenv:
 
     .venv/bin/python bench/pipeline.py                 # 20,000 and 100,000 accounts
     .venv/bin/python bench/pipeline.py --accounts 5000
@@ -62,13 +67,20 @@ def child_seed(count: int) -> None:
     seed_demo(app.engine, count, datetime.now(UTC).date(), replace=True)
 
 
-def child_run(at: str, profile: str | None, clock: str = "wall") -> None:
+def child_run(at: str, profile: str | None, clock: str = "wall", cold: bool = False) -> None:
     from dispatcher.app import build_app
     from dispatcher.pipeline.run import Runner
     from dispatcher.settings import Settings
 
     moment = datetime.fromisoformat(at)
     app = build_app(Settings.from_env(), clock=lambda: moment)
+    if app.settings.plan_processes > 1 and not cold:  # as a daemon's runs after its first: its helpers are ready
+        from dispatcher.pipeline.parallel import Planners
+
+        app.share_version(app.pipeline.loaded)
+        app.planners = Planners(app.settings.plan_processes - 1)
+        app.planners.start(app.pipeline.loaded.version)
+        app.planners.wait_ready()
     # wall (cProfile's default) charts waits for the GIL to whatever released it (file writes, SQLite calls);
     # thread-cpu charts only this thread's CPU (the outbox's file threads are in neither)
     profiler = None
@@ -84,6 +96,8 @@ def child_run(at: str, profile: str | None, clock: str = "wall") -> None:
         profiler.dump_stats(profile)
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - started_cpu
+    if app.planners is not None:
+        app.planners.close()  # their CPU (their start included) is counted once they ended
     usage = resource.getrusage(resource.RUSAGE_SELF)
     ranges = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run's range processes, when it had some
     counts = report.counts.as_dict()
@@ -213,7 +227,13 @@ def measure(count: int, at: str, profile: str | None, floor: bool, clock: str = 
         _copy_ledger(workdir, seeded_dir)  # as seeded, for the Celery runs
         profiling = ["--profile", profile, "--profile-clock", clock] if profile else []
         result = _child(["--child-run", "--at", at, *profiling], env, workdir)
-        split = _child(["--child-run", "--at", at], _env(split_dir, processes), split_dir) if processes else None
+        split = None
+        if processes:  # with helpers kept from an earlier run (a daemon's), then with helpers the run starts
+            split = _child(["--child-run", "--at", at], _env(split_dir, processes), split_dir)
+            shutil.rmtree(split_dir / "outbox", ignore_errors=True)
+            _copy_ledger(seeded_dir, split_dir)
+            cold = _child(["--child-run", "--cold", "--at", at], _env(split_dir, processes), split_dir)
+            split.update(cold_seconds=cold["seconds"], cold_cpu_seconds=cold["cpu_seconds"])
         if split is not None and split["sent"] != result["sent"]:
             print(f"WARNING: {processes} processes sent {split['sent']:.0f} messages, one process {result['sent']:.0f}")
         on_workers = {n: celery_run(seeded_dir, at, n, redis_url) for n in celery}
@@ -269,7 +289,11 @@ def print_size(count: int, result: dict[str, float], floor: dict[str, float] | N
         print(f"{processes:>7}pr {split['seconds']:>8.1f} {count / split['seconds']:>11.0f} "
               f"{split['cpu_seconds']:>7.1f} {count / split['cpu_seconds']:>10.0f} {'':>9} {'':>11} "
               f"{split['peak_rss_mb']:>7.0f}MB (ranges: {split['range_peak_rss_mb']:.0f}MB each at most)")
-        print(f"{processes} processes / 1 process: {seconds / split['seconds']:.2f}x")
+        print(f"{'cold':>9} {split['cold_seconds']:>8.1f} {count / split['cold_seconds']:>11.0f} "
+              f"{split['cold_cpu_seconds']:>7.1f} {count / split['cold_cpu_seconds']:>10.0f}   (the run starts its "
+              f"helper processes, as a one-off run or a daemon's first split run does)")
+        print(f"{processes} processes / 1 process: {seconds / split['seconds']:.2f}x (helpers kept between runs, as "
+              f"a daemon's); {seconds / split['cold_seconds']:.2f}x when the run starts them")
     for n, run in on_workers.items():
         workers = f"{abs(n)} Celery worker{'s' if abs(n) > 1 else ''}" + (", their schedules.yaml differs" if n < 0
                                                                             else "")
@@ -310,13 +334,14 @@ def main() -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-floor", metavar="VERDICTS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_seed:
         child_seed(args.child_seed)
         return 0
     if args.child_run:
-        child_run(args.at, args.profile, args.profile_clock)
+        child_run(args.at, args.profile, args.profile_clock, args.cold)
         return 0
     if args.child_floor:
         child_floor(args.at, args.child_floor)

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -36,6 +37,9 @@ from dispatcher.schedule.loader import LoadedSchedule, load_schedule
 from dispatcher.send_check import SendCheck
 from dispatcher.settings import Settings
 from dispatcher.unsubscribe import UnsubscribeLinks
+
+if TYPE_CHECKING:  # the module imports this one; a daemon without a broker imports it when it starts
+    from dispatcher.pipeline.parallel import Planners
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,8 @@ class App:
     clock: Clock = utc_now
     rate_share: int = 1
     """Processes of one run sharing the provider rate limits without Redis: each takes this share of them."""
+    planners: Planners | None = None
+    """The daemon's helper processes kept between runs (None: a run without a broker starts its own)."""
 
     def build_pipeline(self, loaded: LoadedSchedule) -> Pipeline:
         """A pipeline for a (new) version of schedules.yaml, sharing this app's ledger."""

@@ -93,6 +93,7 @@ class Daemon:
         self._install_signals()
         self._schedule(self.pipeline.loaded)
         self._remember(self.pipeline.loaded)
+        self._keep_planners()
         self._scheduler.add_job(self._catch_up, id="catch-up")
         self._scheduler.add_job(self._take_over, "interval", seconds=HOUSEKEEPING_SECONDS, id="take-over")
         self._scheduler.start()
@@ -109,7 +110,20 @@ class Daemon:
         self._watcher.stop()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
+        if self.app.planners is not None:
+            self.app.planners.close()
         log.info("daemon stopped")
+
+    def _keep_planners(self) -> None:
+        """Without a broker, keep the processes that plan a run's key ranges with this one between runs (the first
+        split run starts them): each later run plans in all of them at once
+        (:class:`~dispatcher.pipeline.parallel.Planners`)."""
+        settings = self.app.settings
+        if settings.broker_url or settings.plan_processes < 2 or self.app.planners is not None:
+            return
+        from dispatcher.pipeline.parallel import Planners  # imports multiprocessing only when used
+
+        self.app.planners = Planners(settings.plan_processes - 1)
 
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -212,6 +226,8 @@ class Daemon:
         log.info("configuration reloaded: version %s replaces %s (used from the next run)",
                  loaded.version, before.loaded.version)
         self._remember(loaded)
+        if self.app.planners is not None:  # they wire the new version now, not in the next run
+            self.app.planners.warm(loaded.version)
         self._log_diff(before, pipeline)
 
     def _remember(self, loaded: LoadedSchedule) -> None:

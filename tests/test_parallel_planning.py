@@ -36,6 +36,7 @@ from dispatcher.demo import demo_accounts, seed_demo
 from dispatcher.ledger.database import booking_lock
 from dispatcher.ledger.outcomes import CureTracker
 from dispatcher.pipeline.jobs import RunCounts
+from dispatcher.pipeline.parallel import Planners
 from dispatcher.pipeline.reject_limit import RejectLimit
 from dispatcher.pipeline.replan import replan
 from dispatcher.pipeline.run import Runner
@@ -62,8 +63,10 @@ def sends(decisions: Iterator[Any]) -> set[tuple[str, str]]:
     return {(d.account_id, c.channel.value) for d in decisions for c in d.channels if c.verdict is Verdict.SEND}
 
 
-def sent_pairs(app: App) -> set[tuple[str, str]]:
-    return {(r["account_id"], r["channel"]) for r in attempt_rows(app, status="sent")}
+def sent_pairs(app: App, run_id: int | None = None) -> set[tuple[str, str]]:
+    """(account, channel) of every message sent (by one run)."""
+    where = {} if run_id is None else {"run_id": run_id}
+    return {(r["account_id"], r["channel"]) for r in attempt_rows(app, status="sent", **where)}
 
 
 def test_two_processes_send_what_one_process_sends_each_message_once(
@@ -297,6 +300,38 @@ def test_a_range_process_killed_mid_range_loses_and_duplicates_nothing(parallel:
     assert set(delivered.values()) == {1}  # nothing twice
     assert set(delivered) == reference  # nothing lost
     assert set(outbox_ids(parallel.settings.outbox_dir).values()) == {1}
+
+
+def test_a_daemons_helpers_plan_its_next_runs_on_their_clock_and_one_that_died_is_replaced(
+        parallel: App, clock: FixedClock, make_ledger_url: Any, tmp_path: Path) -> None:
+    """Kept between runs (:class:`Planners`), the helper plans each run at that run's moment: run after run, the
+    split runs send what one process sends. Killed between two runs, it is replaced by the next run."""
+    single = single_process(parallel, clock, make_ledger_url, tmp_path)
+    for app in (single, parallel):
+        seed_demo(app.engine, 400, clock().date())
+        one_loan_per_borrower(app)
+    parallel.planners = Planners(1)
+    helpers = []
+    try:
+        for number, days in enumerate((0, 7, 14), start=1):
+            clock.now = moment = clock() + timedelta(days=days)
+            alone = Runner(single).run("manual", moment)
+            report = Runner(parallel).run("manual", moment)
+            assert report.status == alone.status == "completed", report
+            assert len(sent_pairs(single, alone.run_id)) > 100
+            assert sent_pairs(parallel, report.run_id) == sent_pairs(single, alone.run_id), number
+            (helper,) = multiprocessing.active_children()  # kept for the next run
+            helpers.append(helper.pid)
+            if number == 2:
+                os.kill(helper.pid or 0, signal.SIGKILL)  # between runs
+                helper.join(10)
+        assert helpers[0] == helpers[1] != helpers[2]
+        sent = Counter((r["reminder_key"], r["channel"]) for r in attempt_rows(parallel, status="sent"))
+        assert set(sent.values()) == {1}
+    finally:
+        parallel.planners.close()
+        single.engine.dispose()
+    assert multiprocessing.active_children() == []
 
 
 def test_progress_lines_count_what_the_ranges_read_before_they_end(parallel: App, clock: FixedClock,

@@ -32,18 +32,20 @@ import threading
 from array import array
 from collections import deque
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import cast
 
 from dispatcher.app import App, Pipeline, build_app, load_version, utc_now
+from dispatcher.errors import DispatcherError
 from dispatcher.ledger.outcomes import CureTracker
 from dispatcher.logs import configure_logging
 from dispatcher.pipeline import loops
 from dispatcher.pipeline.jobs import RunCounts
 from dispatcher.pipeline.ranges import (
     STOPPED,
+    RangeFailed,
     RangeResult,
     RangeTask,
     describe,
@@ -80,10 +82,14 @@ async def plan_in_processes(app: App, run_id: int, pipeline: Pipeline, ranges: l
     ratio = pipeline.loaded.schedule.source.max_reject_ratio
     board = _Board([RangeTask(run_id, pipeline.loaded.version, key_range, number, len(ranges), offset, ratio)
                     for number, key_range in enumerate(ranges, 1)], halt, progress)
-    helpers = [_Helper.start(run_id, n, processes) for n in range(1, min(processes, len(ranges)))]
+    wanted = min(processes, len(ranges)) - 1
+    planners = app.planners
+    helpers = (planners.lend(wanted) if planners is not None
+               else [_Helper.start(f"run-{run_id}-planner-{n}") for n in range(1, wanted + 1)])
     log.info("run #%s: %d key ranges planned in %d processes", run_id, len(ranges), len(helpers) + 1,
              extra={"run_id": run_id})
-    follower = threading.Thread(target=board.follow, args=(helpers,), name=f"run-{run_id}-ranges", daemon=True)
+    follower = threading.Thread(target=board.follow, args=(helpers, processes), name=f"run-{run_id}-ranges",
+                                daemon=True)
     follower.start()
     try:
         # the helpers' clock (a test's or a benchmark's fixed moment moves on there): contacts one process books
@@ -97,8 +103,11 @@ async def plan_in_processes(app: App, run_id: int, pipeline: Pipeline, ranges: l
         board.stop_handing_out()
         while follower.is_alive():  # the helpers finish their ranges (or stop between messages)
             await asyncio.sleep(FOLLOW_INTERVAL)
-        for helper in helpers:
-            helper.close()
+        if planners is not None:
+            planners.give_back(helpers)
+        else:
+            for helper in helpers:
+                helper.close()
     if board.error is not None:
         raise board.error
     progress.clear()  # their counts join the run's
@@ -169,19 +178,20 @@ class _Board:
         with self._lock:
             return {n: self._results.get(n, STOPPED) for n in range(1, self.ranges + 1)}
 
-    def follow(self, helpers: list[_Helper]) -> None:
+    def follow(self, helpers: list[_Helper], share: int) -> None:
         """The follower thread: hand each helper a range, and the next each time it reports, until none is left;
-        relay their progress; ask them to stop (SIGTERM) when the run stops or a range failed."""
+        relay their progress; ask them to stop (SIGTERM) when the run stops or a range failed. Each takes
+        1/``share`` of the provider rate limits."""
         try:
-            self._follow(helpers)
+            self._follow(helpers, share)
         except BaseException as exc:  # raised in the daemon's loop once the helpers ended
             self.error = exc
             self.abort()
             for helper in helpers:
                 helper.stop()
 
-    def _follow(self, helpers: list[_Helper]) -> None:
-        busy = {helper.connection: helper for helper in helpers if helper.give(self.take())}
+    def _follow(self, helpers: list[_Helper], share: int) -> None:
+        busy = {helper.connection: helper for helper in helpers if helper.give(self.take(), share)}
         stopped = False
         while busy:
             if self.failed.is_set() and not stopped:
@@ -191,12 +201,14 @@ class _Board:
             for ready in wait(list(busy), FOLLOW_INTERVAL):
                 helper = busy[cast(Connection, ready)]
                 message = helper.receive()
+                if message is None:  # it is ready (wired for the version it was started with)
+                    continue
                 if isinstance(message, tuple):
                     self.progress.update(*message)
                     continue
                 assert helper.task is not None
                 self.report(helper.task.number, message)
-                if isinstance(message, str) or not helper.give(self.take()):
+                if isinstance(message, str) or not helper.give(self.take(), share):
                     del busy[helper.connection]
             here = self._here
             if here is not None:
@@ -205,46 +217,65 @@ class _Board:
 
 @dataclasses.dataclass
 class _Helper:
-    """A helper process of the run and the daemon's end of its pipe."""
+    """A helper process and the daemon's end of its pipe."""
 
     process: BaseProcess
     connection: Connection
     task: RangeTask | None = None
     """The range it plans now."""
+    warming: bool = False
+    """Told to wire a version before its first range; it says so (None) when it has."""
+    stopped: bool = False
+    """Asked to stop: it ends after its messages in flight."""
 
     @classmethod
-    def start(cls, run_id: int, number: int, processes: int) -> _Helper:
+    def start(cls, name: str, version: str | None = None) -> _Helper:
+        """A new helper process; with ``version``, told to wire that version of schedules.yaml right away."""
         context = multiprocessing.get_context("spawn")
         mine, theirs = context.Pipe()
-        process = context.Process(target=_helper_main, args=(theirs, processes), name=f"run-{run_id}-planner-{number}")
+        process = context.Process(target=_helper_main, args=(theirs,), name=name)
         process.start()
         theirs.close()  # its death then reads as the end of the pipe
-        return cls(process, mine)
+        helper = cls(process, mine)
+        if version is not None:
+            helper.warm(version)
+        return helper
 
-    def give(self, task: RangeTask | None) -> bool:
-        """Hand it ``task``, or tell it to end when None; whether it now plans a range."""
+    def warm(self, version: str) -> None:
+        """Have it wire ``version`` now, between runs (it says when it has)."""
+        with contextlib.suppress(OSError):  # it ended: the next run replaces it
+            self.connection.send(version)
+            self.warming = True
+
+    def give(self, task: RangeTask | None, share: int) -> bool:
+        """Hand it ``task`` (taking 1/``share`` of the rate limits); whether it now plans a range."""
         self.task = task
+        if task is None:
+            return False
         try:
-            self.connection.send(task)
+            self.connection.send((task, share))
         except OSError:  # it ended (a stop request reached it between ranges)
             self.task = None
             return False
-        return task is not None
+        return True
 
-    def receive(self) -> RangeResult | tuple[int, int, int] | str:
-        """Its next message: progress (range, accounts read, attempts planned), its range's result, or a
-        description of its death."""
+    def receive(self) -> RangeResult | tuple[int, int, int] | str | None:
+        """Its next message: progress (range, accounts read, attempts planned), its range's result, None when it is
+        ready, or a description of its death."""
         try:
-            message: RangeResult | tuple[int, int, int] = self.connection.recv()
-            return message
+            message: RangeResult | tuple[int, int, int] | None = self.connection.recv()
         except (EOFError, OSError):  # it closed its end without reporting: it died
             self.process.join()
             if self.process.exitcode == -signal.SIGTERM:
                 return STOPPED  # asked to stop (by the daemon or the system) before its handler was installed
             return f"its process (pid {self.process.pid}) died with exit code {self.process.exitcode}"
+        if message is None:
+            self.warming = False
+        return message
 
     def stop(self) -> None:
         """Ask it to stop between messages (SIGTERM, as a stop of the daemon)."""
+        self.stopped = True
         if self.process.is_alive():
             self.process.terminate()
 
@@ -256,36 +287,115 @@ class _Helper:
         self.connection.close()
 
 
+class Planners:
+    """The daemon's helper processes, kept between runs.
+
+    The first run that is split starts them (as a run without them does); it gives them back when it ends, and the
+    next runs borrow them (:func:`plan_in_processes`): they plan at once instead of waiting for new processes to
+    start Python, import the dispatcher and wire the pipeline (a second or more on a 2-core machine). One that
+    died or was asked to stop is replaced by the next run; a reload has them wire the new version between runs.
+    Without them (a one-off run, a test), each run starts its own and ends them.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._idle: list[_Helper] = []
+        self._started = 0
+        self._lock = threading.Lock()
+
+    def start(self, version: str) -> None:
+        """Start every helper now, each wiring ``version`` at once (what a daemon has after its first split run)."""
+        with self._lock:
+            while len(self._idle) < self.count:
+                self._idle.append(self._new(version))
+
+    def warm(self, version: str) -> None:
+        """Have the idle helpers wire ``version`` (a reload's) now, dropping the versions they wired before."""
+        with self._lock:
+            for helper in self._idle:
+                helper.warm(version)
+
+    def wait_ready(self) -> None:
+        """Until every idle helper has wired its version (a benchmark times runs, not the daemon's start)."""
+        with self._lock:
+            for helper in self._idle:
+                while helper.warming:
+                    if helper.receive() is not None:
+                        raise RangeFailed(f"a planning helper did not start: {helper.process.name}")
+
+    def lend(self, count: int) -> list[_Helper]:
+        """``count`` helpers for a run: idle ones still alive, new ones for the rest."""
+        with self._lock:
+            alive = [helper for helper in self._idle if helper.process.is_alive()]
+            for helper in self._idle:
+                if helper not in alive:
+                    helper.close()
+            lent, self._idle = alive[:count], alive[count:]
+            return lent + [self._new() for _ in range(count - len(lent))]
+
+    def give_back(self, helpers: list[_Helper]) -> None:
+        """Keep the ones that ended the run between ranges; end the others (stopped, died)."""
+        with self._lock:
+            for helper in helpers:
+                helper.task = None
+                if helper.stopped or not helper.process.is_alive():
+                    helper.close()
+                else:
+                    self._idle.append(helper)
+
+    def close(self) -> None:
+        """End every idle helper (the daemon stops)."""
+        with self._lock:
+            for helper in self._idle:
+                helper.close()
+            self._idle.clear()
+
+    def _new(self, version: str | None = None) -> _Helper:
+        self._started += 1
+        return _Helper.start(f"planner-{self._started}", version)
+
+
 # in a helper process ----------------------------------------------------------------------------------------------
-def _helper_main(connection: Connection, processes: int) -> None:
-    """A helper process's entry point: plans the ranges it is handed until told to end; SIGTERM stops it between
-    messages; Ctrl-C is left to the daemon."""
+def _helper_main(connection: Connection) -> None:
+    """A helper process's entry point: wires the version it is told (a str) and plans the ranges it is handed
+    (with its share of the rate limits) until told to end (None); SIGTERM stops it between messages; Ctrl-C is left
+    to the daemon."""
     stopping = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    apps: dict[str, App] = {}
+    apps: dict[str, _Wired] = {}
     try:
         while not stopping.is_set():
             try:
-                task: RangeTask | None = connection.recv()
+                message: tuple[RangeTask, int] | str | None = connection.recv()
             except (EOFError, OSError):  # the daemon is gone
                 break
-            if task is None:
+            if message is None:
                 break
+            if isinstance(message, str):  # the daemon's version (at its start, after a reload): the others go
+                for version in [v for v in apps if v != message]:
+                    apps.pop(version).app.engine.dispose()
+                try:
+                    _wired(apps, message)
+                except DispatcherError as exc:  # a range of it reports this again, and its run fails with it
+                    log.error("configuration version %s could not be wired ahead of a run: %s", message, exc)
+                connection.send(None)
+                continue
+            task, share = message
             counts, done = RunCounts(), threading.Event()
             telling = threading.Thread(target=_tell_progress, args=(connection, task.number, counts, done),
                                        daemon=True)
             telling.start()
             try:
-                result = _plan_range(apps, task, processes, stopping, counts)
+                result = _plan_range(apps, task, share, stopping, counts)
             except BaseException as exc:  # reported to the daemon, which fails the run with it
                 result = failed_result(task, exc)
             done.set()
             telling.join()
             connection.send(result)
     finally:
-        for app in apps.values():
-            app.engine.dispose()
+        for wired in apps.values():
+            wired.app.engine.dispose()
         connection.close()
 
 
@@ -295,18 +405,44 @@ def _tell_progress(connection: Connection, number: int, counts: RunCounts, done:
         connection.send((number, counts.accounts, counts.planned))
 
 
-def _plan_range(apps: dict[str, App], task: RangeTask, processes: int, stopping: threading.Event,
-                counts: RunCounts) -> RangeResult:
-    """Plan ``task``'s range with the app of its version (wired once per process and version)."""
-    app = apps.get(task.version)
-    if app is None:
+class _RunClock:
+    """The run's clock in a helper: the real one, ahead by what the range says (0 in production; a test's or a
+    benchmark's fixed moment moves on here)."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta()
+
+    def __call__(self) -> datetime:
+        return utc_now() + self.ahead
+
+
+@dataclasses.dataclass(frozen=True)
+class _Wired:
+    """A version's app in a helper and its clock."""
+
+    app: App
+    clock: _RunClock
+
+
+def _wired(apps: dict[str, _Wired], version: str) -> _Wired:
+    """``version``'s app, wired once per process and version."""
+    wired = apps.get(version)
+    if wired is None:
         settings = Settings.from_env()
         configure_logging(settings.log_level, log_format(settings.env))
-        offset = timedelta(seconds=task.clock_offset)
-        app = build_app(settings, load_version(settings, task.version), migrate=False,
-                        clock=lambda: utc_now() + offset)
-        app.rate_share = processes
-        apps[task.version] = app
+        clock = _RunClock()
+        app = build_app(settings, load_version(settings, version), migrate=False, clock=clock)
+        wired = apps[version] = _Wired(app, clock)
+    return wired
+
+
+def _plan_range(apps: dict[str, _Wired], task: RangeTask, share: int, stopping: threading.Event,
+                counts: RunCounts) -> RangeResult:
+    """Plan ``task``'s range with the app of its version, on the run's clock."""
+    wired = _wired(apps, task.version)
+    wired.clock.ahead = timedelta(seconds=task.clock_offset)
+    app = wired.app
+    app.rate_share = share
 
     async def book() -> RangeResult:
         executor = app.executor(app.pipeline, stopping, task.run_id)
