@@ -128,9 +128,12 @@ def child_floor(at: str, verdicts_path: str) -> None:
 
 
 def _copy_ledger(source: Path, target: Path) -> None:
+    """``source``'s ledger over ``target``'s (a journal left in ``target`` would be replayed onto the copy)."""
     for suffix in ("", "-wal", "-shm"):
         if (source / f"ledger.db{suffix}").exists():
             shutil.copy(source / f"ledger.db{suffix}", target / f"ledger.db{suffix}")
+        else:
+            (target / f"ledger.db{suffix}").unlink(missing_ok=True)
 
 
 def _child(args: list[str], env: dict[str, str], workdir: Path) -> dict[str, float]:
