@@ -86,3 +86,48 @@ def test_the_daemon_runs_follows_edits_and_stops(daemon: tuple[subprocess.Popen[
     assert process.wait(STOP_TIMEOUT) == 0
     assert logged("daemon stopped")
     assert "Traceback" not in log.read_text(encoding="utf-8")
+
+
+def _helpers(pid: int) -> set[int]:
+    """The spawned processes of ``pid`` (children of any of its threads; not multiprocessing's resource tracker)."""
+    children = {int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()}
+    return {c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads a process's children from /proc (Linux)")
+def test_the_daemon_keeps_its_planning_helper_between_runs_and_ends_it_when_it_stops(
+        workdir: Path, anytime: Path, ledger_url: str) -> None:
+    """Without a broker the first split run starts the helper; it stays, idle, through a reload, and SIGTERM ends
+    it with the daemon."""
+    schedules = workdir / "schedules.yaml"
+    original = schedules.read_text(encoding="utf-8").replace("batch_size: 1000", "batch_size: 20")
+    schedules.write_text(original, encoding="utf-8")
+    engine = create_engine(ledger_url)
+    seed_demo(engine, 400, datetime.now(UTC).date())  # ranges of 20-account batches: the run is split in two
+    engine.dispose()
+    log = workdir / "daemon.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DISPATCHER_LOG_LEVEL": "INFO", "DISPATCHER_PLAN_PROCESSES": "2"}
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "dispatcher", "run", "--run-now"], cwd=workdir, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        def logged(text: str) -> bool:
+            return text in log.read_text(encoding="utf-8")
+
+        wait_for(lambda: logged("(#1) completed"), START_TIMEOUT, "first run", log)
+        assert logged("key ranges planned in 2 processes")
+        (helper,) = _helpers(process.pid)  # kept, idle
+        edited = original.replace('cron: "0 9 * * *"', 'cron: "5 9 * * *"', 1)
+        replace_file(schedules, edited)
+        wait_for(lambda: logged("reloaded: version"), RELOAD_TIMEOUT, "reload", log)
+        time.sleep(1.0)  # it wires the new version meanwhile
+        assert _helpers(process.pid) == {helper}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(STOP_TIMEOUT) == 0
+        assert not Path(f"/proc/{helper}").exists() or "zombie" in Path(f"/proc/{helper}/status").read_text()
+        assert "Traceback" not in log.read_text(encoding="utf-8")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(STOP_TIMEOUT)

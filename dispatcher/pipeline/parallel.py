@@ -379,7 +379,10 @@ def _helper_main(connection: Connection) -> None:
                     _wired(apps, message)
                 except DispatcherError as exc:  # a range of it reports this again, and its run fails with it
                     log.error("configuration version %s could not be wired ahead of a run: %s", message, exc)
-                connection.send(None)
+                try:
+                    connection.send(None)
+                except OSError:  # the daemon is gone
+                    break
                 continue
             task, share = message
             counts, done = RunCounts(), threading.Event()
