@@ -131,3 +131,44 @@ def test_the_daemon_keeps_its_planning_helper_between_runs_and_ends_it_when_it_s
         if process.poll() is None:
             process.kill()
             process.wait(STOP_TIMEOUT)
+
+
+def _ended(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "State:\tZ" in status.read_text()
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads a process's children from /proc (Linux)")
+def test_a_daemon_killed_mid_run_leaves_no_planning_helper_behind(workdir: Path, anytime: Path,
+                                                                   ledger_url: str) -> None:
+    """``kill -9`` of the daemon: its helper finds the pipe's end, stops its range between messages and exits
+    quietly (the next run reconciles what was in flight)."""
+    schedules = workdir / "schedules.yaml"
+    schedules.write_text(schedules.read_text(encoding="utf-8").replace("batch_size: 1000", "batch_size: 20"),
+                         encoding="utf-8")
+    engine = create_engine(ledger_url)
+    seed_demo(engine, 3000, datetime.now(UTC).date())
+    engine.dispose()
+    log = workdir / "daemon.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DISPATCHER_LOG_LEVEL": "INFO", "DISPATCHER_PLAN_PROCESSES": "2"}
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "dispatcher", "run", "--run-now"], cwd=workdir, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_for(lambda: "key ranges planned in 2 processes" in log.read_text(encoding="utf-8")
+                 and bool(_helpers(process.pid)), START_TIMEOUT, "a split run", log)
+        (helper,) = _helpers(process.pid)
+        time.sleep(0.5)  # it plans and sends
+        process.kill()
+        process.wait(STOP_TIMEOUT)
+        wait_for(lambda: _ended(helper), STOP_TIMEOUT, "the helper's end", log)
+        text = log.read_text(encoding="utf-8")
+        assert "Traceback" not in text
+        assert "completed" not in text  # it was killed mid-run
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(STOP_TIMEOUT)

@@ -386,8 +386,8 @@ def _helper_main(connection: Connection) -> None:
                 continue
             task, share = message
             counts, done = RunCounts(), threading.Event()
-            telling = threading.Thread(target=_tell_progress, args=(connection, task.number, counts, done),
-                                       daemon=True)
+            telling = threading.Thread(target=_tell_progress,
+                                       args=(connection, task.number, counts, done, stopping), daemon=True)
             telling.start()
             try:
                 result = _plan_range(apps, task, share, stopping, counts)
@@ -395,17 +395,27 @@ def _helper_main(connection: Connection) -> None:
                 result = failed_result(task, exc)
             done.set()
             telling.join()
-            connection.send(result)
+            try:
+                connection.send(result)
+            except OSError:  # the daemon is gone (its next run reconciles what this range left in flight)
+                break
     finally:
         for wired in apps.values():
             wired.app.engine.dispose()
         connection.close()
 
 
-def _tell_progress(connection: Connection, number: int, counts: RunCounts, done: threading.Event) -> None:
-    """Send (range, accounts read, attempts planned) to the daemon every :data:`PROGRESS_EVERY` s until ``done``."""
+def _tell_progress(connection: Connection, number: int, counts: RunCounts, done: threading.Event,
+                   stopping: threading.Event) -> None:
+    """Send (range, accounts read, attempts planned) to the daemon every :data:`PROGRESS_EVERY` s until ``done``;
+    when the daemon is gone (``kill -9``), stop the range between messages, as its SIGTERM would."""
     while not done.wait(PROGRESS_EVERY):
-        connection.send((number, counts.accounts, counts.planned))
+        try:
+            connection.send((number, counts.accounts, counts.planned))
+        except OSError:
+            log.warning("key range %d: the daemon is gone; stopping between messages", number)
+            stopping.set()
+            return
 
 
 class _RunClock:
