@@ -82,7 +82,7 @@ def child_run(at: str, profile: str | None, clock: str = "wall", cold: bool = Fa
         app.planners.start(app.pipeline.loaded.version)
         app.planners.wait_ready()
     # wall (cProfile's default) charts waits for the GIL to whatever released it (file writes, SQLite calls);
-    # thread-cpu charts only this thread's CPU (the outbox's file threads are in neither)
+    # thread-cpu charts only this thread's CPU
     profiler = None
     if profile:
         profiler = cProfile.Profile(time.thread_time) if clock == "thread-cpu" else cProfile.Profile()
