@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from email.message import EmailMessage
@@ -126,6 +127,23 @@ def test_a_torn_tail_line_is_ended_and_skipped(tmp_path: Path) -> None:
     assert [json.loads(lines[n])["attempt_id"] for n in (0, 2, 3)] == [1, 3, 4]
     assert [ask(asking, n) for n in (1, 2, 3, 4)] == ["outbox-sms-1", None, "outbox-sms-3", "outbox-sms-4"]
     assert ask(OutboxChannel(ChannelKind.SMS, tmp_path), 2) is None
+
+
+def test_a_line_another_writer_is_still_writing_is_not_taken_for_torn(tmp_path: Path) -> None:
+    # another process's line crossing a page boundary: its first page is in the file before its end is
+    other = os.open(tmp_path / "sms.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    line = json.dumps({"attempt_id": 1, "text": "x" * 5000}).encode("utf-8") + b"\n"
+    os.write(other, line[:4096])
+    rest = threading.Timer(0.005, os.write, (other, line[4096:]))
+    rest.start()
+    try:
+        send(OutboxChannel(ChannelKind.SMS, tmp_path), 2)
+    finally:
+        rest.join()
+        os.close(other)
+
+    lines = jsonl(tmp_path, ChannelKind.SMS).split(b"\n")
+    assert [json.loads(found)["attempt_id"] for found in lines[:-1]] == [1, 2]  # no empty line between them
 
 
 def test_a_file_ending_with_a_newline_gets_no_empty_line(tmp_path: Path) -> None:

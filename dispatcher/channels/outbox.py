@@ -12,7 +12,10 @@ under a temporary name (``.<name>.<pid>-<thread>.tmp``) and renamed into place.
 Nothing is fsynced, so durability against power loss is not promised. A line torn
 anyway (a power loss, a full disk, a kill landing between the pages of one write,
 an older version) is ended by the next writer that opens the file and skipped by
-readers; leftover temporary files are ignored.
+readers; leftover temporary files are ignored. Several processes may append to one
+file (a run's planning helpers deliver too): a writer that opens the file while
+another's line is half copied into it waits for that line's end (up to
+:data:`TAIL_SETTLE`) before taking it for torn, so it adds no empty line.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import functools
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -41,6 +45,10 @@ DEFAULT_EMAIL_FROM = "reminders@localhost"
 
 READ_CHUNK = 1 << 20
 """Bytes read at a time when indexing a JSONL file."""
+
+TAIL_SETTLE = (0.002, 0.01, 0.05, 0.2)
+"""Pauses (seconds) before a file's unended last line is taken for torn: another process may be writing it (a line
+crossing a page boundary shows its first page before its end)."""
 
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
 
@@ -147,14 +155,20 @@ class OutboxChannel:
 class _LineWriter:
     """Appends whole lines to one file through one ``O_APPEND`` descriptor, one ``write(2)`` per line.
 
-    When the file does not end with a newline on opening (a torn last line), the
-    first line written starts with one, so it is a line of its own.
+    When the file does not end with a newline on opening, nor after the pauses of
+    :data:`TAIL_SETTLE` (a torn last line, not one being written), the first line
+    written starts with one, so it is a line of its own.
     """
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, _APPEND_FLAGS, 0o666)
         try:
             self._torn = not _ends_with_newline(self._fd)
+            for pause in TAIL_SETTLE if self._torn else ():
+                time.sleep(pause)
+                self._torn = not _ends_with_newline(self._fd)
+                if not self._torn:
+                    break
         except OSError:
             os.close(self._fd)
             raise
