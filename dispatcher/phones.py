@@ -18,8 +18,10 @@ def parse(raw: str) -> PhoneNumber | str:
         return str(exc)
 
 
+@lru_cache(maxsize=16384)
 def region_of(raw: str) -> str | None:
-    """The region (``CN``, ``US``) of an E.164 number, or ``None``."""
+    """The region (``CN``, ``US``) of an E.164 number, or ``None`` (cached: a number of a code that several
+    regions share, as +1, is matched against each region's patterns)."""
     number = parse(raw)
     if isinstance(number, str):
         return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, String, any_, bindparam, func, literal_column, select
@@ -26,7 +27,13 @@ _NAME = "among_values"
 
 def among(connection: Connection, column: ColumnElement[Any]) -> ColumnElement[bool]:
     """``column`` is one of the values bound by :func:`values` (the same connection's dialect)."""
-    if connection.dialect.name == "postgresql":
+    return _among(connection.dialect.name == "postgresql", column)
+
+
+@lru_cache(maxsize=256)
+def _among(postgresql: bool, column: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Built once per column: building it cost as much as running a batch's short look-ups."""
+    if postgresql:
         return column == any_(bindparam(_NAME, type_=ARRAY(column.type)))
     return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam(_NAME, type_=String()))))
 
@@ -40,7 +47,9 @@ def values(connection: Connection, chunk: Sequence[Any]) -> dict[str, Any]:
 
 def rows_among(connection: Connection, query: Any, column: ColumnElement[Any], items: Iterable[Any]) -> Iterator[Any]:
     """The rows of ``query`` whose ``column`` is one of ``items``, a statement per :data:`CHUNK` of them."""
-    statement = query.where(among(connection, column))
     listed = items if isinstance(items, Sequence) else list(items)
+    if not listed:  # nothing to look up (often: every reminder of a batch was new); the statement is not built
+        return
+    statement = query.where(among(connection, column))
     for chunk in chunks(listed, CHUNK):
         yield from connection.execute(statement, values(connection, chunk))

@@ -5,9 +5,10 @@ The planner and the rules read it; they never query the ledger per account.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import lru_cache
 
 from dispatcher.accounts import Account
 from dispatcher.handoffs.repayment_plans import RepaymentPlan
@@ -151,13 +152,18 @@ def deferral_note(rule_id: str | None, not_before: datetime | None) -> str:
     return f"{rule_id or ''}@{not_before.isoformat() if not_before else ''}"
 
 
-def borrower_hashes(account: Account) -> Iterable[str]:
+def borrower_hashes(account: Account) -> tuple[str, ...]:
     """Hashes of the borrower's own addresses (phone, email, push token)."""
-    for address in (account.phone, account.email, account.push_token):
-        if address:
-            yield address_hash(address)
+    return _hashes(account.phone, account.email, account.push_token)
+
+
+@lru_cache(maxsize=4096)
+def _hashes(*addresses: str | None) -> tuple[str, ...]:
+    """Cached: a batch asks for one borrower's hashes several times (history, caps, booking, delivery)."""
+    return tuple(address_hash(address) for address in addresses if address)
 
 
 def borrower_key(account: Account) -> str | None:
     """The key recorded on each contact to tie the loans of one person: the primary address's hash."""
-    return next(iter(borrower_hashes(account)), None)
+    found = borrower_hashes(account)
+    return found[0] if found else None
