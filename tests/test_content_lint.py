@@ -25,6 +25,7 @@ from dispatcher.demo import demo_accounts, demo_metadata
 from dispatcher.ledger.tables import attempts
 from dispatcher.pipeline.run import Runner
 from dispatcher.rules.content import (
+    _URL,
     ContentCheck,
     _blocked,
     _blocklist_pattern,
@@ -519,6 +520,18 @@ def test_the_screen_lets_through_every_text_the_phrase_patterns_find(phrase: str
             assert _blocked(phrases, [text]), text  # and the phrase found is named, however it is spelt
         assert not _may_contain(phrases, ["Your repayment of CNY 1,234.50 is 3 days overdue; reply STOP to opt "
                                           "out. 您的还款已逾期3天。"])
+
+
+@given(st.lists(st.sampled_from(["http", "https", "HTTPS", "hTtPs", "httpſ", "mailto", "MAILTO", "mailtO", "Mttps",
+                                  "Hailto", "://", ":", "/", "x.example/p?t=1", " ", "<", ")", "pay ", "10:00 "]),
+                max_size=12))
+@settings(max_examples=500, deadline=None)
+def test_links_are_cut_from_the_wording_as_a_caseless_pattern_cuts_them(pieces: list[str]) -> None:
+    """The link pattern spells its first letters out for speed; it cuts exactly what the case-insensitive pattern
+    cut (the long s of ``httpſ`` too), and no made-up scheme (``Mttps``, ``Hailto``)."""
+    text = "".join(pieces)
+    caseless = re.compile(r"(?:https?://|mailto:)[^\s<>\"')]+", re.IGNORECASE)
+    assert _URL.sub(" ", text) == caseless.sub(" ", text)
 
 
 def test_the_screen_is_a_tree_of_the_folded_phrases() -> None:

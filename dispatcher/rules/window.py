@@ -81,6 +81,28 @@ class Holidays:
         return lambda moment: any(moment.astimezone(zone(z)).date() in days for z in zones)
 
 
+class _Decided:
+    """A rule's answers by (moment, zones, holiday region): a run checks one moment for thousands of borrowers who
+    share a few zones."""
+
+    LIMIT = 4096
+    """Answers kept; all are forgotten when there are more (a long-lived process checks ever new moments)."""
+
+    def __init__(self, decide: Callable[[datetime, tuple[str, ...], str | None], Block | None]) -> None:
+        self._decide = decide
+        self._answers: dict[tuple[datetime, tuple[str, ...], str | None], Block | None] = {}
+
+    def get(self, now: datetime, zones: tuple[str, ...], region: str | None) -> Block | None:
+        key = (now, zones, region)
+        try:
+            return self._answers[key]
+        except KeyError:
+            if len(self._answers) > self.LIMIT:
+                self._answers.clear()
+            answer = self._answers[key] = self._decide(now, zones, region)
+            return answer
+
+
 class WindowRule:
     """Defers contact outside the local contact window (``window``), to the next allowed non-holiday moment."""
 
@@ -90,19 +112,13 @@ class WindowRule:
         self.window = window
         self.default_zone = default_zone
         self.holidays = holidays
-        self._cache: dict[tuple[datetime, tuple[str, ...], str | None], Block | None] = {}
+        self._decided = _Decided(self._decide)
 
     def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
               history: BatchHistory) -> Block | None:
         if self.window.start == 0 and self.window.end == MINUTES_PER_DAY:  # any time of day, in any zone
             return None
-        zones = candidate_zones(account, self.default_zone)
-        key = (now, zones, self.holidays.region_of(account))
-        if key not in self._cache:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            self._cache[key] = self._decide(*key)
-        return self._cache[key]
+        return self._decided.get(now, candidate_zones(account, self.default_zone), self.holidays.region_of(account))
 
     def _decide(self, now: datetime, zones: tuple[str, ...], region: str | None) -> Block | None:
         if allowed(now, zones, self.window):
@@ -121,13 +137,15 @@ class HolidayRule:
         self.holidays = holidays
         self.window = window
         self.default_zone = default_zone
+        self._decided = _Decided(self._decide)
 
     def check(self, account: Account, channel: ChannelKind, address: str, now: datetime,
               history: BatchHistory) -> Block | None:
         if not self.holidays.days:
             return None
-        region = self.holidays.region_of(account)
-        zones = candidate_zones(account, self.default_zone)
+        return self._decided.get(now, candidate_zones(account, self.default_zone), self.holidays.region_of(account))
+
+    def _decide(self, now: datetime, zones: tuple[str, ...], region: str | None) -> Block | None:
         on_holiday = self.holidays.predicate(region, zones)
         if on_holiday is None or not on_holiday(now):
             return None
