@@ -7,7 +7,8 @@ task scheduling cost about a third less per request than asyncio's selector loop
 The wired app (SQLAlchemy, phonenumbers' metadata, Babel's locale data, compiled
 templates) is a large heap of long-lived objects that every full garbage
 collection walks again: an eighth of a run's CPU. :func:`settle_heap` takes them
-out of the collector's sight before a run (``gc.freeze``).
+out of the collector's sight before a run (``gc.freeze``), and has the young generation collected less often
+(:data:`YOUNG_THRESHOLD`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+YOUNG_THRESHOLD = 10_000
+"""Allocations between two collections of the young generation (Python's default: 700). A run allocates millions of
+objects that live for one message or one batch; most are freed by their reference counts before a collection
+looks at them when collections are this far apart: the collector's share of a 20,000-account run fell from
+0.37-0.47 s to 0.15-0.2 s (and the full collections it triggers from 10 to 1), for at most that many objects
+more waiting to be looked at."""
 
 
 def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -50,3 +58,4 @@ def settle_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])

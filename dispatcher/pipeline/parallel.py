@@ -364,6 +364,7 @@ def _helper_main(connection: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     apps: dict[str, _Wired] = {}
+    run_id: int | None = None  # the run of the last range: the heap is settled once per run, as the daemon's is
     try:
         while not stopping.is_set():
             try:
@@ -385,6 +386,9 @@ def _helper_main(connection: Connection) -> None:
                     break
                 continue
             task, share = message
+            if run_id is not None and task.run_id != run_id:  # a kept helper's next run
+                loops.settle_heap()
+            run_id = task.run_id
             counts, done = RunCounts(), threading.Event()
             telling = threading.Thread(target=_tell_progress,
                                        args=(connection, task.number, counts, done, stopping), daemon=True)
@@ -446,6 +450,7 @@ def _wired(apps: dict[str, _Wired], version: str) -> _Wired:
         clock = _RunClock()
         app = build_app(settings, load_version(settings, version), migrate=False, clock=clock)
         wired = apps[version] = _Wired(app, clock)
+        loops.settle_heap()  # the wired app out of the collector's sight: unfrozen, a run's full collections walked it
     return wired
 
 
