@@ -8,7 +8,9 @@ writes the same outbox files (``sms.jsonl``, ``push.jsonl``, ``voice.jsonl``, on
 ``email/<attempt>-<account>.eml`` per email, written under a temporary name and
 renamed as the outbox does) and books the reminders, attempts and hand-off work items
 in one transaction per batch. No rules, caps, history, claims, re-checks, group
-commits, event loop or threads.
+commits, event loop or threads. It runs under the same garbage-collector settings as
+the product's run (:func:`~dispatcher.pipeline.loops.settle_heap` first, as
+:meth:`~dispatcher.pipeline.run.Runner.run` does): the ratio compares the work, not the collector.
 
 So that both runs write the same messages and rows, the verdicts the product's rules
 reached (suppressed and deferred attempts) are read from the product's ledger before
@@ -41,6 +43,7 @@ from dispatcher.ledger.tables import attempts, handoff_events, handoffs, reminde
 from dispatcher.masking import address_hash, mask_address, mask_text
 from dispatcher.pipeline.history import borrower_key
 from dispatcher.pipeline.jobs import DeliveryJob
+from dispatcher.pipeline.loops import settle_heap
 from dispatcher.pipeline.plan import address_for, routes
 from dispatcher.zones import home_zone
 
@@ -109,6 +112,7 @@ class Floor:
         (self.outbox / "email").mkdir(parents=True, exist_ok=True)
 
     def run(self, now: datetime) -> FloorCounts:
+        settle_heap()
         counts = FloorCounts()
         try:
             for batch in self.source.batches():
