@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from dispatcher.channel_kind import ChannelKind
+from dispatcher.compose.environment import build_environment
 from dispatcher.compose.filters import babel_locale, localdate, mask, money
-from dispatcher.compose.layout import PARTS
+from dispatcher.compose.layout import PARTS, TemplateSet
 from dispatcher.compose.renderer import (
     Composer,
     RenderContext,
@@ -424,3 +425,17 @@ def test_sample_context(schedule: Schedule) -> None:
     assert ctx.days_overdue == step.days_overdue.first
     assert (ctx.deadline - ctx.local_today).days == step.deadline_days
     assert ctx.unsubscribe_url is not None and ctx.unsubscribe_url.startswith("https://")
+
+
+def test_templates_see_the_environments_globals_and_their_own_over_them(tmp_path: Path) -> None:
+    """Each template's globals are copied once at loading (a plain dict, not Jinja's ChainMap copied per render):
+    Jinja's own (``range``, ``namespace``) and a template's own, which win over the environment's."""
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.txt.j2").write_text("{% set n = namespace(k=0) %}{% for i in range(3) %}"
+                                              "{% set n.k = n.k + i %}{% endfor %}{{ n.k }} {{ brand }}", "utf-8")
+    env = build_environment(TemplateSet.read(tmp_path))
+    env.globals["brand"] = "Acme"
+
+    assert env.get_template("t/a.txt.j2").render() == "3 Acme"
+    assert env.get_template("t/a.txt.j2", globals={"brand": "Own"}).render() == "3 Own"
+    assert env.get_template("t/a.txt.j2").render(brand="Given") == "3 Given"

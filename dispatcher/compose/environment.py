@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 from jinja2 import BaseLoader, Environment, StrictUndefined, TemplateNotFound
 from jinja2.loaders import split_template_path
@@ -58,9 +59,22 @@ class SnapshotLoader(BaseLoader):
         return list(self.templates.files)
 
 
+class _ReminderEnvironment(SandboxedEnvironment):
+    """Jinja's sandboxed environment, with each template's globals one plain dict.
+
+    Jinja gives each template a ``ChainMap`` of its globals over the environment's, and
+    every render copies it, key by key in Python, into the render's context: a quarter of
+    the time of rendering a short SMS. Nothing changes the globals once templates are
+    loaded (Jinja asks as much), so a copy made at loading serves every render.
+    """
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        return {**self.globals, **(d or {})}
+
+
 def build_environment(templates: TemplateSet) -> SandboxedEnvironment:
     """A sandboxed environment loading from the ``templates`` snapshot with the compose filters."""
-    env = SandboxedEnvironment(
+    env = _ReminderEnvironment(
         loader=SnapshotLoader(templates),
         undefined=StrictUndefined,
         autoescape=autoescape_for,
