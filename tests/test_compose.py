@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from jinja2.exceptions import SecurityError
 from ruamel.yaml import YAML
 
 from dispatcher.channel_kind import ChannelKind
@@ -351,6 +353,26 @@ def test_sandbox_refuses_unsafe_attributes(tmp_path: Path, schedule: Schedule) -
     templates = write_templates(tmp_path, {"gentle/zh-CN/sms.txt.j2": "{{ name.__class__.__mro__ }}"})
     with pytest.raises(TemplateError):
         render_gentle(templates, schedule, ChannelKind.SMS)
+
+
+def test_the_sandbox_answers_each_type_and_attribute_alike_however_often_asked(tmp_path: Path) -> None:
+    """Its answers are kept by the object's type and the attribute: a generator's frame stays refused after a plain
+    object's attribute of the same name was allowed, and on every later render."""
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.txt.j2").write_text("{{ x.gi_frame }}", "utf-8")
+    env = build_environment(TemplateSet.read(tmp_path))
+    template = env.get_template("t/a.txt.j2")
+
+    class Plain:
+        gi_frame = "shown"
+
+    def generator() -> Iterator[int]:
+        yield 1
+
+    for _ in range(2):
+        assert template.render(x=Plain()) == "shown"
+        with pytest.raises(SecurityError):
+            template.render(x=generator())
 
 
 # --- check_templates ----------------------------------------------------------------------------

@@ -60,7 +60,7 @@ class SnapshotLoader(BaseLoader):
 
 
 class _ReminderEnvironment(SandboxedEnvironment):
-    """Jinja's sandboxed environment, with each template's globals one plain dict.
+    """Jinja's sandboxed environment, with each template's globals one plain dict and its attribute checks kept.
 
     Jinja gives each template a ``ChainMap`` of its globals over the environment's, and
     every render copies it, key by key in Python, into the render's context: a quarter of
@@ -68,8 +68,27 @@ class _ReminderEnvironment(SandboxedEnvironment):
     loaded (Jinja asks as much), so a copy made at loading serves every render.
     """
 
+    _SAFE_KEPT = 4096
+    """Answers of :meth:`is_safe_attribute` kept (templates read a few attributes of a few types)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._safe: dict[tuple[type, str], bool] = {}
+
     def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
         return {**self.globals, **(d or {})}
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        """The sandbox's answer, kept by the object's type and the attribute's name: it depends on nothing else
+        (a leading underscore, and which attributes of functions, methods, classes, frames, generators are
+        internal), and it was a third of rendering a message."""
+        key = (type(obj), attr)
+        safe = self._safe.get(key)
+        if safe is None:
+            safe = super().is_safe_attribute(obj, attr, value)
+            if len(self._safe) < self._SAFE_KEPT and obj.__class__ is type(obj):
+                self._safe[key] = safe
+        return safe
 
 
 def build_environment(templates: TemplateSet) -> SandboxedEnvironment:
