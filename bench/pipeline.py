@@ -20,8 +20,15 @@ one-off run or a daemon's first split run does, and its ratio follows. With ``--
 same seeded ledger with a broker and 1, then 2 Celery workers (``dispatcher worker
 --concurrency 1`` each, as two machines would run them): the daemon splits the run into key
 ranges (``DISPATCHER_PLAN_RANGES``, default 16) that the workers plan, book and deliver, and
-the wall-clock ratio is printed as ``2 Celery workers / 1 Celery worker: N.NNx``. Run it with
-the project's virtualenv:
+the wall-clock ratio is printed as ``2 Celery workers / 1 Celery worker: N.NNx``.
+
+The one-process run, the floor and the two-process run are each repeated ``--rounds`` times
+(default 3), each on a fresh copy of the seeded ledger, in turning order (product, floor,
+split; floor, split, product; split, product, floor): on a shared machine the run that comes
+first after a pause has been measured taking half as long again as the same run a minute
+later, which a single round charged to whichever run came first. The table shows each
+kind's run of median CPU seconds; the ratios are the medians of each round's ratio, every
+round's listed after it. Run it with the project's virtualenv:
 
     .venv/bin/python bench/pipeline.py                 # 20,000 and 100,000 accounts
     .venv/bin/python bench/pipeline.py --accounts 5000
@@ -44,6 +51,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -208,62 +216,128 @@ def celery_run(seeded: Path, at: str, workers: int, redis_url: str, mismatched: 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+class _Rounds:
+    """The product's, the floor's and the split runs of one size, each on a fresh copy of the seeded table."""
+
+    def __init__(self, seeded: Path, at: str, profiling: list[str], processes: int) -> None:
+        self.seeded, self.at, self.profiling, self.processes = seeded, at, profiling, processes
+        self.dirs = {name: Path(tempfile.mkdtemp(prefix=f"dispatcher-bench-{name}-"))
+                     for name in ("product", "floor", "split")}
+        for where in self.dirs.values():
+            shutil.copy(ROOT / "schedules.yaml", where / "schedules.yaml")
+            shutil.copytree(ROOT / "templates", where / "templates")
+        self.runs: dict[str, list[dict[str, Any]]] = {name: [] for name in self.dirs}
+        self.compared: tuple[int, int, list[str]] | None = None
+
+    def product(self) -> None:
+        workdir = self._fresh("product")
+        self.runs["product"].append(_child(["--child-run", "--at", self.at, *self.profiling], _env(workdir), workdir))
+        if len(self.runs["product"]) == 1:  # the verdicts its rules reached, replayed by every floor run
+            from floor import dump_verdicts, read_verdicts
+            from sqlalchemy import create_engine
+
+            engine = create_engine(f"sqlite:///{workdir / 'ledger.db'}")
+            dump_verdicts(read_verdicts(engine), self.seeded / "verdicts.json")
+            engine.dispose()
+
+    def floor(self) -> None:
+        workdir = self._fresh("floor")
+        self.runs["floor"].append(_child(["--child-floor", str(self.seeded / "verdicts.json"), "--at", self.at],
+                                         _env(workdir), workdir))
+        if self.compared is None:  # the first round's product run is still in its directory
+            self.compared = _compare(self.dirs["product"], workdir)
+
+    def split(self) -> None:  # with helpers kept from an earlier run (a daemon's)
+        workdir = self._fresh("split")
+        self.runs["split"].append(_child(["--child-run", "--at", self.at], _env(workdir, self.processes), workdir))
+
+    def cold(self) -> dict[str, float]:  # helpers the run starts itself
+        workdir = self._fresh("split")
+        return _child(["--child-run", "--cold", "--at", self.at], _env(workdir, self.processes), workdir)
+
+    def run(self, rounds: int, floor: bool) -> None:
+        """``rounds`` rounds in turning order (product, floor, split; floor, split, product; …); the first starts
+        with the product, whose verdicts the floor replays."""
+        steps = [self.product, *([self.floor] if floor else []), *([self.split] if self.processes else [])]
+        for number in range(rounds):
+            for step in steps[number % len(steps):] + steps[:number % len(steps)]:
+                step()
+
+    def close(self) -> None:
+        for where in self.dirs.values():
+            shutil.rmtree(where, ignore_errors=True)
+
+    def _fresh(self, name: str) -> Path:
+        """The run's directory as seeded: the seeded ledger copied over its own, no outbox."""
+        workdir = self.dirs[name]
+        shutil.rmtree(workdir / "outbox", ignore_errors=True)
+        _copy_ledger(self.seeded, workdir)
+        return workdir
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median CPU seconds (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda run: run["cpu_seconds"])[(len(runs) - 1) // 2]
+
+
 def measure(count: int, at: str, profile: str | None, floor: bool, clock: str = "wall", processes: int = 0,
-            celery: Sequence[int] = (), redis_url: str = "", mismatch: bool = False) -> tuple[
-                dict[str, float], dict[str, float] | None, dict[str, float] | None, dict[int, dict[str, float]]]:
+            celery: Sequence[int] = (), redis_url: str = "", mismatch: bool = False, rounds: int = 1) -> tuple[
+                dict[str, Any], dict[str, Any] | None, dict[str, Any] | None, dict[int, dict[str, float]]]:
     """The product's run in one process; with ``floor``, the floor's on the same seeded table (compared, warnings
     printed); with ``processes``, the product's again on that table planned in that many processes; with
     ``celery``, again with a broker and each of those numbers of Celery workers (with ``mismatch``, the most of
-    them again with another schedules.yaml: keyed by minus that number)."""
-    workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-"))
-    floor_dir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-floor-"))
-    split_dir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-split-"))
-    seeded_dir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-seeded-"))
-    try:
-        for where in (workdir, floor_dir, split_dir):
-            shutil.copy(ROOT / "schedules.yaml", where / "schedules.yaml")
-            shutil.copytree(ROOT / "templates", where / "templates")
-        env = _env(workdir)
-        subprocess.run([sys.executable, __file__, "--child-seed", str(count)], env=env, check=True, cwd=workdir)
-        _copy_ledger(workdir, floor_dir)
-        _copy_ledger(workdir, split_dir)
-        _copy_ledger(workdir, seeded_dir)  # as seeded, for the Celery runs
-        profiling = ["--profile", profile, "--profile-clock", clock] if profile else []
-        result = _child(["--child-run", "--at", at, *profiling], env, workdir)
-        split = None
-        if processes:  # with helpers kept from an earlier run (a daemon's), then with helpers the run starts
-            split = _child(["--child-run", "--at", at], _env(split_dir, processes), split_dir)
-            shutil.rmtree(split_dir / "outbox", ignore_errors=True)
-            _copy_ledger(seeded_dir, split_dir)
-            cold = _child(["--child-run", "--cold", "--at", at], _env(split_dir, processes), split_dir)
-            split.update(cold_seconds=cold["seconds"], cold_cpu_seconds=cold["cpu_seconds"])
-        if split is not None and split["sent"] != result["sent"]:
-            print(f"WARNING: {processes} processes sent {split['sent']:.0f} messages, one process {result['sent']:.0f}")
-        on_workers = {n: celery_run(seeded_dir, at, n, redis_url) for n in celery}
-        if mismatch and celery:
-            on_workers[-max(celery)] = celery_run(seeded_dir, at, max(celery), redis_url, mismatched=True)
-        for n, run in on_workers.items():
-            if run["sent"] != result["sent"]:
-                print(f"WARNING: {abs(n)} Celery worker(s) sent {run['sent']:.0f} messages, one process "
-                      f"{result['sent']:.0f}")
-        if not floor:
-            return result, None, split, on_workers
-        from floor import dump_verdicts, read_verdicts
-        from sqlalchemy import create_engine
+    them again with another schedules.yaml: keyed by minus that number).
 
-        engine = create_engine(f"sqlite:///{workdir / 'ledger.db'}")
-        dump_verdicts(read_verdicts(engine), floor_dir / "verdicts.json")
-        engine.dispose()
-        floor_result = _child(["--child-floor", str(floor_dir / "verdicts.json"), "--at", at], _env(floor_dir),
-                              floor_dir)
-        messages, attempt_rows, differences = _compare(workdir, floor_dir)
-        floor_result.update(messages=messages, attempt_rows=attempt_rows, same=not differences)
+    The product's, the floor's and the split run are repeated ``rounds`` times, each on a fresh copy of the seeded
+    table, in turning order (:meth:`_Rounds.run`): on a shared machine the run that comes first after a pause can
+    take half as long again as the same run a minute later. What is returned for each is its run of median CPU
+    seconds; the floor's also carries ``ratios``, each round's pipeline / floor, and the product's
+    ``split_ratios``, each round's 1 process / N processes wall time."""
+    seeded_dir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-seeded-"))
+    shutil.copy(ROOT / "schedules.yaml", seeded_dir / "schedules.yaml")
+    shutil.copytree(ROOT / "templates", seeded_dir / "templates")
+    measured = _Rounds(seeded_dir, at, ["--profile", profile, "--profile-clock", clock] if profile else [], processes)
+    try:
+        subprocess.run([sys.executable, __file__, "--child-seed", str(count)], env=_env(seeded_dir), check=True,
+                       cwd=seeded_dir)
+        measured.run(rounds, floor)
+        result = _median_run(measured.runs["product"])
+        split = None
+        if processes:
+            cold = measured.cold()
+            split = dict(_median_run(measured.runs["split"]), cold_seconds=cold["seconds"],
+                         cold_cpu_seconds=cold["cpu_seconds"])
+            result = dict(result, split_ratios=[p["seconds"] / s["seconds"] for p, s in
+                                                zip(measured.runs["product"], measured.runs["split"], strict=True)])
+            if split["sent"] != result["sent"]:
+                print(f"WARNING: {processes} processes sent {split['sent']:.0f} messages, one process "
+                      f"{result['sent']:.0f}")
+        on_workers = _on_workers(seeded_dir, at, celery, redis_url, mismatch, result["sent"])
+        if not floor or measured.compared is None:
+            return result, None, split, on_workers
+        messages, attempt_rows, differences = measured.compared
         for difference in differences:
             print(f"WARNING: the floor did not write what the pipeline wrote: {difference}")
+        floor_result = dict(_median_run(measured.runs["floor"]), messages=messages, attempt_rows=attempt_rows,
+                            same=not differences,
+                            ratios=[f["cpu_seconds"] / p["cpu_seconds"] for p, f in
+                                    zip(measured.runs["product"], measured.runs["floor"], strict=True)])
         return result, floor_result, split, on_workers
     finally:
-        for where in (workdir, floor_dir, split_dir, seeded_dir):
-            shutil.rmtree(where, ignore_errors=True)
+        measured.close()
+        shutil.rmtree(seeded_dir, ignore_errors=True)
+
+
+def _on_workers(seeded: Path, at: str, celery: Sequence[int], redis_url: str, mismatch: bool,
+                sent: float) -> dict[int, dict[str, float]]:
+    """The Celery runs (see :func:`measure`), each compared with the one-process run's ``sent``."""
+    on_workers = {n: celery_run(seeded, at, n, redis_url) for n in celery}
+    if mismatch and celery:
+        on_workers[-max(celery)] = celery_run(seeded, at, max(celery), redis_url, mismatched=True)
+    for n, run in on_workers.items():
+        if run["sent"] != sent:
+            print(f"WARNING: {abs(n)} Celery worker(s) sent {run['sent']:.0f} messages, one process {sent:.0f}")
+    return on_workers
 
 
 def print_profile(path: str, top: int = 25) -> None:
@@ -272,7 +346,7 @@ def print_profile(path: str, top: int = 25) -> None:
         pstats.Stats(path).strip_dirs().sort_stats(order).print_stats(top)
 
 
-def print_size(count: int, result: dict[str, float], floor: dict[str, float] | None, split: dict[str, float] | None,
+def print_size(count: int, result: dict[str, Any], floor: dict[str, Any] | None, split: dict[str, Any] | None,
                on_workers: dict[int, dict[str, float]], processes: int, profiled: bool) -> None:
     """One size's rows and ratios."""
     seconds = result["seconds"]
@@ -287,7 +361,10 @@ def print_size(count: int, result: dict[str, float], floor: dict[str, float] | N
               f"(pipeline: {floor['messages']:.0f} outbox messages, {floor['attempt_rows']:.0f} attempt rows; "
               f"{'the floor wrote the same' if floor['same'] else 'the floor differs: see the warnings'})")
         note = "  (the pipeline ran under cProfile: not comparable)" if profiled else ""
-        print(f"pipeline / floor (accounts per CPU-second): {100 * floor['cpu_seconds'] / cpu:.0f} %{note}")
+        ratios = sorted(floor["ratios"])
+        rounds = f" (median of {len(ratios)} rounds: {', '.join(f'{100 * r:.0f}' for r in ratios)} %)" \
+            if len(ratios) > 1 else ""
+        print(f"pipeline / floor (accounts per CPU-second): {100 * ratios[(len(ratios) - 1) // 2]:.0f} %{rounds}{note}")
     if split is not None:
         print(f"{processes:>7}pr {split['seconds']:>8.1f} {count / split['seconds']:>11.0f} "
               f"{split['cpu_seconds']:>7.1f} {count / split['cpu_seconds']:>10.0f} {'':>9} {'':>11} "
@@ -295,8 +372,11 @@ def print_size(count: int, result: dict[str, float], floor: dict[str, float] | N
         print(f"{'cold':>9} {split['cold_seconds']:>8.1f} {count / split['cold_seconds']:>11.0f} "
               f"{split['cold_cpu_seconds']:>7.1f} {count / split['cold_cpu_seconds']:>10.0f}   (the run starts its "
               f"helper processes, as a one-off run or a daemon's first split run does)")
-        print(f"{processes} processes / 1 process: {seconds / split['seconds']:.2f}x (helpers kept between runs, as "
-              f"a daemon's); {seconds / split['cold_seconds']:.2f}x when the run starts them")
+        speedups = sorted(result["split_ratios"])
+        rounds = f" (median of {len(speedups)} rounds: {', '.join(f'{r:.2f}' for r in speedups)})" \
+            if len(speedups) > 1 else ""
+        print(f"{processes} processes / 1 process: {speedups[(len(speedups) - 1) // 2]:.2f}x{rounds} (helpers kept "
+              f"between runs, as a daemon's); {seconds / split['cold_seconds']:.2f}x when the run starts them")
     for n, run in on_workers.items():
         workers = f"{abs(n)} Celery worker{'s' if abs(n) > 1 else ''}" + (", their schedules.yaml differs" if n < 0
                                                                             else "")
@@ -335,6 +415,9 @@ def main() -> int:
                         help="also run the most Celery workers again with a schedules.yaml of their own that differs "
                         "from the daemon's (they run its version from the ledger's copy) and print the ratio")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--rounds", type=int, default=3, metavar="N",
+                        help="run the product, the floor and the split run N times each, in turning order, and print "
+                        "the median ratios (default 3; 1 with --profile)")
     parser.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
@@ -362,7 +445,8 @@ def main() -> int:
             profile = args.profile if len(args.accounts) == 1 else f"{args.profile}.{count}"
         result, floor, split, on_workers = measure(count, args.at, profile, not args.no_floor, args.profile_clock,
                                                    0 if profile else args.processes, [] if profile else celery,
-                                                   args.redis_url, args.celery_mismatch)
+                                                   args.redis_url, args.celery_mismatch,
+                                                   1 if profile else max(1, args.rounds))
         print_size(count, result, floor, split, on_workers, args.processes, profile is not None)
         if profile:
             print_profile(profile)
