@@ -232,18 +232,18 @@ class _Rounds:
     def product(self) -> None:
         workdir = self._fresh("product")
         self.runs["product"].append(_child(["--child-run", "--at", self.at, *self.profiling], _env(workdir), workdir))
-        if len(self.runs["product"]) == 1:  # the verdicts its rules reached, replayed by every floor run
+
+    def floor(self) -> None:
+        verdicts = self.seeded / "verdicts.json"
+        if not verdicts.exists():  # the verdicts the first product run's rules reached, replayed by every floor run
             from floor import dump_verdicts, read_verdicts
             from sqlalchemy import create_engine
 
-            engine = create_engine(f"sqlite:///{workdir / 'ledger.db'}")
-            dump_verdicts(read_verdicts(engine), self.seeded / "verdicts.json")
+            engine = create_engine(f"sqlite:///{self.dirs['product'] / 'ledger.db'}")
+            dump_verdicts(read_verdicts(engine), verdicts)
             engine.dispose()
-
-    def floor(self) -> None:
         workdir = self._fresh("floor")
-        self.runs["floor"].append(_child(["--child-floor", str(self.seeded / "verdicts.json"), "--at", self.at],
-                                         _env(workdir), workdir))
+        self.runs["floor"].append(_child(["--child-floor", str(verdicts), "--at", self.at], _env(workdir), workdir))
         if self.compared is None:  # the first round's product run is still in its directory
             self.compared = _compare(self.dirs["product"], workdir)
 
