@@ -104,6 +104,25 @@ def test_shipped_schedule_loads() -> None:
     assert with_url.version == loaded.version
 
 
+@pytest.mark.parametrize(("url", "says"), [
+    ("nosuchdb://lender:hunter2@db.example/loans", "source.url: 'nosuchdb' cannot be opened here: "),
+    ("postgresql+nosuchdriver://lender:hunter2@db.example/loans",
+     "source.url: 'postgresql+nosuchdriver' cannot be opened here: "),
+    ("lender:hunter2@db.example/loans", "source.url: this is not a database URL (e.g. postgresql+psycopg://"),
+])
+def test_a_source_url_that_cannot_be_opened_here_is_refused_at_its_place_without_its_password(
+        tmp_path: Path, url: str, says: str) -> None:
+    written = write(tmp_path, edited(("url: ${DISPATCHER_SOURCE_URL:-}", f'url: "{url}"')))
+    problems = problems_of(written)
+    assert places(problems) == [position(written.read_text(encoding="utf-8"), f'"{url}"')]
+    assert problems[0].message.startswith(says), problems[0].message
+    # as shipped, the URL comes from the environment: the problem is at the variable's place
+    from_env = problems_of(SHIPPED, {"DISPATCHER_SOURCE_URL": url})
+    assert places(from_env) == [position(SHIPPED_TEXT, "${DISPATCHER_SOURCE_URL:-}")]
+    assert from_env[0].message.startswith(says)
+    assert not any("hunter2" in str(p) for p in problems + from_env)
+
+
 def test_typo_bad_cron_and_missing_template_are_all_reported(tmp_path: Path) -> None:
     text = edited(
         ("channels: [email, sms]", "chanels: [email, sms]"),

@@ -529,6 +529,27 @@ class Source(Strict):
             return {**data, "recheck_query": f"SELECT * FROM ({inner}) AS source_rows WHERE account_id IN :ids"}
         return data
 
+    @field_validator("url")
+    @classmethod
+    def _opens_here(cls, value: str | None) -> str | None:
+        """A URL that is no database URL, or whose dialect or driver is not installed, is refused at its place in
+        the file (a bad edit is refused while the last good one runs), not at the next run's first read."""
+        if not value:
+            return value
+        from sqlalchemy.engine import make_url  # only for a file that names a source: validate stays light
+        from sqlalchemy.exc import ArgumentError
+
+        example = "e.g. postgresql+psycopg://user@host/lender or sqlite:///lender.db"
+        try:
+            url = make_url(value)
+        except ArgumentError:  # not repeated: what cannot be parsed cannot be masked, and may hold a password
+            raise ValueError(f"this is not a database URL ({example})") from None
+        try:
+            url.get_dialect().import_dbapi()
+        except (ArgumentError, ImportError) as exc:  # NoSuchModuleError is an ArgumentError
+            raise ValueError(f"{url.drivername!r} cannot be opened here: {exc} ({example})") from None
+        return value
+
     @field_validator("recheck_query")
     @classmethod
     def _has_ids(cls, value: str | None) -> str | None:
