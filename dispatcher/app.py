@@ -160,7 +160,7 @@ class App:
         """Store ``loaded`` for other processes (Celery workers, a run's planning processes); when it cannot be,
         those whose schedules.yaml differs refuse its work (:func:`load_version`)."""
         try:
-            ensure_recorded(self.engine, loaded, self.clock())  # logs a file changed since the load
+            ensure_recorded(self.engine, loaded, self.clock())  # logs a file that is not UTF-8 text
         except LedgerError as exc:
             log.error("configuration version %s is not stored for the workers: %s", loaded.version, exc)
 

@@ -212,11 +212,18 @@ def test_recording_is_idempotent_and_the_last_load_is_running(app: App) -> None:
     assert fetch(app.engine, "ccc333") is None
 
 
-def test_a_file_saved_since_its_load_is_not_recorded_under_the_old_version(app: App, workdir: Path) -> None:
+def test_a_file_saved_since_its_load_is_recorded_as_it_was_loaded(app: App, workdir: Path) -> None:
+    """An edit saved between the load and the recording (the watcher reloads it next) neither stops the running
+    version from being stored, which its planning processes and workers read, nor is stored under its name."""
     loaded = app.pipeline.loaded
+    path = workdir / "schedules.yaml"
+    as_loaded = path.read_bytes()
     edited(workdir, name="schedules.yaml")
-    assert not record_loaded(app.engine, loaded, app.clock())
-    assert running(app.engine) is None
+    assert path.read_bytes() != as_loaded
+    assert record_loaded(app.engine, loaded, app.clock())
+    stored = running(app.engine)
+    assert stored is not None and stored.version == loaded.version and stored.content() == as_loaded
+    assert load_stored(stored, app.settings.env).schedule == loaded.schedule
 
 
 R = Reminder

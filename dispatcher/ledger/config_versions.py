@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dispatcher.compose.layout import TemplateSet
 from dispatcher.errors import ConfigError, LedgerError
 from dispatcher.ledger.tables import config_versions
-from dispatcher.schedule.loader import TEMPLATES_DIRNAME, LoadedSchedule, content_version, load_schedule
+from dispatcher.schedule.loader import TEMPLATES_DIRNAME, LoadedSchedule, load_schedule
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +57,14 @@ class StoredVersion:
 
 
 def snapshot_of(loaded: LoadedSchedule) -> tuple[str, str] | None:
-    """``(schedule text, templates JSON)`` of ``loaded``, or None when the file on disk is no longer that version.
+    """``(schedule text, templates JSON)`` of ``loaded`` as it was read, or None when the file is not UTF-8 text.
 
-    :class:`LoadedSchedule` does not keep the file's bytes, so the file is read again and checked against the
-    version: an edit saved since the load (the watcher reloads it next) is never stored under the old version.
+    The bytes are those the version was hashed from, kept by :class:`LoadedSchedule`: a file saved again since the
+    load (the watcher reloads it next) does not keep the version it replaced from being stored.
     """
     try:
-        content = loaded.path.read_bytes()
-        text = content.decode("utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if content_version(content, loaded.templates) != loaded.version:
+        text = loaded.content.decode("utf-8")
+    except UnicodeDecodeError:
         return None
     return text, _templates_json(loaded.templates)
 
@@ -84,14 +81,13 @@ def _templates_json(templates: TemplateSet) -> str:
 
 
 def record_loaded(engine: Engine, loaded: LoadedSchedule, now: datetime) -> bool:
-    """Keep a copy of ``loaded`` (insert it, or move its ``last_loaded_at``); False when the file changed since.
+    """Keep a copy of ``loaded`` (insert it, or move its ``last_loaded_at``); False when it is not UTF-8 text.
 
     Raises :class:`LedgerError` when the ledger cannot be written.
     """
     snapshot = snapshot_of(loaded)
     if snapshot is None:
-        log.warning("configuration version %s not recorded: %s changed since it was loaded", loaded.version,
-                    loaded.path)
+        log.warning("configuration version %s not recorded: %s is not UTF-8 text", loaded.version, loaded.path)
         return False
     record(engine, loaded.version, *snapshot, str(loaded.path), now)
     return True
@@ -101,7 +97,7 @@ def ensure_recorded(engine: Engine, loaded: LoadedSchedule, now: datetime) -> bo
     """Keep a copy of ``loaded`` unless the ledger has one: what Celery workers run a task's version from.
 
     Unlike :func:`record_loaded` it leaves a version already stored as it is (a run or a retry does not make
-    it the running version again). False when the file changed since it was loaded (nothing is stored); raises
+    it the running version again). False when the file is not UTF-8 text (nothing is stored); raises
     :class:`LedgerError` when the ledger cannot be read or written.
     """
     if fetch(engine, loaded.version) is not None:

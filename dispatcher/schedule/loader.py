@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ class LoadedSchedule:
     path: Path
     templates: TemplateSet
     version: str
+    content: bytes = field(repr=False, compare=False)
+    """The file's bytes as they were read and hashed into the version: what the ledger keeps a copy of, even when
+    the file has been edited again since."""
 
     @property
     def templates_dir(self) -> Path:
@@ -106,7 +109,7 @@ def load_schedule(
     root = _parse(content, file)
     templates = TemplateSet.read(templates_dir_of(path))
     schedule = _validate(root, env, file, templates, check_templates)
-    return LoadedSchedule(schedule, path, templates, content_version(content, templates))
+    return LoadedSchedule(schedule, path, templates, content_version(content, templates), content)
 
 
 def _parse(content: bytes, file: str) -> CommentedMap:
