@@ -17,6 +17,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rows import attempt_rows, book_all, demo_row, seed_rows
 from sqlalchemy import insert, update
 
@@ -36,7 +38,8 @@ from dispatcher.pipeline.jobs import DeliveryJob, RunCounts
 from dispatcher.pipeline.plan import Planner
 from dispatcher.rules.engine import build_engine
 from dispatcher.rules.policy import resolve_policy
-from dispatcher.schedule.models import Schedule
+from dispatcher.rules.window import HolidayRule, Holidays, WindowRule
+from dispatcher.schedule.models import ClockRange, Schedule
 
 SMS, EMAIL, PUSH = ChannelKind.SMS, ChannelKind.EMAIL, ChannelKind.PUSH
 SHANGHAI_OFFSET = timedelta(hours=8)
@@ -752,3 +755,27 @@ def test_send_check_fallback_after_a_bounce_respects_the_sms_cap(app: App, clock
     asyncio.run(go())
     sms_today = [r for r in attempt_rows(app, channel="sms") if r["status"] == "sent"]
     assert len(sms_today) == 1, [(r["account_id"], r["attempted_at"]) for r in sms_today]
+
+
+_ZONES = ("Asia/Shanghai", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe", "UTC")
+
+
+@settings(max_examples=300, deadline=None)
+@given(moment=st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2032, 12, 31), timezones=st.just(UTC)),
+       zones=st.lists(st.sampled_from(_ZONES), min_size=1, max_size=2, unique=True).map(tuple),
+       start=st.integers(0, 24 * 60 - 1), length=st.integers(1, 24 * 60),
+       holiday=st.dates(min_value=date(2024, 1, 1), max_value=date(2032, 12, 31)))
+def test_the_window_and_holiday_rules_answer_every_moment_of_a_minute_alike(
+        moment: datetime, zones: tuple[str, ...], start: int, length: int, holiday: date) -> None:
+    """Their answers are kept by the minute (the re-check at sending sees a new moment per message): any moment of
+    a minute gets the answer the minute's first moment gets, deferral time and wording included. Zones a half or
+    three quarters of an hour off UTC, and one whose summer time is half an hour, are among them."""
+    window = ClockRange(start, min(24 * 60, start + length))
+    holidays = Holidays({"CN": frozenset({holiday, holiday + timedelta(days=1)})}, "CN")
+    minute = moment.replace(second=0, microsecond=0)
+    for rule in (WindowRule(window, zones[0], holidays), HolidayRule(holidays, window, zones[0])):
+        assert rule._decide(moment, zones, "CN") == rule._decide(minute, zones, "CN")
+        kept = type(rule)(*((window, zones[0], holidays) if isinstance(rule, WindowRule)
+                            else (holidays, window, zones[0])))
+        assert kept._decided.get(minute, zones, "CN") == rule._decide(minute, zones, "CN")
+        assert kept._decided.get(moment, zones, "CN") == rule._decide(moment, zones, "CN")

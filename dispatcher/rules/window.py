@@ -82,24 +82,30 @@ class Holidays:
 
 
 class _Decided:
-    """A rule's answers by (moment, zones, holiday region): a run checks one moment for thousands of borrowers who
-    share a few zones."""
+    """A rule's answers by (minute, zones, holiday region): planning checks one moment for thousands of borrowers
+    who share a few zones, and the re-check at sending a new moment for each message, on the real clock.
+
+    An answer is the same for every moment of a minute: the window is in whole minutes, zones are whole minutes off
+    UTC, holidays are whole days, :func:`next_allowed` steps from the minute and a deferral's detail shows hours and
+    minutes. So moments are kept by their minute, and a run's re-checks share them.
+    """
 
     LIMIT = 4096
-    """Answers kept; all are forgotten when there are more (a long-lived process checks ever new moments)."""
+    """Answers kept; all are forgotten when there are more (a long-lived process checks ever new minutes)."""
 
     def __init__(self, decide: Callable[[datetime, tuple[str, ...], str | None], Block | None]) -> None:
         self._decide = decide
         self._answers: dict[tuple[datetime, tuple[str, ...], str | None], Block | None] = {}
 
     def get(self, now: datetime, zones: tuple[str, ...], region: str | None) -> Block | None:
-        key = (now, zones, region)
+        minute = now.replace(second=0, microsecond=0) if now.second or now.microsecond else now
+        key = (minute, zones, region)
         try:
             return self._answers[key]
         except KeyError:
             if len(self._answers) > self.LIMIT:
                 self._answers.clear()
-            answer = self._answers[key] = self._decide(now, zones, region)
+            answer = self._answers[key] = self._decide(minute, zones, region)
             return answer
 
 
