@@ -534,7 +534,7 @@ class Source(Strict):
     def _opens_here(cls, value: str | None) -> str | None:
         """A URL that is no database URL, or whose dialect or driver is not installed, is refused at its place in
         the file (a bad edit is refused while the last good one runs), not at the next run's first read."""
-        if not value:
+        if not value or "${" in value:  # a variable the loader could not fill: it reports that itself
             return value
         from sqlalchemy.engine import make_url  # only for a file that names a source: validate stays light
         from sqlalchemy.exc import ArgumentError
