@@ -375,6 +375,15 @@ def print_profile(path: str, top: int = 25) -> None:
         pstats.Stats(path).strip_dirs().sort_stats(order).print_stats(top)
 
 
+def _in_rounds(values: Sequence[float], shown: str, unit: str = "") -> tuple[float, str]:
+    """The median of each round's figure (the lower middle one of an even count) and, with several rounds, the
+    text listing them in order."""
+    ordered = sorted(values)
+    listed = ", ".join(shown.format(v) for v in ordered)
+    text = f" (median of {len(ordered)} rounds: {listed}{unit})" if len(ordered) > 1 else ""
+    return ordered[(len(ordered) - 1) // 2], text
+
+
 def print_size(count: int, result: dict[str, Any], floor: dict[str, Any] | None, split: dict[str, Any] | None,
                on_workers: dict[int, dict[str, float]], processes: int, profiled: bool) -> None:
     """One size's rows and ratios."""
@@ -390,10 +399,8 @@ def print_size(count: int, result: dict[str, Any], floor: dict[str, Any] | None,
               f"(pipeline: {floor['messages']:.0f} outbox messages, {floor['attempt_rows']:.0f} attempt rows; "
               f"{'the floor wrote the same' if floor['same'] else 'the floor differs: see the warnings'})")
         note = "  (the pipeline ran under cProfile: not comparable)" if profiled else ""
-        ratios = sorted(floor["ratios"])
-        rounds = f" (median of {len(ratios)} rounds: {', '.join(f'{100 * r:.0f}' for r in ratios)} %)" \
-            if len(ratios) > 1 else ""
-        print(f"pipeline / floor (accounts per CPU-second): {100 * ratios[(len(ratios) - 1) // 2]:.0f} %{rounds}{note}")
+        median, rounds = _in_rounds([100 * r for r in floor["ratios"]], "{:.0f}", " %")
+        print(f"pipeline / floor (accounts per CPU-second): {median:.0f} %{rounds}{note}")
     if split is not None:
         print(f"{processes:>7}pr {split['seconds']:>8.1f} {count / split['seconds']:>11.0f} "
               f"{split['cpu_seconds']:>7.1f} {count / split['cpu_seconds']:>10.0f} {'':>9} {'':>11} "
@@ -401,10 +408,8 @@ def print_size(count: int, result: dict[str, Any], floor: dict[str, Any] | None,
         print(f"{'cold':>9} {split['cold_seconds']:>8.1f} {count / split['cold_seconds']:>11.0f} "
               f"{split['cold_cpu_seconds']:>7.1f} {count / split['cold_cpu_seconds']:>10.0f}   (the run starts its "
               f"helper processes, as a one-off run or a daemon's first split run does)")
-        speedups = sorted(result["split_ratios"])
-        rounds = f" (median of {len(speedups)} rounds: {', '.join(f'{r:.2f}' for r in speedups)})" \
-            if len(speedups) > 1 else ""
-        print(f"{processes} processes / 1 process: {speedups[(len(speedups) - 1) // 2]:.2f}x{rounds} (helpers kept "
+        median, rounds = _in_rounds(result["split_ratios"], "{:.2f}")
+        print(f"{processes} processes / 1 process: {median:.2f}x{rounds} (helpers kept "
               f"between runs, as a daemon's); {seconds / split['cold_seconds']:.2f}x when the run starts them")
     for n, run in on_workers.items():
         workers = f"{abs(n)} Celery worker{'s' if abs(n) > 1 else ''}" + (", their schedules.yaml differs" if n < 0
