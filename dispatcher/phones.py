@@ -19,6 +19,18 @@ def parse(raw: str) -> PhoneNumber | str:
 
 
 @lru_cache(maxsize=16384)
+def kind(raw: str) -> int | None:
+    """The number's :class:`~phonenumbers.PhoneNumberType` (``UNKNOWN``: not a valid number, as
+    :func:`phonenumbers.is_valid_number` tells), or ``None`` when ``raw`` does not parse.
+
+    Finding the type matches the number against its region's patterns, the costliest step of reading it; the row
+    check (is it valid?) and the zones (is it geographic?) ask once between them.
+    """
+    number = parse(raw)
+    return None if isinstance(number, str) else phonenumbers.number_type(number)
+
+
+@lru_cache(maxsize=16384)
 def region_of(raw: str) -> str | None:
     """The region (``CN``, ``US``) of an E.164 number, or ``None`` (cached: a number of a code that several
     regions share, as +1, is matched against each region's patterns)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from phonenumbers import PhoneNumberType, is_number_type_geographical
 from phonenumbers import timezone as phone_timezone
 
 from dispatcher import phones
@@ -13,10 +14,14 @@ from dispatcher.accounts import Account
 
 @lru_cache(maxsize=16384)
 def _phone_zones(phone: str) -> tuple[str, ...]:
-    number = phones.parse(phone)
-    if isinstance(number, str):
+    number, kind = phones.parse(phone), phones.kind(phone)
+    if isinstance(number, str) or kind is None or kind == PhoneNumberType.UNKNOWN:
         return ()
-    zones = phone_timezone.time_zones_for_number(number)
+    code = number.country_code
+    if code is not None and is_number_type_geographical(kind, code):  # time_zones_for_number, its type known
+        zones = phone_timezone.time_zones_for_geographical_number(number)
+    else:
+        zones = phone_timezone.time_zones_for_number(number)
     return tuple(z for z in zones if z != "Etc/Unknown")
 
 

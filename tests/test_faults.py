@@ -63,6 +63,7 @@ from sqlalchemy import event
 from dispatcher.ledger.database import create_ledger_engine, upgrade
 from dispatcher.ledger.group_commit import LAG_LIMIT
 from dispatcher.ledger.store import Ledger
+from dispatcher.pipeline.claim_ahead import AHEAD_PER_PLACE
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -128,7 +129,7 @@ def test_a_worker_killed_mid_run_every_reminder_reaches_twilio_exactly_once(
     """kill -9 the worker (main and pool processes) at ~37 %; a new worker and the reconciler finish the run.
 
     Only the messages in flight, the next few claimed ahead and the outcomes not yet
-    committed were left ``claimed`` (at most 2 pool processes x (8 + 8 + LAG_LIMIT)); some
+    committed were left ``claimed`` (at most 2 pool processes x (AHEAD_PER_PLACE x 8 + 8 + LAG_LIMIT)); some
     had reached the stand-in, the others not. The rest of the killed batches stayed
     ``planned`` and are redelivered with their tasks. The runner's sweep asks Twilio
     (the stand-in's list endpoint) about each one in doubt: found → ``sent`` with that
@@ -148,8 +149,8 @@ def test_a_worker_killed_mid_run_every_reminder_reaches_twilio_exactly_once(
         at_kill = twilio.count()
         wait_for(lambda: worker.group() == [], 5, "every process of the killed worker's group to be gone")
         in_doubt = [a for a in rig.attempts() if a["status"] in ("claimed", "sending")]
-        # per pool process: 8 claimed ahead, 8 in flight, and the outcomes Twilio can be asked about still lagging
-        assert 0 < len(in_doubt) <= 2 * (2 * 8 + LAG_LIMIT), f"{len(in_doubt)} in doubt"
+        # per pool process: 4 x 8 claimed ahead, 8 in flight, and the outcomes Twilio can be asked about still lagging
+        assert 0 < len(in_doubt) <= 2 * ((AHEAD_PER_PLACE + 1) * 8 + LAG_LIMIT), f"{len(in_doubt)} in doubt"
         assert not [a for a in in_doubt if a["status"] == "sending"]  # Twilio needs no hand-over marker
         assert at_kill <= 0.5 * REMINDERS, f"killed too late: {at_kill} received"
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+import phonenumbers
 import pytest
+from phonenumbers import PhoneNumberType
+from phonenumbers.timezone import time_zones_for_number
 
 from dispatcher.accounts import Account, RejectedRow
 from dispatcher.pipeline.row_checks import FLAGGED, parse_row
+from dispatcher.zones import candidate_zones
 
 GOOD: dict[str, Any] = {
     "account_id": "L00000001",
@@ -152,6 +157,41 @@ def test_a_phone_validated_when_planned_is_not_parsed_again_but_any_other_is() -
     assert isinstance(trusted, Account) and trusted.phone == unassigned
     other = parse_row(row(phone="+86 138 0013 8000"), known_phones={unassigned})
     assert isinstance(other, Account) and other.phone == "+8613800138000"
+
+
+def _numbers_near_every_regions_examples() -> list[str]:
+    """Each region's example number of each type, and variants with one to three digits changed (many invalid)."""
+    rng = random.Random(13)
+    numbers = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (PhoneNumberType.FIXED_LINE, PhoneNumberType.MOBILE, PhoneNumberType.TOLL_FREE,
+                     PhoneNumberType.VOIP, PhoneNumberType.PAGER, PhoneNumberType.UAN):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            digits = str(example.national_number)
+            for _ in range(3):
+                changed = list(digits)
+                for _ in range(rng.randint(0, 3)):
+                    changed[rng.randrange(len(changed))] = str(rng.randint(0, 9))
+                numbers.append(f"+{example.country_code}{''.join(changed)}")
+    return numbers
+
+
+def test_the_shared_phone_type_gives_the_librarys_own_validity_and_zones() -> None:
+    """The row check and the zones share one classification of a number (:func:`dispatcher.phones.kind`): it must
+    answer as :func:`phonenumbers.is_valid_number` and :func:`phonenumbers.timezone.time_zones_for_number` do."""
+    numbers = _numbers_near_every_regions_examples()
+    valid = 0
+    for raw in numbers:
+        number = phonenumbers.parse(raw, None)
+        parsed = parse_row(row(phone=raw, timezone=None))
+        assert isinstance(parsed, Account) is phonenumbers.is_valid_number(number), (raw, parsed)
+        if isinstance(parsed, Account):
+            valid += 1
+            expected = tuple(z for z in time_zones_for_number(number) if z != "Etc/Unknown")
+            assert candidate_zones(parsed, "UTC") == (expected or ("UTC",)), raw
+    assert 0.3 * len(numbers) < valid < len(numbers), (valid, len(numbers))  # both kinds tried, many of each
 
 
 # flags: booleans or recognised texts, never an unknown text read as "not set" -----------------------------------

@@ -55,6 +55,7 @@ from sqlalchemy import Engine, create_engine, func, select
 from dispatcher.compose.layout import TemplateSet
 from dispatcher.ledger.group_commit import LAG_LIMIT
 from dispatcher.ledger.tables import attempts, handoffs, runs
+from dispatcher.pipeline.claim_ahead import AHEAD_PER_PLACE
 from dispatcher.schedule.loader import content_version
 
 pytestmark = pytest.mark.slow
@@ -399,10 +400,11 @@ def test_kill_9_mid_delivery_then_the_next_run_reconciles_and_finishes(site: Sit
     at_kill = site.ledger.statuses()
     written = site.outbox.messages()
     print(f"\n[kill -9] outbox: {len(written)} messages of {len(due.due)} due; ledger at the kill: {dict(at_kill)}")
-    # claimed: at most DISPATCHER_CONCURRENCY claimed ahead + as many in flight + the outcomes still lagging (at most
-    # LAG_LIMIT, for channels that can be asked after a crash, as the outbox); handed over (`sending`, only for
-    # SMTP and FCM): at most the messages in flight
-    assert at_kill["claimed"] <= 2 * IN_FLIGHT + LAG_LIMIT and at_kill["sending"] <= IN_FLIGHT, at_kill
+    # claimed: at most AHEAD_PER_PLACE x DISPATCHER_CONCURRENCY claimed ahead + the messages in flight + the outcomes
+    # still lagging (at most LAG_LIMIT, for channels that can be asked after a crash, as the outbox); handed over
+    # (`sending`, only for SMTP and FCM): at most the messages in flight
+    assert at_kill["claimed"] <= (AHEAD_PER_PLACE + 1) * IN_FLIGHT + LAG_LIMIT, at_kill
+    assert at_kill["sending"] <= IN_FLIGHT, at_kill
     assert len(written) < len(due.due), "the kill came after the run had sent everything"
     status_of = {a["id"]: a["status"] for a in site.ledger.attempts()}
     # what the outbox took but the ledger does not say sent must still be claimed (the outbox takes messages without

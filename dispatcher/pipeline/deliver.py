@@ -96,12 +96,13 @@ class Deliverer:
     """Delivers batches of jobs through the configured channels and records every try as it happens.
 
     Messages are claimed just ahead of the places in flight (at most
-    ``policy.concurrency`` claimed and waiting, as many in flight), handed over just
+    :data:`~dispatcher.pipeline.claim_ahead.AHEAD_PER_PLACE` times ``policy.concurrency``
+    claimed and waiting, ``policy.concurrency`` in flight), handed over just
     before their provider call where the provider cannot be asked afterwards, and
     recorded when the provider answers; the writes of the messages in flight are
     committed together
     (:class:`~dispatcher.ledger.group_commit.GroupCommitter`). A crash therefore
-    leaves claimed only the messages in flight, the few claimed just ahead of them
+    leaves claimed only the messages in flight, those claimed just ahead of them
     (:class:`~dispatcher.pipeline.claim_ahead.ClaimAhead`) and, for providers that can be
     asked, outcomes not yet committed; only SMTP and FCM messages in flight can end
     ``unknown``. A stop leaves everything not yet in flight ``planned`` for the next run.

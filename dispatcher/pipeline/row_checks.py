@@ -59,7 +59,7 @@ def _phone(raw: str) -> str:
     number = phones.parse(raw)
     if isinstance(number, str):
         raise BadField("phone", f"not an E.164 phone number: {number}")
-    if not phonenumbers.is_valid_number(number):
+    if phones.kind(raw) == phonenumbers.PhoneNumberType.UNKNOWN:  # is_valid_number's own test, its answer shared
         raise BadField("phone", "not a valid phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
