@@ -9,9 +9,10 @@ statements from many messages in flight into one transaction.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Insert, Table, bindparam, func, literal_column, select, update
@@ -128,6 +129,79 @@ def _driver_many(connection: Connection, sql: str, rows: Sequence[Sequence[Any]]
         cursor.executemany(sql, [tuple(row) for row in rows])
     finally:
         cursor.close()
+
+
+ROWS_PER_INSERT = 500
+"""Rows per multi-row ``INSERT`` of :func:`insert_new` (fewer when the driver's limit of parameters is lower)."""
+
+_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+"""The most parameters one statement may bind: SQLite's limit (PostgreSQL allows 65,535)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inserts:
+    """Multi-row ``INSERT`` statements with their parameters, built ahead of running them
+    (:func:`insert_new`)."""
+
+    statements: list[tuple[str, list[Any]]]
+    returning: bool
+
+    def run(self, connection: Connection) -> list[tuple[Any, ...]]:
+        """Run them in ``connection``'s transaction: the returned columns of the rows inserted."""
+        found: list[tuple[Any, ...]] = []
+        if not self.statements:
+            return found
+        cursor = connection.connection.cursor()
+        try:
+            for sql, params in self.statements:
+                cursor.execute(sql, params)
+                if self.returning:
+                    found.extend(tuple(row) for row in cursor.fetchall())
+        finally:
+            cursor.close()
+        return found
+
+
+def insert_new(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]],
+               returning: Sequence[str] = (), *, ignore_conflicts: bool = True) -> Inserts:
+    """The statements that insert ``rows`` (each with the same keys), those in conflict with a row there left out
+    when ``ignore_conflicts``; they return the ``returning`` columns of the rows inserted.
+
+    A booking inserts a batch's attempts, reminders and decisions in one transaction; built with SQLAlchemy the
+    statements cost twice what the driver takes to run them (a bind processor called per row and timestamp,
+    where a batch has one or two moments), so they are written for the driver, in multi-row ``VALUES``.
+    Timestamps are stored as :class:`~dispatcher.ledger.tables.UtcDateTime` stores them, dates as
+    SQLAlchemy's ``Date`` does. Built before the transaction writes, they keep the ledger's write gate
+    (SQLite) for the writes alone.
+    """
+    if not rows:
+        return Inserts([], bool(returning))
+    names = list(rows[0])
+    quote = connection.dialect.identifier_preparer.quote
+    mark = _placeholder(connection)
+    on_sqlite = connection.dialect.name == "sqlite"
+    stored: dict[Any, Any] = {}
+
+    def value(item: Any) -> Any:
+        if isinstance(item, date):  # datetimes too; a batch holds a few distinct moments
+            found = stored.get(item)
+            if found is None:
+                if isinstance(item, datetime):
+                    found = _db_time(connection, item)
+                else:
+                    found = item.isoformat() if on_sqlite else item
+                stored[item] = found
+            return found
+        return item
+
+    head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(name) for name in names)}) VALUES "
+    tail = (" ON CONFLICT DO NOTHING" if ignore_conflicts else "") + (
+        f" RETURNING {', '.join(quote(name) for name in returning)}" if returning else "")
+    one = f"({', '.join([mark] * len(names))})"
+    return Inserts([(head + ", ".join([one] * len(chunk)) + tail,
+                     [value(row[name]) for row in chunk for name in names])
+                    for chunk in chunks(rows, max(1, min(ROWS_PER_INSERT, _PARAMETERS // len(names))))],
+                   bool(returning))
 
 
 def give_back(connection: Connection, backs: Sequence[GiveBack], now: datetime) -> None:

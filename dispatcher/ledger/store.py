@@ -164,10 +164,10 @@ class Ledger:
         if rows:
             self._execute("record reminders", insert_ignoring_conflicts(self.engine.dialect.name, reminders), rows)
 
-    def book(self, rows: Sequence[Mapping[str, Any]],
-             reminder_rows: Sequence[Mapping[str, Any]] = ()) -> dict[tuple[str, str], tuple[int, int]]:
+    def book(self, rows: Sequence[Mapping[str, Any]], reminder_rows: Sequence[Mapping[str, Any]] = (),
+             decision_rows: Sequence[Mapping[str, Any]] = ()) -> dict[tuple[str, str], tuple[int, int]]:
         """Insert first tries (``planned`` or ``suppressed``) unless they exist, in one transaction with
-        their ``reminder_rows`` (as :meth:`record_reminders`).
+        their ``reminder_rows`` (as :meth:`record_reminders`) and ``decision_rows`` (as :meth:`record_decisions`).
 
         Returns (reminder_key, channel) → (attempt id, try number) of every ``planned``
         try of these reminders, including ones an interrupted earlier run booked but
@@ -176,23 +176,24 @@ class Ledger:
         """
         if not rows:
             self.record_reminders(reminder_rows)
+            self.record_decisions(decision_rows)
             return {}
-        insert = insert_ignoring_conflicts(self.engine.dialect.name, attempts).returning(
-            attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.status)
         # the status is checked here, not in SQL: SQLite would otherwise walk every planned attempt in the
         # status index instead of looking the reminders up in the claim index (which holds tries 1 and up)
         query = select(attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no,
                        attempts.c.status).where(attempts.c.try_no >= 1)
         try:
             with self.engine.begin() as connection:
-                # the attempts first: SQLAlchemy prepares their many parameters before the first write takes the
-                # ledger's write gate (on SQLite), so the other processes wait less (-15 % of the booking's hold)
-                inserted = connection.execute(insert, list(rows)).all()
-                if reminder_rows:
-                    connection.execute(insert_ignoring_conflicts(self.engine.dialect.name, reminders),
-                                       list(reminder_rows))
-                found = {(r.reminder_key, r.channel): (int(r.id), 1) for r in inserted if r.status == "planned"}
-                done = {(r.reminder_key, r.channel) for r in inserted}
+                new_attempts = claims.insert_new(connection, attempts, rows,
+                                                 ("id", "reminder_key", "channel", "status"))
+                new_reminders = claims.insert_new(connection, reminders, reminder_rows)
+                decided = claims.insert_new(connection, attempts, decision_rows, ignore_conflicts=False)
+                inserted = new_attempts.run(connection)
+                new_reminders.run(connection)
+                decided.run(connection)
+                found = {(key, channel): (int(row_id), 1) for row_id, key, channel, status in inserted
+                         if status == "planned"}
+                done = {(key, channel) for _id, key, channel, _status in inserted}
                 wanted = {(r["reminder_key"], r["channel"]): r for r in rows if r["status"] == "planned"}
                 existing = sorted({key for key, channel in wanted if (key, channel) not in done})
                 refreshed: list[dict[str, Any]] = []

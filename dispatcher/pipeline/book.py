@@ -100,8 +100,7 @@ class Booker:
             for plan, (status, try_no) in rows:
                 row = _attempt_row(decision, plan, status, try_no, run_id, now)
                 (claim_rows if try_no else decision_rows).append(row)
-        claimed = self.ledger.book(claim_rows, reminder_rows)  # the reminders first: decisions refer to them
-        self.ledger.record_decisions(decision_rows)
+        claimed = self.ledger.book(claim_rows, reminder_rows, decision_rows)
         self.ledger.defer_claims([(decision.reminder_key or "", plan.channel.value, plan.rule_id)
                                   for decision in decisions for plan in decision.channels
                                   if plan.verdict in (Verdict.DEFER, Verdict.HOLD) and plan.status == "planned"],
