@@ -33,8 +33,12 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-LAG_LIMIT = 64
-"""Writes nobody waits for (outcomes the provider can be asked about) that make a commit start at once."""
+LAG_LIMIT = 256
+"""Writes nobody waits for (outcomes the provider can be asked about) that make a commit start at once. At a real
+provider's pace :data:`LAG_SECONDS` comes first (256 outcomes in 0.1 s is 2,560 messages a second per process); on the
+outbox, which answers at once, a limit of 256 instead of 64 made a 20,000-account run commit 297 times instead of
+419, with 2 % less CPU (7 alternating runs, faster in each). What a crash leaves uncommitted, the reconciler asks
+the channel about."""
 
 LAG_SECONDS = 0.1
 """The longest such a write waits for a commit."""
