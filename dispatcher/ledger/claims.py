@@ -187,6 +187,8 @@ def insert_new(connection: Connection, table: Table, rows: Sequence[Mapping[str,
             found = stored.get(item)
             if found is None:
                 if isinstance(item, datetime):
+                    if item.tzinfo is None:  # as UtcDateTime refuses it
+                        raise ValueError("naive datetime given to the ledger; pass an aware one")
                     found = _db_time(connection, item)
                 else:
                     found = item.isoformat() if on_sqlite else item
