@@ -30,6 +30,7 @@ from dispatcher.rules.content import (
     _blocked,
     _blocklist_pattern,
     _civil_terms,
+    _cut_links,
     _may_contain,
     _screen,
     civil_violations,
@@ -523,15 +524,18 @@ def test_the_screen_lets_through_every_text_the_phrase_patterns_find(phrase: str
 
 
 @given(st.lists(st.sampled_from(["http", "https", "HTTPS", "hTtPs", "httpſ", "mailto", "MAILTO", "mailtO", "Mttps",
-                                  "Hailto", "://", ":", "/", "x.example/p?t=1", " ", "<", ")", "pay ", "10:00 "]),
+                                  "Hailto", "://", ":", "/", "x.example/p?t=1", " ", "<", ")", "pay ", "10:00 ",
+                                  "官网", "：", "p", "o", "s"]),
                 max_size=12))
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 def test_links_are_cut_from_the_wording_as_a_caseless_pattern_cuts_them(pieces: list[str]) -> None:
-    """The link pattern spells its first letters out for speed; it cuts exactly what the case-insensitive pattern
-    cut (the long s of ``httpſ`` too), and no made-up scheme (``Mttps``, ``Hailto``)."""
+    """The link pattern spells its first letters out for speed, and is tried only where a colon ends a scheme; the
+    wording is cut exactly where the case-insensitive pattern, searched everywhere, cut it (the long s of ``httpſ``
+    too, a link right after another or at the very start), and no made-up scheme (``Mttps``, ``Hailto``)."""
     text = "".join(pieces)
     caseless = re.compile(r"(?:https?://|mailto:)[^\s<>\"')]+", re.IGNORECASE)
     assert _URL.sub(" ", text) == caseless.sub(" ", text)
+    assert _cut_links(text) == caseless.sub(" ", text)
 
 
 def test_the_screen_is_a_tree_of_the_folded_phrases() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Insert, Table, bindparam, func, literal_column, select, update
+from sqlalchemy import Connection, Date, DateTime, Insert, Table, bindparam, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatcher.ledger.callbacks import apply_parked
@@ -196,14 +196,28 @@ def insert_new(connection: Connection, table: Table, rows: Sequence[Mapping[str,
             return found
         return item
 
+    def parameters(chunk: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """The chunk's values row by row; only the date and time columns' are converted (a call per value of every
+        column cost as much as running the statement)."""
+        columns = [[row[name] for row in chunk] for name in names]
+        for at, name in enumerate(names):
+            if _temporal(table.c[name]):
+                columns[at] = [value(item) for item in columns[at]]
+        return [item for values in zip(*columns, strict=True) for item in values]
+
     head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(name) for name in names)}) VALUES "
     tail = (" ON CONFLICT DO NOTHING" if ignore_conflicts else "") + (
         f" RETURNING {', '.join(quote(name) for name in returning)}" if returning else "")
     one = f"({', '.join([mark] * len(names))})"
-    return Inserts([(head + ", ".join([one] * len(chunk)) + tail,
-                     [value(row[name]) for row in chunk for name in names])
+    return Inserts([(head + ", ".join([one] * len(chunk)) + tail, parameters(chunk))
                     for chunk in chunks(rows, max(1, min(ROWS_PER_INSERT, _PARAMETERS // len(names))))],
                    bool(returning))
+
+
+def _temporal(column: Any) -> bool:
+    """Whether ``column`` holds dates or times (``UtcDateTime``, ``Date``): the values :func:`insert_new` converts."""
+    kind = getattr(column.type, "impl", column.type)  # a TypeDecorator's stored type
+    return isinstance(kind, Date | DateTime)
 
 
 def give_back(connection: Connection, backs: Sequence[GiveBack], now: datetime) -> None:

@@ -39,7 +39,7 @@ from dispatcher.channel_kind import ChannelKind
 from dispatcher.errors import DispatcherError, LedgerError
 from dispatcher.handoffs.repayment_plans import Instalment, PlanError, RepaymentPlan
 from dispatcher.ledger.among import rows_among
-from dispatcher.ledger.claims import insert_ignoring_conflicts
+from dispatcher.ledger.claims import insert_new
 from dispatcher.ledger.outcomes import cure_paid
 from dispatcher.ledger.suppressions import suppress_hash
 from dispatcher.ledger.tables import handoff_events, handoffs
@@ -210,13 +210,12 @@ def open_handoff(engine: Engine, item: WorkItem, now: datetime) -> tuple[int, bo
 def open_handoffs(connection: Connection, items: Sequence[tuple[WorkItem, datetime]]) -> list[tuple[int, bool]]:
     """:func:`open_handoff` for each (item, now) of ``items``, in the caller's transaction: one insert of them all
     (what it returns is what is new), one look-up of the others, one insert of the new ones' events."""
-    insert = insert_ignoring_conflicts(connection.dialect.name, handoffs).returning(handoffs.c.id,
-                                                                                  handoffs.c.reminder_key)
     rows = [{"account_id": item.account_id, "reminder_key": item.reminder_key, "attempt_id": item.attempt_id,
              "step": item.step, "due_date": item.due_date, "queue": item.queue, "priority": item.priority,
              "kind": item.kind, "status": "open", "phone": item.phone, "phone_hash": item.phone_hash,
              "borrower_hash": item.borrower_hash, "created_at": now} for item, now in items]
-    new = {row.reminder_key: int(row.id) for row in connection.execute(insert, rows)}
+    new = {key: int(handoff_id) for handoff_id, key in
+           insert_new(connection, handoffs, rows, ("id", "reminder_key")).run(connection)}
     others = {item.reminder_key for item, _now in items} - new.keys()
     found = {row.reminder_key: int(row.id) for row in rows_among(
         connection, select(handoffs.c.id, handoffs.c.reminder_key), handoffs.c.reminder_key, sorted(others))}
@@ -229,8 +228,7 @@ def open_handoffs(connection: Connection, items: Sequence[tuple[WorkItem, dateti
         events.append({"handoff_id": handoff_id, "action": "opened", "actor": SYSTEM_ACTOR, "at": now,
                        "detail": mask_text(f"{item.kind} in queue {item.queue} (priority {item.priority}), "
                                            f"step {item.step}")})
-    if events:
-        connection.execute(handoff_events.insert(), events)
+    insert_new(connection, handoff_events, events, ignore_conflicts=False).run(connection)
     opened: list[tuple[int, bool]] = []
     told: set[str] = set()
     for item, _now in items:  # a reminder asked for twice in one call: new the first time only

@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.accounts import Account
 from dispatcher.errors import LedgerError
-from dispatcher.ledger.claims import STILL_PLANNED, chunks, insert_ignoring_conflicts
+from dispatcher.ledger.claims import STILL_PLANNED, chunks, insert_new
 from dispatcher.ledger.seen import AccountSet
 from dispatcher.ledger.tables import attempts, delinquencies
 
@@ -174,8 +174,8 @@ class CureTracker:
 
     def _write(self, connection: Connection, changes: _Changes) -> None:
         by_id = delinquencies.c.id == bindparam("b_id")
-        if changes.opened:
-            connection.execute(insert_ignoring_conflicts(connection.dialect.name, delinquencies), changes.opened)
+        if changes.opened:  # written for the driver: SQLAlchemy's bind processors cost more than the insert
+            insert_new(connection, delinquencies, changes.opened).run(connection)
         if changes.reopened:
             connection.execute(update(delinquencies).where(by_id).values(cured_at=None, cure=None), changes.reopened)
         if changes.balances:

@@ -126,6 +126,7 @@ class Deliverer:
         self.stopping = stopping or threading.Event()
         self.commit = GroupCommitter(ledger.engine, clock)
         self._answers = {kind: isinstance(channel, AttemptLookup | SentLookup) for kind, channel in channels.items()}
+        self._steps = {step.step: step for step in schedule.ladder}
 
     async def deliver(self, jobs: Sequence[DeliveryJob],
                       accounts: Mapping[str, Account | RejectedRow] | None = None) -> RunCounts:
@@ -319,7 +320,7 @@ class Deliverer:
         A held attempt is given back (``planned``) with error class ``template``: it is
         not burned, and goes out in a run after a valid edit of the templates.
         """
-        step = self.schedule.step_named(job.step)
+        step = self._steps.get(job.step)
         try:
             if step is None:
                 raise TemplateError(f"step {job.step!r} is no longer in the ladder")

@@ -57,8 +57,10 @@ from dispatcher.schedule.models import Brand, Schedule, Step
 _DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d){7,}")
 _URL = re.compile(r"(?:[Hh](?i:ttps?://)|[Mm](?i:ailto:))[^\s<>\"')]+")
 """A link (``http``, ``https``, ``mailto`` in any case): its first letter spelled out (only ``h``/``H`` and ``m``/``M``
-match those case-insensitively), so the search tries two letters at each position, not the whole pattern (3x
-quicker on an email)."""
+match those case-insensitively). Matched only where :func:`_cut_links` finds a scheme's colon."""
+_SCHEME_LENGTHS = {"p": 4, "P": 4, "s": 5, "S": 5, "\u017f": 5, "o": 6, "O": 6}
+"""The length of the scheme a colon ends, by the letter before it (``http:``, ``https:`` or ``ſ``, ``mailto:``): every
+letter that :data:`_URL` matches there case-insensitively."""
 _TAG = re.compile(r"<[^>]*>")
 _SHOWN = ("alt", "title", "aria-label", "placeholder")
 """Attributes whose values a reader is shown (an image's text, a tooltip, a label)."""
@@ -166,7 +168,29 @@ def _wording(rendered: Rendered) -> list[str]:
     texts = [t for t in (rendered.subject, rendered.title, rendered.body) if t]
     if rendered.html:
         texts.append(_read_html(rendered.html))
-    return [_URL.sub(" ", t) if ":" in t else t for t in texts]
+    return [_cut_links(t) for t in texts]
+
+
+def _cut_links(text: str) -> str:
+    """``text`` with each link a space, as ``_URL.sub(" ", text)``; tried only where a colon ends a scheme (a regex
+    search tried the pattern at every letter: 17 ns a letter, a third of an email's check)."""
+    pieces: list[str] = []
+    done = 0  # text[:done] is settled
+    colon = text.find(":")
+    while colon >= 0:
+        length = _SCHEME_LENGTHS.get(text[colon - 1]) if colon else None
+        if length is not None and colon - length >= done:
+            start = colon - length
+            link = _URL.match(text, start)
+            if link is not None:
+                pieces.append(text[done:start])
+                done = link.end()
+                colon = done - 1
+        colon = text.find(":", colon + 1)
+    if not pieces:
+        return text
+    pieces.append(text[done:])
+    return " ".join(pieces)
 
 
 def _read_html(markup: str) -> str:

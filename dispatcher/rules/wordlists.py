@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 CIVIL_BLOCKLIST: dict[str, tuple[str, ...]] = {
     "zh": (
@@ -102,6 +103,7 @@ OPT_OUT_WORDING: dict[str, tuple[str, ...]] = {
 """What an SMS must say so the borrower knows how to opt out (any one of these)."""
 
 
+@lru_cache(maxsize=256)
 def language_of(locale: str) -> str:
     """``zh-CN`` → ``zh``."""
     return locale.split("-", 1)[0].split("_", 1)[0].lower()
