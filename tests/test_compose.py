@@ -290,6 +290,39 @@ def test_templates_are_compiled_once(schedule: Schedule, monkeypatch: pytest.Mon
     assert len(loads) == len(PARTS[ChannelKind.EMAIL])
 
 
+def test_compile_all_compiles_every_part_the_ladder_renders_ahead(schedule: Schedule,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a planning helper does when it wires a version: afterwards no message compiles a template."""
+    composer = Composer(TEMPLATES, schedule)
+    loads: list[str] = []
+    original = composer.env.get_template
+
+    def counting(name: Any, *args: Any, **kwargs: Any) -> Any:
+        loads.append(name)
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(composer.env, "get_template", counting)
+    wanted = {(template, locale, channel) for step in schedule.ladder for template in step.templates
+              for locale in composer.available for channel in step.channels if channel in PARTS}
+    assert composer.compile_all() == sum(len(PARTS[channel]) for _t, _l, channel in wanted) == len(loads)
+    assert len(set(loads)) == len(loads)
+    for step in schedule.ladder:
+        for locale in composer.available:
+            for channel in step.channels:
+                if channel in PARTS:
+                    composer.render(sample_context(schedule, step, locale), channel)
+    assert len(loads) == len(set(loads))  # nothing compiled again, nothing compiled late
+    assert composer.compile_all() == len(set(loads))  # the second time from what it holds
+
+
+def test_compile_all_leaves_a_broken_part_to_its_first_message(tmp_path: Path, schedule: Schedule) -> None:
+    templates = write_templates(tmp_path, {"gentle/zh-CN/sms.txt.j2": "{{ amount | money(currency }}"})
+    composer = Composer(templates, schedule)
+    composer.compile_all()  # does not raise: the part is reported where it is rendered
+    with pytest.raises(TemplateError):
+        composer.render(sample_context(schedule, gentle(schedule), "zh-CN"), ChannelKind.SMS)
+
+
 def test_html_is_autoescaped_and_text_is_not(tmp_path: Path, schedule: Schedule) -> None:
     templates = write_templates(
         tmp_path,

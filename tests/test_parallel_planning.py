@@ -84,10 +84,11 @@ def test_two_processes_send_what_one_process_sends_each_message_once(
     caplog.set_level(logging.INFO, logger="dispatcher")
     report = Runner(parallel).run("manual", clock())
     assert report.status == "completed", report
-    # ranges of 100, 75, 57, 42, 32, 24, 20, 20, 15 and 15 accounts (tapered: the last ones taken are the shortest)
-    assert "10 key ranges planned in 2 processes" in caplog.text  # the daemon's process and one helper
-    here = re.findall(r"key range (\d+) of 10 done", caplog.text)  # the helper's lines are in its own stderr
-    assert 1 <= len(here) < 10 and len(set(here)) == len(here)  # each took ranges until none was left
+    # ranges of 100, 75, 57, 42, 32, 24, 18, 13, 10, 8, 6, 5, 5 and 5 accounts (tapered: the last ones taken are the
+    # shortest, down to a quarter of a batch)
+    assert "14 key ranges planned in 2 processes" in caplog.text  # the daemon's process and one helper
+    here = re.findall(r"key range (\d+) of 14 done", caplog.text)  # the helper's lines are in its own stderr
+    assert 1 <= len(here) < 14 and len(set(here)) == len(here)  # each took ranges until none was left
     sent = sent_pairs(parallel)
     assert len(sent) > 200 and sent == sent_pairs(single)
     assert (report.counts.accounts, report.counts.sent, report.counts.deferred) == \

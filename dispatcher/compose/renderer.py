@@ -198,6 +198,27 @@ class Composer:
         """First 12 hex digits of the sha256 of the sources of the channel's parts."""
         return self._compiled_for(template, locale, channel).version
 
+    def compile_all(self) -> int:
+        """Compile every part the ladder can render now (each step's templates × locales × channels), instead of
+        at its first message; how many parts were compiled. A part that does not compile is left for its first
+        message to report, as it would have been.
+
+        A planning helper process does this when it wires a version: its first range then renders at once, as
+        the daemon's process does from its second run on.
+        """
+        compiled = 0
+        for step in self.schedule.ladder:
+            for template in step.templates:
+                for locale in self.available:
+                    for channel in step.channels:
+                        if channel not in PARTS:
+                            continue
+                        try:
+                            compiled += len(self._compiled_for(template, locale, channel).parts)
+                        except TemplateError:
+                            continue
+        return compiled
+
     def _compiled_for(self, template: str, locale: str, channel: ChannelKind) -> _Compiled:
         key = (template, locale, channel)
         compiled = self._compiled.get(key)
