@@ -274,8 +274,8 @@ def test_version_depends_on_the_source_and_hash_on_the_text(composer: Composer, 
     assert in_english.template_version != first.template_version
 
 
-def test_templates_are_compiled_once(schedule: Schedule, monkeypatch: pytest.MonkeyPatch) -> None:
-    composer = Composer(TEMPLATES, schedule)
+def counted_loads(composer: Composer, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the templates ``composer``'s Jinja environment loads from now on, in order."""
     loads: list[str] = []
     original = composer.env.get_template
 
@@ -284,6 +284,12 @@ def test_templates_are_compiled_once(schedule: Schedule, monkeypatch: pytest.Mon
         return original(name, *args, **kwargs)
 
     monkeypatch.setattr(composer.env, "get_template", counting)
+    return loads
+
+
+def test_templates_are_compiled_once(schedule: Schedule, monkeypatch: pytest.MonkeyPatch) -> None:
+    composer = Composer(TEMPLATES, schedule)
+    loads = counted_loads(composer, monkeypatch)
     ctx = sample_context(schedule, gentle(schedule), "zh-CN")
     for _ in range(5):
         composer.render(ctx, ChannelKind.EMAIL)
@@ -294,14 +300,7 @@ def test_compile_all_compiles_every_part_the_ladder_renders_ahead(schedule: Sche
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """What a planning helper does when it wires a version: afterwards no message compiles a template."""
     composer = Composer(TEMPLATES, schedule)
-    loads: list[str] = []
-    original = composer.env.get_template
-
-    def counting(name: Any, *args: Any, **kwargs: Any) -> Any:
-        loads.append(name)
-        return original(name, *args, **kwargs)
-
-    monkeypatch.setattr(composer.env, "get_template", counting)
+    loads = counted_loads(composer, monkeypatch)
     wanted = {(template, locale, channel) for step in schedule.ladder for template in step.templates
               for locale in composer.available for channel in step.channels if channel in PARTS}
     assert composer.compile_all() == sum(len(PARTS[channel]) for _t, _l, channel in wanted) == len(loads)
