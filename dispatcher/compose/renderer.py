@@ -33,6 +33,7 @@ Template variables:
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
@@ -208,15 +209,12 @@ class Composer:
         """
         compiled = 0
         for step in self.schedule.ladder:
-            for template in step.templates:
-                for locale in self.available:
-                    for channel in step.channels:
-                        if channel not in PARTS:
-                            continue
-                        try:
-                            compiled += len(self._compiled_for(template, locale, channel).parts)
-                        except TemplateError:
-                            continue
+            rendered = [channel for channel in step.channels if channel in PARTS]
+            for template, locale, channel in itertools.product(step.templates, self.available, rendered):
+                try:
+                    compiled += len(self._compiled_for(template, locale, channel).parts)
+                except TemplateError:
+                    continue
         return compiled
 
     def _compiled_for(self, template: str, locale: str, channel: ChannelKind) -> _Compiled:

@@ -449,7 +449,7 @@ def _wired(apps: dict[str, _Wired], version: str) -> _Wired:
         configure_logging(settings.log_level, log_format(settings.env))
         clock = _RunClock()
         app = build_app(settings, load_version(settings, version), migrate=False, clock=clock)
-        app.pipeline.composer.compile_all()  # its first range renders at once (the daemon's process compiled them)
+        app.pipeline.composer.compile_all()  # its first range renders at once, not after compiling
         wired = apps[version] = _Wired(app, clock)
         loops.settle_heap()  # the wired app out of the collector's sight: unfrozen, a run's full collections walked it
     return wired
