@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from conftest import FixedClock
 from rows import attempt_rows, demo_row, seed_rows
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from test_pipeline import outbox_ids
 
 from dispatcher.app import App, build_app
@@ -35,6 +35,7 @@ from dispatcher.decisions import Verdict
 from dispatcher.demo import demo_accounts, seed_demo
 from dispatcher.ledger.database import booking_lock
 from dispatcher.ledger.outcomes import CureTracker
+from dispatcher.ledger.tables import attempts
 from dispatcher.pipeline.jobs import RunCounts
 from dispatcher.pipeline.parallel import Planners
 from dispatcher.pipeline.reject_limit import RejectLimit
@@ -233,6 +234,45 @@ def test_only_the_accounts_a_new_booking_reaches_are_planned_again(parallel: App
     sms = {d.account_id: next(p for p in d.channels if p.channel.value == "sms") for d in again}
     assert (sms["B1"].verdict, sms["B1"].rule_id) == (Verdict.DEFER, "cap")  # cn: 1 SMS a day per borrower
     assert sms["C1"].verdict is Verdict.SEND
+
+
+def test_the_check_under_the_booking_lock_finds_what_reaches_the_batchs_borrowers(
+        parallel: App, clock: FixedClock, ledger_backend: str) -> None:
+    """``booked_since``: a contact booked after the batch's history was read for another loan of its borrower (A1
+    shares B1's phone) is found, one for a stranger (C1) is not. A contact that went meanwhile (A1's SMS failed)
+    is noticed only where the whole history is read again (PostgreSQL); on SQLite only what was inserted after the
+    mark is read, and the batch keeps counting it: its caps err on the side of not sending."""
+    due = clock().date() - timedelta(days=2)
+    seed_rows(parallel.engine, demo_row("A1", due, phone=SHARED, push_token=None, email=None),
+              demo_row("B1", due, phone=SHARED, push_token=None, email=None),
+              demo_row("C1", due, phone="+8613900000003", push_token=None, email=None))
+    by_id = {a.account_id: a for a in next(iter(parallel.pipeline.source.batches())).accounts}
+    since = parallel.pipeline.policy.contacts_since(clock())
+    ledger, planner = parallel.ledger, parallel.pipeline.planner
+    assert since is not None
+
+    def book(account_id: str) -> None:
+        account = by_id[account_id]
+        parallel.booker().book(planner.plan([account], ledger.load_history([account], since), clock()), None,
+                               clock())
+
+    def read() -> tuple[Any, Any]:
+        mark = ledger.contact_mark()
+        assert (mark is None) is (ledger_backend == "postgresql")
+        return mark, ledger.load_history([by_id["B1"]], since)
+
+    mark, history = read()
+    assert not ledger.booked_since([by_id["B1"]], since, history, mark)
+    book("C1")
+    assert not ledger.booked_since([by_id["B1"]], since, history, mark)
+    book("A1")
+    assert ledger.booked_since([by_id["B1"]], since, history, mark)
+
+    mark, history = read()  # A1's SMS among B1's contacts now
+    assert not ledger.booked_since([by_id["B1"]], since, history, mark)
+    with parallel.engine.begin() as connection:
+        connection.execute(update(attempts).where(attempts.c.account_id == "A1").values(status="failed"))
+    assert ledger.booked_since([by_id["B1"]], since, history, mark) is (ledger_backend == "postgresql")
 
 
 def single_process(parallel: App, clock: FixedClock, make_ledger_url: Any, tmp_path: Path) -> App:

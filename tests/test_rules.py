@@ -768,7 +768,8 @@ _ZONES = ("Asia/Shanghai", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu",
 def test_the_window_and_holiday_rules_answer_every_moment_of_a_minute_alike(
         moment: datetime, zones: tuple[str, ...], start: int, length: int, holiday: date) -> None:
     """Their answers are kept by the minute (the re-check at sending sees a new moment per message): any moment of
-    a minute gets the answer the minute's first moment gets, deferral time and wording included. Zones a half or
+    a minute, on any zone's clock, gets the answer the minute's first moment gets, deferral time and wording
+    included, and the next minute's moments get their own. Zones a half or
     three quarters of an hour off UTC, and one whose summer time is half an hour, are among them."""
     window = ClockRange(start, min(24 * 60, start + length))
     holidays = Holidays({"CN": frozenset({holiday, holiday + timedelta(days=1)})}, "CN")
@@ -779,3 +780,7 @@ def test_the_window_and_holiday_rules_answer_every_moment_of_a_minute_alike(
                             else (holidays, window, zones[0])))
         assert kept._decided.get(minute, zones, "CN") == rule._decide(minute, zones, "CN")
         assert kept._decided.get(moment, zones, "CN") == rule._decide(moment, zones, "CN")
+        later = moment + timedelta(minutes=1)  # the next minute has an answer of its own
+        assert kept._decided.get(later, zones, "CN") == rule._decide(later, zones, "CN")
+        elsewhere = moment.astimezone(ZoneInfo(zones[-1]))  # the same moment on another zone's clock
+        assert kept._decided.get(elsewhere, zones, "CN") == rule._decide(minute, zones, "CN")

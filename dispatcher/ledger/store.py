@@ -33,6 +33,32 @@ __all__ = ["AttemptOutcome", "Ledger"]
 
 _HANDOFF = ChannelKind.HANDOFF.value
 
+
+def _contacts_query(since: datetime) -> Any:
+    """The attempts that may be contacts since ``since`` (:func:`_counted_at` tells)."""
+    return select(attempts.c.id, attempts.c.account_id, attempts.c.channel, attempts.c.address_hash,
+                  attempts.c.attempted_at, attempts.c.borrower_hash, attempts.c.status, attempts.c.try_no,
+                  attempts.c.created_at).where(or_(attempts.c.attempted_at >= since, attempts.c.created_at >= since))
+
+
+def _counted_at(row: Any, own: set[str], since: datetime) -> datetime | None:
+    """When a row of :func:`_contacts_query` counts as a contact of a batch whose accounts are ``own``; ``None``:
+    it does not."""
+    if row.channel == _HANDOFF:  # a hand-off's attempt opens a work item: the person's contact, counted when closed
+        return None
+    if row.status in CONTACT_STATUSES:  # claimed and in flight: not stamped yet, counted from booking
+        at: datetime = row.attempted_at or row.created_at
+    elif row.status == "planned" and row.try_no >= 1 and row.account_id not in own:
+        at = row.created_at
+    else:
+        return None
+    return at if at >= since else None
+
+
+def _contact_ids(history: BatchHistory) -> set[int]:
+    return {c.attempt_id for contacts in history.by_account.values() for c in contacts}
+
+
 PENDING_STATUSES = ("planned", "claimed", "sending")
 """An attempt not settled yet: to send, taken by a deliverer, or handed over with its outcome not recorded."""
 
@@ -74,17 +100,48 @@ class Ledger:
             raise self._guard("read history", exc) from exc
         return history
 
-    def contact_ids(self, accounts: Sequence[Account], contacts_since: datetime) -> set[int]:
-        """The ids of the contacts :meth:`load_history` counts for ``accounts`` now (what caps see, nothing else)."""
-        history = BatchHistory()
-        ids = [a.account_id for a in accounts]
-        hashes = sorted({h for a in accounts for h in borrower_hashes(a)})
+    def contact_mark(self) -> int | None:
+        """Where the attempts booked from now on begin, read before a batch's history (:meth:`booked_since`).
+
+        SQLite: the largest attempt id; its writers take turns, so a row committed later has a larger id. ``None``
+        elsewhere: on PostgreSQL a transaction may commit a smaller id after a larger one is visible.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return None
         try:
             with self.engine.connect() as connection:
-                self._load_contacts(connection, ids, hashes, contacts_since, history)
+                return int(connection.execute(select(func.coalesce(func.max(attempts.c.id), 0))).scalar_one())
         except SQLAlchemyError as exc:
             raise self._guard("read contacts", exc) from exc
-        return {c.attempt_id for contacts in history.by_account.values() for c in contacts}
+
+    def booked_since(self, accounts: Sequence[Account], contacts_since: datetime, history: BatchHistory,
+                     mark: int | None) -> bool:
+        """Whether the contacts :meth:`load_history` counts for ``accounts`` changed since it read ``history``,
+        ``mark`` (:meth:`contact_mark`) having been read before it.
+
+        With a mark only the attempts inserted since are read (a few batches' worth, not the batch's whole
+        history): a contact that was booked meanwhile is found; one that has gone meanwhile (it failed) still
+        counts for this batch, which leaves the caps erring on the side of not sending. Without a mark the
+        batch's contacts are read again and compared.
+        """
+        seen = _contact_ids(history)
+        try:
+            with self.engine.connect() as connection:
+                if mark is None:
+                    again = BatchHistory()
+                    hashes = sorted({h for a in accounts for h in borrower_hashes(a)})
+                    self._load_contacts(connection, [a.account_id for a in accounts], hashes, contacts_since,
+                                        again)
+                    return _contact_ids(again) != seen
+                rows = connection.execute(_contacts_query(contacts_since).where(attempts.c.id > mark)).all()
+        except SQLAlchemyError as exc:
+            raise self._guard("read contacts", exc) from exc
+        own = {a.account_id for a in accounts}
+        linked = own.union(history.by_account)
+        digests = {h for a in accounts for h in borrower_hashes(a)}
+        return any(row.id not in seen and _counted_at(row, own, contacts_since) is not None
+                   and (row.account_id in linked or row.address_hash in digests or row.borrower_hash in digests)
+                   for row in rows)
 
     @staticmethod
     def _load_claims(connection: Connection, ids: Sequence[str], history: BatchHistory) -> None:
@@ -119,26 +176,17 @@ class Ledger:
         """
         # the status is checked here, not in SQL: with a long IN list SQLite would otherwise walk the
         # status index over every contact ever made instead of looking the batch's keys up
-        query = select(attempts.c.id, attempts.c.account_id, attempts.c.channel, attempts.c.address_hash,
-                       attempts.c.attempted_at, attempts.c.borrower_hash, attempts.c.status, attempts.c.try_no,
-                       attempts.c.created_at).where(
-            or_(attempts.c.attempted_at >= since, attempts.c.created_at >= since))
+        query = _contacts_query(since)
         own = set(ids)
         seen: set[int] = set()
         linked: set[str] = set()  # other accounts of the same borrower: they share an address
 
         def collect(column: Any, values: Sequence[str]) -> None:
             for row in rows_among(connection, query, column, values):
-                # a hand-off's attempt opens a work item: the contact is the person's, counted when closed
-                if row.id in seen or row.channel == _HANDOFF:
+                if row.id in seen:
                     continue
-                if row.status in CONTACT_STATUSES:  # claimed and in flight: not stamped yet, counted from booking
-                    at = row.attempted_at or row.created_at
-                elif row.status == "planned" and row.try_no >= 1 and row.account_id not in own:
-                    at = row.created_at
-                else:
-                    continue
-                if at < since:
+                at = _counted_at(row, own, since)
+                if at is None:
                     continue
                 seen.add(row.id)
                 linked.add(row.account_id)

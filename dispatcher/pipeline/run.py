@@ -252,14 +252,13 @@ class Runner:
             ledger.record_rejects(run_id, batch.rejects, now)
             limit.admit(batch, counts)  # too many rejects so far: nothing more is booked, the run fails
             since = pipeline.policy.contacts_since(now)
+            mark = ledger.contact_mark() if shared and since is not None else None
             history = ledger.load_history(batch.accounts, since)
-            seen: set[int] | None = None  # the contacts read, when other processes may book meanwhile
             if shared:  # another process may have booked since ``now``: its contacts must not lie in the future
                 now = self.app.clock()
-                seen = {c.attempt_id for contacts in history.by_account.values() for c in contacts}
             decisions = pipeline.planner.plan(batch.accounts, history, now)
             with booking_lock(self.app.engine, run_id) if shared else nullcontext():
-                if seen is not None and since is not None and ledger.contact_ids(batch.accounts, since) != seen:
+                if shared and since is not None and ledger.booked_since(batch.accounts, since, history, mark):
                     now = self.app.clock()
                     decisions, again = replan(pipeline.planner, batch.accounts, decisions, history,
                                               ledger.load_history(batch.accounts, since), now)

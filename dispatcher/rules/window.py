@@ -29,6 +29,8 @@ SEARCH_LIMIT = timedelta(days=14)
 
 MINUTES_PER_DAY = 24 * 60
 
+ONE_MINUTE = timedelta(minutes=1)
+
 
 def allowed(now: datetime, zones: Sequence[str], window: ClockRange) -> bool:
     """Whether ``now`` is inside ``window`` in every zone of ``zones``."""
@@ -96,16 +98,20 @@ class _Decided:
     def __init__(self, decide: Callable[[datetime, tuple[str, ...], str | None], Block | None]) -> None:
         self._decide = decide
         self._answers: dict[tuple[datetime, tuple[str, ...], str | None], Block | None] = {}
+        self._minute = (datetime.min.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC))  # [start, end)
 
     def get(self, now: datetime, zones: tuple[str, ...], region: str | None) -> Block | None:
-        minute = now.replace(second=0, microsecond=0) if now.second or now.microsecond else now
-        key = (minute, zones, region)
+        start, end = self._minute
+        if not start <= now < end:  # on the real clock most checks fall in the minute of the one before
+            start = now.astimezone(UTC).replace(second=0, microsecond=0)  # in UTC: compared by the absolute moment
+            self._minute = (start, start + ONE_MINUTE)
+        key = (start, zones, region)
         try:
             return self._answers[key]
         except KeyError:
             if len(self._answers) > self.LIMIT:
                 self._answers.clear()
-            answer = self._answers[key] = self._decide(minute, zones, region)
+            answer = self._answers[key] = self._decide(start, zones, region)
             return answer
 
 
