@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
+from dispatcher.ledger.among import rows_among
 from dispatcher.ledger.claims import chunks
 from dispatcher.ledger.tables import attempts
 
@@ -29,6 +30,9 @@ _CHAINED = frozenset({"failed", "undelivered"})
 _COLUMNS = (attempts.c.id, attempts.c.reminder_key, attempts.c.channel, attempts.c.try_no, attempts.c.status,
             attempts.c.parent_id, attempts.c.rule_id, attempts.c.error_class)
 
+_ROOTS = select(attempts.c.id, attempts.c.status, attempts.c.rule_id, attempts.c.error_class)
+"""What :func:`_category` reads of a job's first try (a chain's tries are read with :data:`_COLUMNS`)."""
+
 
 def job_outcomes(engine: Engine, job_ids: Sequence[int]) -> Counter[str]:
     """Jobs by outcome: sent, failed, suppressed, deferred, unknown, held, in_doubt or pending."""
@@ -36,7 +40,7 @@ def job_outcomes(engine: Engine, job_ids: Sequence[int]) -> Counter[str]:
     with engine.connect() as connection:
         for part in chunks(job_ids):  # chunk by chunk: a million ids sorted at once would cost 40 MB
             chunk = sorted(part)
-            roots = {row.id: row for row in connection.execute(select(*_COLUMNS).where(attempts.c.id.in_(chunk)))}
+            roots = {row.id: row for row in rows_among(connection, _ROOTS, attempts.c.id, chunk)}
             chained = [job_id for job_id, row in roots.items() if row.status in _CHAINED]
             found.update(_category(row) for row in roots.values() if row.status not in _CHAINED)
             found["pending"] += len(chunk) - len(roots)
