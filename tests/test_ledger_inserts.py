@@ -72,13 +72,12 @@ def _temporary_files() -> set[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the files a process holds open")
-def test_a_bookings_statement_journal_stays_in_memory(ledger_url: str) -> None:
+def test_a_bookings_statement_journal_stays_in_memory(tmp_path: Path) -> None:
     """A multi-row INSERT inside a transaction keeps the pages it changes in a statement journal; past 64 KiB
     SQLite wrote it to a temporary file (4,300 writes per 1,000-account booking). The ledger keeps it in memory:
-    no such file is open while a booking's statements run on a ledger whose indexes already span many pages."""
-    if not ledger_url.startswith("sqlite"):
-        pytest.skip("a SQLite ledger's statement journal; PostgreSQL has none")
-    engine = create_ledger_engine(ledger_url)
+    no such file is open while a booking's statements run on a ledger whose indexes already span many pages.
+    (A SQLite ledger's own: PostgreSQL has no statement journal.)"""
+    engine = create_ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
     upgrade(engine)
     with engine.begin() as connection:  # indexes of a few hundred pages, the new rows' hashes all over them
         insert_new(connection, attempts, [attempt(n * 7919 % 100_003) for n in range(20_000)]).run(connection)
