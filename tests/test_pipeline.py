@@ -10,7 +10,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -349,6 +349,53 @@ def test_a_transient_failure_is_retried_and_both_tries_recorded(app: App) -> Non
     assert tries[0]["reminder_key"] == tries[1]["reminder_key"]
     assert [m.attempt_id for m in sms.messages] == [t["id"] for t in tries]
     assert (counts.sent, counts.failed) == (1, 0)
+
+
+def test_a_backoff_holds_up_only_its_own_message(app: App) -> None:
+    """With one place in flight, the message after a transient failure goes out before that failure's next try:
+    the try waits out its backoff apart, not in the place of the messages behind it."""
+    today = app.clock().date()
+    rows = [demo_row(key, today, due_date=today - timedelta(days=2), email=None, phone=phone)
+            for key, phone in (("F1", "+8613812345678"), ("F2", "+8613912345678"))]
+    seed_demo(app.engine, 0, today)
+    with app.engine.begin() as connection:
+        connection.execute(insert(demo_accounts), rows)
+    accounts = [account for account in map(parse_row, rows) if isinstance(account, Account)]
+    assert len(accounts) == 2
+    now = app.clock()
+    decisions = app.pipeline.planner.plan(accounts, app.ledger.load_history(accounts), now)
+    jobs, _ = app.booker().book(decisions, None, now)
+    sms = ScriptedChannel(ChannelKind.SMS, [DeliveryResult.transient("20429", "too many requests", 0.0)])
+    deliverer = deliverer_with(app, {"sms": sms})
+    deliverer.policy = replace(FAST, concurrency=1, backoff_base=0.3, backoff_cap=0.3)
+
+    async def go() -> Any:
+        try:
+            return await deliverer.deliver(jobs)
+        finally:
+            await deliverer.aclose()
+
+    counts = asyncio.run(go())
+    assert [m.account_id for m in sms.messages] == ["F1", "F2", "F1"]
+    assert [(t["account_id"], t["try_no"], t["status"]) for t in attempt_rows(app, channel="sms")] == [
+        ("F1", 1, "failed"), ("F2", 1, "sent"), ("F1", 2, "sent")]
+    assert (counts.sent, counts.failed) == (2, 0)
+
+
+def test_after_its_tries_a_failed_channel_falls_back_from_its_first_try(app: App) -> None:
+    """An email that failed for now, then for good on its second try, falls back to SMS; the SMS names the email's
+    first try as its parent, as when the first try fails for good."""
+    account = borrower(app, 5)  # firm: [email, sms], fallback
+    mail = ScriptedChannel(ChannelKind.EMAIL, [DeliveryResult.transient("451", "try again later"),
+                                               DeliveryResult.permanent("550", "mailbox unavailable")])
+    sms = ScriptedChannel(ChannelKind.SMS)
+    counts, _ = deliver_with(app, account, email=mail, sms=sms)
+    first, second = attempt_rows(app, channel="email")
+    assert [(t["try_no"], t["status"], t["error_class"]) for t in (first, second)] == [
+        (1, "failed", "transient"), (2, "failed", "permanent")]
+    (sms_try,) = attempt_rows(app, channel="sms")
+    assert (sms_try["status"], sms_try["parent_id"]) == ("sent", first["id"])
+    assert (counts.sent, counts.failed) == (1, 1)
 
 
 def test_a_transient_failure_stops_after_max_tries(app: App) -> None:
