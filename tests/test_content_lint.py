@@ -557,6 +557,7 @@ def test_the_screen_is_a_tree_of_the_folded_phrases() -> None:
     ("<p>\u0130\u0130 <abbr aria-label=\"the Police\">P</abbr></p>", "police"),  # İ lowers to two letters
     ('<span TiTlE = "you may go to jail">\u4f60\u597d</span>', "jail"),  # a name in any ASCII case, text beyond ASCII
     ('<span data-title="jail">x</span><span \u00e9title="jail">y</span>', None),  # part of a longer name: not shown
+    ('<p>\ud800 <b title="jail">x</b></p>', "jail"),  # a lone surrogate in the data: read, not refused
     ('<p style="color:#1f2937" data-police="1">Pay by 7 December</p>', None),  # markup is not wording
 ])
 def test_an_email_is_checked_as_its_reader_reads_its_html(markup: str, found: str | None) -> None:

@@ -212,7 +212,7 @@ def _shown_values(markup: str) -> list[str]:
     Attribute names are ASCII and matched without regard to ASCII case, as a browser matches them; so the names are
     found in the UTF-8 bytes of ``markup`` lowered (``str.lower`` of text beyond ASCII took 20 µs an email, and a
     letter that lowers to two, as İ does, would shift the positions), and each value is read there."""
-    data = markup.encode()
+    data = markup.encode("utf-8", "surrogatepass")  # a lone surrogate in the data is read, not refused
     lowered = data.lower()  # ASCII letters only
     values = []
     for name in _SHOWN_BYTES:
@@ -221,7 +221,7 @@ def _shown_values(markup: str) -> list[str]:
             if at == 0 or lowered[at - 1] not in _NAME_BYTES:
                 value = _ATTRIBUTE_VALUE_BYTES.match(data, at + len(name))
                 if value is not None:
-                    values.append(next(v for v in value.groups() if v is not None).decode())
+                    values.append(next(v for v in value.groups() if v is not None).decode("utf-8", "surrogatepass"))
             at = lowered.find(name, at + 1)
     return values
 
