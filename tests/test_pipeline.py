@@ -297,15 +297,18 @@ def deliver_with(app: App, account: Account, stopping: threading.Event | None = 
     now = app.clock()
     decisions = app.pipeline.planner.plan([account], app.ledger.load_history([account]), now)
     jobs, _ = app.booker().book(decisions, None, now)
-    deliverer = deliverer_with(app, channels, stopping)
+    return delivered(deliverer_with(app, channels, stopping), jobs), jobs
 
+
+def delivered(deliverer: Deliverer, jobs: list[DeliveryJob]) -> Any:
+    """Deliver ``jobs``, then close the deliverer; the run's counts."""
     async def go() -> Any:
         try:
             return await deliverer.deliver(jobs)
         finally:
             await deliverer.aclose()
 
-    return asyncio.run(go()), jobs
+    return asyncio.run(go())
 
 
 def test_a_permanent_email_failure_falls_back_to_sms(app: App) -> None:
@@ -368,14 +371,7 @@ def test_a_backoff_holds_up_only_its_own_message(app: App) -> None:
     sms = ScriptedChannel(ChannelKind.SMS, [DeliveryResult.transient("20429", "too many requests", 0.0)])
     deliverer = deliverer_with(app, {"sms": sms})
     deliverer.policy = replace(FAST, concurrency=1, backoff_base=0.3, backoff_cap=0.3)
-
-    async def go() -> Any:
-        try:
-            return await deliverer.deliver(jobs)
-        finally:
-            await deliverer.aclose()
-
-    counts = asyncio.run(go())
+    counts = delivered(deliverer, jobs)
     assert [m.account_id for m in sms.messages] == ["F1", "F2", "F1"]
     assert [(t["account_id"], t["try_no"], t["status"]) for t in attempt_rows(app, channel="sms")] == [
         ("F1", 1, "failed"), ("F2", 1, "sent"), ("F1", 2, "sent")]
