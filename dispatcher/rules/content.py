@@ -28,6 +28,8 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
+from ahocorasick_rs import AhoCorasick
+
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.compose.filters import localdate, mask, money
@@ -99,36 +101,15 @@ def _caseless_beyond_ascii(phrase: str) -> bool:
 
 
 @lru_cache(maxsize=64)
-def _screen(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
-    """A pattern that matches folded text (:func:`_folded`) wherever a phrase's own pattern matches, and more: the
-    phrases case-folded, without word boundaries, case-sensitive, as a tree of shared beginnings (``court
-    (?:action|case)``), so each position of the text is tried once, not once per phrase (5x quicker on English
-    text than the exact pattern). None when a phrase has cased letters beyond ASCII."""
+def _screen(phrases: tuple[str, ...]) -> AhoCorasick | None:
+    """An automaton that finds, in folded text (:func:`_folded`), wherever a phrase's own pattern matches, and more:
+    the phrases case-folded, without word boundaries, case-sensitive, all in one pass over the text (about 5x
+    quicker on an email than a regular expression of them, which tried every position of the text). None when a
+    phrase has cased letters beyond ASCII, or none is left."""
     if not all(_caseless_beyond_ascii(p) for p in phrases):
         return None
-    return re.compile(_tree_pattern({_folded(p) for p in phrases if p}))
-
-
-_Tree = dict[str, "_Tree"]
-"""Each letter's subtree; the key "" marks where a phrase ends."""
-
-
-def _tree_pattern(phrases: set[str]) -> str:
-    """A pattern that matches where one of ``phrases`` begins (to the end of the shortest that does)."""
-    tree: _Tree = {}
-    for phrase in phrases:
-        node = tree
-        for letter in phrase:
-            node = node.setdefault(letter, {})
-        node[""] = {}
-
-    def pattern(node: _Tree) -> str:
-        if "" in node:  # a phrase ends here: what follows need not match
-            return ""
-        branches = [re.escape(letter) + pattern(child) for letter, child in sorted(node.items())]
-        return branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
-
-    return pattern(tree) if tree else "(?!)"
+    folded = sorted({_folded(p) for p in phrases if p})
+    return AhoCorasick(folded) if folded else None
 
 
 def _may_contain(phrases: tuple[str, ...], texts: list[str]) -> bool:
@@ -136,10 +117,13 @@ def _may_contain(phrases: tuple[str, ...], texts: list[str]) -> bool:
     if not any(phrases):
         return False
     screen = _screen(phrases)
-    if screen is None:
-        exact = _blocklist_pattern(phrases)
-        return exact is not None and any(exact.search(text) for text in texts)
-    return screen.search(_folded("\n".join(texts))) is not None
+    if screen is not None:
+        try:
+            return bool(screen.find_matches_as_indexes(_folded("\n".join(texts))))
+        except UnicodeEncodeError:  # a lone surrogate in the data: the exact patterns read it
+            pass
+    exact = _blocklist_pattern(phrases)
+    return exact is not None and any(exact.search(text) for text in texts)
 
 
 def _folded(text: str) -> str:
