@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, String, any_, bindparam, func, literal_column, select
+from sqlalchemy import ColumnElement, Connection, String, any_, bindparam, func, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from dispatcher.ledger.claims import chunks
@@ -45,11 +45,14 @@ def values(connection: Connection, chunk: Sequence[Any]) -> dict[str, Any]:
     return {_NAME: json.dumps(list(chunk))}
 
 
-def rows_among(connection: Connection, query: Any, column: ColumnElement[Any], items: Iterable[Any]) -> Iterator[Any]:
-    """The rows of ``query`` whose ``column`` is one of ``items``, a statement per :data:`CHUNK` of them."""
+def rows_among(connection: Connection, query: Any, column: ColumnElement[Any], items: Iterable[Any],
+               *, or_column: ColumnElement[Any] | None = None) -> Iterator[Any]:
+    """The rows of ``query`` whose ``column`` (or ``or_column``) is one of ``items``, a statement per :data:`CHUNK`
+    of them. With ``or_column`` each row comes once, however many of its columns match (both indexes are read)."""
     listed = items if isinstance(items, Sequence) else list(items)
     if not listed:  # nothing to look up (often: every reminder of a batch was new); the statement is not built
         return
-    statement = query.where(among(connection, column))
+    condition = among(connection, column)
+    statement = query.where(condition if or_column is None else or_(condition, among(connection, or_column)))
     for chunk in chunks(listed, CHUNK):
         yield from connection.execute(statement, values(connection, chunk))

@@ -181,8 +181,8 @@ class Ledger:
         seen: set[int] = set()
         linked: set[str] = set()  # other accounts of the same borrower: they share an address
 
-        def collect(column: Any, values: Sequence[str]) -> None:
-            for row in rows_among(connection, query, column, values):
+        def collect(column: Any, values: Sequence[str], or_column: Any = None) -> None:
+            for row in rows_among(connection, query, column, values, or_column=or_column):
                 if row.id in seen:
                     continue
                 at = _counted_at(row, own, since)
@@ -194,8 +194,7 @@ class Ledger:
                                             row.borrower_hash))
 
         collect(attempts.c.account_id, ids)
-        collect(attempts.c.address_hash, hashes)
-        collect(attempts.c.borrower_hash, hashes)
+        collect(attempts.c.address_hash, hashes, attempts.c.borrower_hash)  # one statement: each row read once
         collect(attempts.c.account_id, sorted(linked - set(ids)))
 
     @staticmethod
