@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
+from dispatcher.records import record
 
-@dataclass(frozen=True, slots=True)
+
+@record
 class Account:
     """One overdue loan account, validated against the account contract (PRODUCT.md).
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.pipeline.history import Deferred
+from dispatcher.records import record
 from dispatcher.schedule.models import Step
 
 
@@ -37,7 +37,7 @@ class Reason(StrEnum):
     SUPERSEDED = "superseded"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChannelPlan:
     """The verdict for one channel of a due reminder."""
 
@@ -51,7 +51,7 @@ class ChannelPlan:
     recorded: bool = False  # DEFER: the same deferral (rule and time) is in the ledger already
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Decision:
     """The plan for one account in one run.
 

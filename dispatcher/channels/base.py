@@ -9,13 +9,14 @@ contacted: retries, fallback, rate limits and compliance wrap the call in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.masking import mask_text, mask_token
+from dispatcher.records import record
 
 
 class Outcome(StrEnum):
@@ -35,7 +36,7 @@ class Effect(StrEnum):
     DEAD_TOKEN = "dead_token"  # FCM token unregistered or mismatched
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Message:
     """One rendered message for one recipient on one channel.
 
@@ -59,7 +60,7 @@ class Message:
     locale: str = "en-US"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeliveryResult:
     """The provider's answer: never a bare bool, so retry decisions keep their reason."""
 

@@ -53,6 +53,7 @@ from dispatcher.compose.segments import Segments, sms_segments
 from dispatcher.errors import TemplateError
 from dispatcher.ladder import pay_by
 from dispatcher.pay_links import SIGNATURE_HEX, PayLinks
+from dispatcher.records import record
 from dispatcher.regions import country_of, locale_of
 from dispatcher.schedule.models import Brand, Schedule, Step
 
@@ -65,7 +66,7 @@ SAMPLE_TODAY = date(2026, 11, 28)
 _MAX_RESOLVED = 1024
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RenderContext:
     """Everything one reminder's text depends on."""
 
@@ -78,7 +79,7 @@ class RenderContext:
     unsubscribe_url: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rendered:
     """The rendered text of one reminder on one channel, with what the ledger records about it."""
 

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatcher.ledger.callbacks import apply_parked
 from dispatcher.ledger.tables import attempts
+from dispatcher.records import record
 
 STILL_PLANNED = (attempts.c.status + "") == "planned"
 """``status = 'planned'``, checked on rows found by their key (reminder, account): written plainly, SQLite would walk
@@ -42,7 +43,7 @@ def insert_ignoring_conflicts(dialect: str, table: Table) -> Insert:
     return postgresql.insert(table).on_conflict_do_nothing()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AttemptOutcome:
     """The final facts of one try, written after the provider answered."""
 
@@ -62,7 +63,7 @@ class AttemptOutcome:
     attempted_at: datetime | None = None  # when it was handed to the channel (set here when no hand-over was)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GiveBack:
     """A claim given back (``claimed → planned``), with why when it is held (a template that fails)."""
 

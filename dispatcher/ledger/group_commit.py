@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +27,7 @@ from dispatcher.errors import LedgerError
 from dispatcher.ledger import claims
 from dispatcher.ledger.claims import AttemptOutcome, GiveBack
 from dispatcher.ledger.tables import attempts
+from dispatcher.records import record
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ LAG_SECONDS = 0.1
 """The longest such a write waits for a commit."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Write:
     kind: str  # claim | hand_over | outcome | try | give_back | decision
     payload: Any

@@ -47,6 +47,7 @@ from dispatcher.pipeline.history import borrower_key
 from dispatcher.pipeline.jobs import DeliveryJob, RunCounts
 from dispatcher.pipeline.plan import address_for
 from dispatcher.pipeline.ratelimit import LocalRateLimiter, RateLimiter
+from dispatcher.records import record
 from dispatcher.rules.base import Block
 from dispatcher.rules.content import ContentCheck
 from dispatcher.schedule.models import Schedule
@@ -93,7 +94,7 @@ class DeliveryPolicy:
         return self.tries.get(channel, self.max_tries)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Start:
     """Where delivering a job begins: its first try (claimed by ``ahead``), or a further try after ``delay``
     seconds (``origin``: the try whose channel failed over, if the job falls back)."""

@@ -13,6 +13,7 @@ from functools import lru_cache
 from dispatcher.accounts import Account
 from dispatcher.handoffs.repayment_plans import RepaymentPlan
 from dispatcher.masking import address_hash
+from dispatcher.records import record
 
 CONTACT_STATUSES = frozenset({"claimed", "sending", "sent", "delivered", "unknown"})
 """Attempt statuses meaning the message reached, or may have reached, the borrower (what caps count)."""
@@ -21,7 +22,7 @@ Claims = Mapping[tuple[str, str], str]
 """(reminder_key, channel) → status of the latest claimed try, for one account."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Contact:
     """One message that reached, or may have reached, a borrower."""
 

@@ -12,9 +12,10 @@ from datetime import date
 
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
+from dispatcher.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeliveryJob:
     """Send ``channel`` of reminder ``reminder_key``; ``fallbacks`` are the step's later channels."""
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Protocol
 
 from dispatcher.accounts import Account
 from dispatcher.channel_kind import ChannelKind
 from dispatcher.pipeline.history import BatchHistory
+from dispatcher.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Block:
     """A rule's refusal: ``defer`` until ``not_before`` or suppress for good."""
 
