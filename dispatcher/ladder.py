@@ -6,16 +6,16 @@ Pure functions; the moment ``now`` is always an argument.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from dispatcher.accounts import Account
 from dispatcher.pipeline.conditions import mismatch
+from dispatcher.records import record
 from dispatcher.schedule.models import Step
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DueStep:
     """The step an account is in today, and which occurrence of it is due."""
 

@@ -36,6 +36,7 @@ from dispatcher.errors import LedgerError
 from dispatcher.ledger.claims import STILL_PLANNED, chunks, insert_new
 from dispatcher.ledger.seen import AccountSet
 from dispatcher.ledger.tables import attempts, delinquencies
+from dispatcher.records import record
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ REOPENABLE = ("zero_balance", "left_overdue")
 """Cures that a later read of the same delinquency, still overdue, takes back."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Row:
     id: int
     account_id: str

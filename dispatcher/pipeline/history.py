@@ -34,7 +34,7 @@ class Contact:
     borrower_hash: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Deferred:
     """A channel of a reminder that a rule deferred, waiting for a later run."""
 
@@ -44,7 +44,7 @@ class Deferred:
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Suppression:
     """A channel address that must not be used (opt-out, bad number, dead token)."""
 
@@ -54,7 +54,7 @@ class Suppression:
     since: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Hold:
     """A pause agreed with people at a hand-off: a promise to pay until ``until``, a dispute, or a repayment plan
     (until its last instalment, while kept).
@@ -69,7 +69,7 @@ class Hold:
     plan: RepaymentPlan | None = None  # a repayment_plan's instalments
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Call:
     """A call placed to a borrower, answered or not (what the call caps count; see :mod:`dispatcher.rules.call_cap`).
 
