@@ -23,12 +23,12 @@ ranges (``DISPATCHER_PLAN_RANGES``, default 16) that the workers plan, book and 
 the wall-clock ratio is printed as ``2 Celery workers / 1 Celery worker: N.NNx``.
 
 The one-process run, the floor and the two-process run are each repeated ``--rounds`` times
-(default 3), each on a fresh copy of the seeded ledger, in turning order (product, floor,
-split; floor, split, product; split, product, floor): on a shared machine the run that comes
-first after a pause has been measured taking half as long again as the same run a minute
-later, which a single round charged to whichever run came first. The table shows each
-kind's run of median CPU seconds; the ratios are the medians of each round's ratio, every
-round's listed after it. Run it with the project's virtualenv:
+(default 5: with 3, the medians of one sitting's invocations spread over up to 8 points), each
+on a fresh copy of the seeded ledger, in turning order (product, floor, split; floor, split,
+product; split, product, floor): on a shared machine the run that comes first after a pause has
+been measured taking half as long again as the same run a minute later, which a single round
+charged to whichever run came first. The table shows each kind's run of median CPU seconds; the
+ratios are the medians of each round's ratio, every round's listed after it. Run it with the project's virtualenv:
 
     .venv/bin/python bench/pipeline.py                 # 20,000 and 100,000 accounts
     .venv/bin/python bench/pipeline.py --accounts 5000
@@ -449,9 +449,9 @@ def main() -> int:
                         help="also run the most Celery workers again with a schedules.yaml of their own that differs "
                         "from the daemon's (they run its version from the ledger's copy) and print the ratio")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--rounds", type=int, default=3, metavar="N",
+    parser.add_argument("--rounds", type=int, default=5, metavar="N",
                         help="run the product, the floor and the split run N times each, in turning order, and print "
-                        "the median ratios (default 3; 1 with --profile)")
+                        "the median ratios (default 5; 1 with --profile)")
     parser.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
